@@ -1,0 +1,191 @@
+"""Qwen2 / Llama decoder in Flax Linen, used purely.
+
+The forward reads **input embeddings** (latent reasoning feeds hidden states
+back as inputs), explicit positions and a key-padding mask, and an optional KV
+cache that is a plain pytree argument and return value:
+
+    cache = {"k": [L, B, S, K, D], "v": [L, B, S, K, D],
+             "mask": [B, S] bool (slot holds a real token),
+             "index": int32 [] (next slot to write)}
+
+Layers are stacked with `nn.scan` (parameters carry a leading layer axis), so
+a 28-layer model compiles as fast as a 2-layer one.
+
+Shape legend: B batch, T new positions, S cache slots, H hidden, N query
+heads, K key/value heads, G = N // K, D head dim, F MLP width, V vocab.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrjax.model.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [D/2] of RoPE, default or `llama3`-scaled (as in HF)."""
+  d = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+  scaling = dict(cfg.rope_scaling)
+  if scaling.get("rope_type", "default") == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv = np.where(medium, smoothed, scaled)
+  return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates x [B, T, N, D] by positions [B, T] (HF's rotate-half layout)."""
+  freqs = positions[..., None].astype(jnp.float32) * inv_freq  # B T D/2
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # B T D
+  cos = jnp.cos(emb)[:, :, None, :].astype(x.dtype)
+  sin = jnp.sin(emb)[:, :, None, :].astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+  """y = w * (x / sqrt(mean(x^2) + eps)), the statistics in float32."""
+  eps: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale * y.astype(x.dtype)
+
+
+def _dense(features, use_bias, dtype, name):
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype,
+                  kernel_init=_INIT, name=name)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention with RoPE and an optional KV cache slice."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv, index):
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    b, t, _ = x.shape
+    n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(n * d, cfg.qkv_bias, dt, "q")(x).reshape(b, t, n, d)
+    key = _dense(k * d, cfg.qkv_bias, dt, "k")(x).reshape(b, t, k, d)
+    val = _dense(k * d, cfg.qkv_bias, dt, "v")(x).reshape(b, t, k, d)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions, inv_freq)
+    key = apply_rope(key, positions, inv_freq)
+    if kv is not None:  # write the new keys/values at slots [index, index + T)
+      key = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), (0, index, 0, 0))
+      val = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, index, 0, 0))
+      kv = (key, val)
+    g = n // k
+    qg = q.reshape(b, t, k, g, d)  # B T K G D
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, key.astype(dt)) * (d ** -0.5)  # B K G T S
+    scores = scores.astype(jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, val.astype(dt)).reshape(b, t, n * d)
+    return _dense(cfg.hidden_size, cfg.o_bias, dt, "o")(out), kv
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    gate = _dense(cfg.intermediate_size, cfg.mlp_bias, dt, "gate")(x)
+    up = _dense(cfg.intermediate_size, cfg.mlp_bias, dt, "up")(x)
+    return _dense(cfg.hidden_size, cfg.mlp_bias, dt, "down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block; the scan carry is the residual stream."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, kv, positions, mask, index):
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    h, kv = Attention(cfg, name="attn")(
+        RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), positions, mask, kv, index)
+    x = x + h
+    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
+    return x, kv
+
+
+class LMHead(nn.Module):
+  """Untied output projection [H, V]; the product is taken in float32."""
+  vocab_size: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, h):
+    kernel = self.param("kernel", _INIT, (h.shape[-1], self.vocab_size), self.dtype)
+    return h.astype(jnp.float32) @ kernel.astype(jnp.float32)
+
+
+class Decoder(nn.Module):
+  """Embedding table, scanned blocks, final norm and (untied) LM head."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=dt,
+                          embedding_init=_INIT, name="embed")
+    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+    self.layers = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+    )(cfg, name="layers")
+    self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")
+    if not cfg.tie_word_embeddings:
+      self.lm_head = LMHead(cfg.vocab_size, dt, name="lm_head")
+
+  def embed_ids(self, ids):
+    return self.embed(ids)
+
+  def head(self, hidden):
+    """float32 logits from final hidden states (float32 matmul for RL log-probs)."""
+    h = hidden.astype(jnp.float32)
+    if self.cfg.tie_word_embeddings:
+      return h @ self.embed.embedding.astype(jnp.float32).T
+    return self.lm_head(h)
+
+  def __call__(self, embeds, positions, attention_mask, cache=None):
+    """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache)."""
+    b, t, _ = embeds.shape
+    attention_mask = attention_mask.astype(bool)
+    if cache is None:
+      key_valid, q_slot, k_slot, index, kv = attention_mask, jnp.arange(t), jnp.arange(t), 0, None
+    else:
+      index = cache["index"]
+      key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
+      q_slot, k_slot = index + jnp.arange(t), jnp.arange(cache["mask"].shape[1])
+      kv = (cache["k"], cache["v"])
+    mask = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # B T S
+    x = embeds.astype(self.cfg.jnp_dtype)
+    x, kv = self.layers(x, kv, positions, mask, index)
+    hidden = self.final_norm(x)
+    logits = self.head(hidden)
+    new_cache = None
+    if cache is not None:
+      new_cache = {"k": kv[0], "v": kv[1], "mask": key_valid, "index": index + t}
+    return hidden, logits, new_cache

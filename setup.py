@@ -1,0 +1,27 @@
+"""lrjax: latent-reasoning RL for LLMs on one pure-functional JAX engine."""
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+REQUIREMENTS = [
+    line.strip()
+    for line in (HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setuptools.setup(
+    name="lrjax",
+    version="0.1.0",
+    description="Latent-reasoning reinforcement learning (HRPO, LEPO, Latent-GRPO, LatR, DLR) in JAX/Flax",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["lrjax", "lrjax.*"]),
+    python_requires=">=3.10",
+    install_requires=REQUIREMENTS,
+    extras_require={
+        # torch is the numerical reference in tests only; pinned so pip never
+        # pulls a multi-GB CUDA build.
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],
+    },
+)
