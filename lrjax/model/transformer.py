@@ -181,6 +181,8 @@ class Decoder(nn.Module):
       q_slot, k_slot = index + jnp.arange(t), jnp.arange(cache["mask"].shape[1])
       kv = (cache["k"], cache["v"])
     mask = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # B T S
+    if self.is_initializing():  # untied models never read the table in forward
+      self.embed(jnp.zeros((1, 1), jnp.int32))
     x = embeds.astype(self.cfg.jnp_dtype)
     x, kv = self.layers(x, kv, positions, mask, index)
     hidden = self.final_norm(x)

@@ -1,0 +1,136 @@
+"""Meshes and partition rules: `jax.jit` over a `Mesh` with `NamedSharding`.
+
+lrjax never uses `pmap` (in maintenance mode since JAX 0.8 and itself built on
+jit + shard_map): one program runs on 1 CPU, 8 fake CPU devices, a GPU or a
+TPU pod, and the mesh shape comes from the config:
+
+    mesh.data = -1, mesh.fsdp = 1, mesh.tensor = 1     # -1 = all remaining devices
+
+Parameters are sharded FSDP-style over `fsdp` (the hidden dimension) and
+Megatron-style over `tensor` (heads, MLP width, vocabulary); the batch is split
+over (`data`, `fsdp`). XLA's GSPMD inserts the collectives.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch dimension is split over both
+
+# (regex over the '/'-joined parameter path, spec without the stacked layer axis)
+PARAM_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"embed/embedding$", ("tensor", "fsdp")),  # V H
+    (r"attn/(q|k|v)/kernel$", ("fsdp", "tensor")),  # H, N*D
+    (r"attn/(q|k|v)/bias$", ("tensor",)),
+    (r"attn/o/kernel$", ("tensor", "fsdp")),  # N*D, H
+    (r"attn/o/bias$", (None,)),
+    (r"mlp/(gate|up)/kernel$", ("fsdp", "tensor")),  # H F
+    (r"mlp/(gate|up)/bias$", ("tensor",)),
+    (r"mlp/down/kernel$", ("tensor", "fsdp")),  # F H
+    (r"lm_head/kernel$", ("fsdp", "tensor")),  # H V
+    (r"gate_[a-z]+/kernel$", ("fsdp", "tensor")),  # HRPO gate Linears, H H
+)
+
+
+def mesh_shape(n_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1) -> tuple[int, ...]:
+  """Resolves one -1 entry to the remaining devices; checks the product."""
+  dims = [data, fsdp, tensor]
+  if dims.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  known = math.prod(d for d in dims if d != -1)
+  if -1 in dims:
+    if n_devices % known:
+      raise ValueError(f"{n_devices} devices are not divisible by the fixed mesh axes ({known})")
+    dims[dims.index(-1)] = n_devices // known
+  if math.prod(dims) != n_devices:
+    raise ValueError(
+        f"mesh data={dims[0]} x fsdp={dims[1]} x tensor={dims[2]} = {math.prod(dims)} "
+        f"does not match the {n_devices} available devices")
+  return tuple(dims)
+
+
+def make_mesh(mesh_cfg: Any = None, devices: Sequence[Any] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD-style propagation)."""
+  devices = list(devices if devices is not None else jax.devices())
+  get = (lambda k: getattr(mesh_cfg, k, None) if mesh_cfg is not None else None)
+  shape = mesh_shape(len(devices), data=get("data") if get("data") is not None else -1,
+                     fsdp=get("fsdp") or 1, tensor=get("tensor") or 1)
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def _fit(spec: tuple, shape: tuple[int, ...], mesh: Mesh, path: str) -> P:
+  """Drops mesh axes that do not divide their dimension (logged, replicated instead)."""
+  out = []
+  for dim, axis in zip(shape, spec):
+    if axis is not None and dim % mesh.shape[axis]:
+      logging.debug("parameter %s: dim %d not divisible by mesh axis %s=%d; replicated",
+                    path, dim, axis, mesh.shape[axis])
+      axis = None
+    out.append(axis)
+  return P(*out)
+
+
+def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """PartitionSpec of one parameter; `layers/...` leaves carry a leading layer axis."""
+  stacked = path.startswith("layers/") or "/layers/" in path
+  core = shape[1:] if stacked else shape
+  for pattern, spec in PARAM_RULES:
+    if re.search(pattern, path) and len(spec) == len(core):
+      fitted = _fit(spec, core, mesh, path)
+      return P(None, *fitted) if stacked else fitted
+  return P()  # norms, Λ, small heads: replicated
+
+
+def param_shardings(params: Any, mesh: Mesh) -> Any:
+  """A pytree of NamedShardings matching `params` (arrays or ShapeDtypeStructs)."""
+  flat = traverse_util.flatten_dict(params, sep="/") if isinstance(params, dict) else None
+  if flat is None:
+    return jax.tree.map(lambda _: NamedSharding(mesh, P()), params)
+  out = {k: NamedSharding(mesh, param_spec(k, tuple(v.shape), mesh)) for k, v in flat.items()}
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) axis over (data, fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH]))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places every array of a batch pytree with its leading axis split over (data, fsdp)."""
+  def put(x):
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
+    if x.shape[0] % data_parallel_size(mesh):
+      raise ValueError(f"batch dimension {x.shape[0]} is not divisible by the data-parallel "
+                       f"size {data_parallel_size(mesh)} (mesh.data x mesh.fsdp)")
+    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+  return jax.tree.map(put, batch)
+
+
+def maybe_initialize_distributed() -> None:
+  """Multi-host: `jax.distributed.initialize()` when the runtime says so (TPU pods, SLURM)."""
+  import os
+  if os.environ.get("LRJAX_DISTRIBUTED", "") == "1" or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    if jax.process_count() == 1:
+      try:
+        jax.distributed.initialize()
+      except RuntimeError as e:  # already initialised
+        logging.info("jax.distributed.initialize skipped: %s", e)
