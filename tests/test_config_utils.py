@@ -1,0 +1,78 @@
+"""Config flattening, resume checks and validation messages."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from lrjax import config_utils as cu
+
+
+def _config(**rl):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/a"
+  c.allow_config_mismatch = False
+  c.data = ml_collections.ConfigDict({"task": "arith", "sizes": (1, 2)})
+  c.rl = ml_collections.ConfigDict({"lr": 1e-5, "group_size": 8, **rl})
+  return c
+
+
+def test_flatten_and_to_dict():
+  c = _config()
+  c.ref = ml_collections.FieldReference(3)
+  flat = cu.flatten(c)
+  assert flat["rl.lr"] == 1e-5 and flat["data.sizes"] == (1, 2) and flat["ref"] == 3
+  assert set(flat) == {"seed", "workdir", "allow_config_mismatch", "data.task", "data.sizes",
+                       "rl.lr", "rl.group_size", "ref"}
+  assert cu.flatten({"a": {"b": {"c": 1}}, "e": {}}) == {"a.b.c": 1, "e": {}}
+  d = cu.to_dict({"x": (1, np.float32(0.5)), "dt": np.dtype("float32"), "n": np.int64(2)})
+  assert d == {"x": [1, 0.5], "dt": "float32", "n": 2}
+  json.dumps(cu.to_dict(c))  # serialisable
+
+
+def test_config_mismatch_lists_every_field():
+  stored = cu.to_dict(_config())
+  stored["rl"]["old"] = 1
+  current = _config(lr=1e-4, extra="x")
+  assert cu.config_mismatch(stored, current) == [
+      "rl.extra: <absent> (stored) != 'x' (now)",
+      "rl.lr: 1e-05 (stored) != 0.0001 (now)",
+      "rl.old: 1 (stored) != <absent> (now)",
+  ]
+  assert cu.config_mismatch(stored, stored) == []
+  assert cu.config_mismatch({"a": True}, {"a": 1}) == ["a: True (stored) != 1 (now)"]
+
+
+def test_resume_check(tmp_path):
+  workdir = str(tmp_path)
+  cu.check_resume_config(workdir, _config(), allow_mismatch=False)  # nothing stored: fine
+  path = cu.save_config(workdir, _config())
+  assert os.path.exists(path) and json.load(open(path))["rl"]["lr"] == 1e-5
+  # same config (tuples came back as lists) and ignored fields: fine
+  same = _config()
+  same.workdir, same.allow_config_mismatch = "elsewhere", True
+  cu.check_resume_config(workdir, same, allow_mismatch=False)
+  changed = _config(lr=1e-4)
+  changed.seed = 1
+  with pytest.raises(cu.ConfigMismatchError) as e:
+    cu.check_resume_config(workdir, changed, allow_mismatch=False)
+  msg = str(e.value)
+  assert "rl.lr: 1e-05 (stored) != 0.0001 (now)" in msg and "seed: 0 (stored) != 1 (now)" in msg
+  assert "--config.allow_config_mismatch=True" in msg and "2 field(s)" in msg
+  assert isinstance(e.value, cu.ConfigError) and isinstance(e.value, ValueError)
+  cu.check_resume_config(workdir, changed, allow_mismatch=True)  # only a warning
+
+
+def test_validate_choice():
+  c = _config()
+  assert cu.validate_choice(c, "data.task", ("arith", "prosqa", "gsm8k")) == "arith"
+  c.data.task = "foo"
+  with pytest.raises(cu.ConfigError) as e:
+    cu.validate_choice(c, "data.task", ("arith", "prosqa", "gsm8k"))
+  assert str(e.value) == "config.data.task='foo' is not one of: arith, prosqa, gsm8k"
+  with pytest.raises(cu.ConfigError, match="did you mean 'task'"):
+    cu.get_field(c, "data.tsk")
+  with pytest.raises(cu.ConfigError, match="no field 'nope'"):
+    cu.validate_choice({"a": 1}, "nope", ("x",))
