@@ -1,0 +1,105 @@
+"""The full lrjax config: every field any phase reads, with CPU-friendly defaults.
+
+Method configs (sft.py, nocot.py, coconut.py, grpo.py, hrpo.py) start from
+`get_config()` here and change what their method needs. Any field can be
+overridden on the command line, e.g.
+
+    python -m lrjax.main --config=configs/sft.py --config.sft.steps=200 --config.seed=1
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from lrjax.data.tasks import default_data_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.name = "base"  # the default workdir is runs/<name>
+  c.seed = 0  # drives init, sampling and data order (the eval split has data.seed)
+  # Phases to run, in order: any of sft, rl, eval joined by ',' (e.g. 'sft,rl').
+  c.mode = "sft"
+  # '' = random init of model.preset; else an HF folder, or a workdir whose export is used.
+  c.init = ""
+  c.allow_config_mismatch = False  # resume even if the stored config differs
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"  # a name in lrjax.model.PRESETS (ignored when init is an HF folder)
+  c.model.dtype = "float32"
+  c.model.remat = False
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # '' = the init folder's tokenizer, or a char tokenizer built from the task
+
+  c.data = default_data_config()
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = all remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.method = "cot"  # cot | nocot | coconut
+  c.sft.steps = 600
+  c.sft.batch_size = 128
+  c.sft.lr = 1e-3
+  c.sft.weight_decay = 0.01
+  c.sft.warmup_steps = 50
+  c.sft.schedule = "constant"  # constant | cosine
+  c.sft.clip_norm = 1.0
+  c.sft.max_len = 128  # tokens per training sequence (prompt + response)
+  # Coconut curriculum: stage k replaces the first k steps by k*c latents.
+  c.sft.latents_per_step = 1  # c
+  c.sft.num_stages = 4  # stages 0..num_stages-1; the last one is all-latent
+  c.sft.stage_steps = 300  # steps per stage (the last stage runs to sft.steps)
+  c.sft.eval_every = 200
+  c.sft.log_every = 25
+
+  c.rule = ml_collections.ConfigDict()
+  c.rule.name = "token"  # a thought rule: token | hidden | hybrid
+  c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = from the curriculum)
+  c.rule.gate_c = 8.0  # hybrid: a = exp(-c * softplus(-Lambda) * r)
+  c.rule.r_min = 0.99  # hybrid: Lambda init from u ~ U[r_min, 0.999]
+  c.rule.top_k = 50  # hybrid: top-k of the soft-embedding distribution
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.steps = 300
+  c.rl.num_prompts = 16  # prompts per step
+  c.rl.group_size = 8  # samples per prompt
+  c.rl.max_new = 48  # response buffer (tokens, latent steps included)
+  c.rl.temperature = 1.0
+  c.rl.top_k = 0  # 0 = off
+  c.rl.top_p = 1.0
+  c.rl.advantage = "grpo"
+  c.rl.adv_eps = 1e-4
+  c.rl.loss = "ppo_clip"  # a name in lrjax.rl.losses.POLICY_LOSSES
+  c.rl.aggregation = "token_mean"
+  c.rl.clip_eps = 0.2
+  c.rl.beta = 0.0  # KL(policy || reference) weight, k3 estimator
+  c.rl.lr = 1e-4  # backbone
+  c.rl.lr_gate = 1e-3  # hybrid gate Linears
+  c.rl.lr_lambda = 1e-2  # hybrid Lambda
+  c.rl.weight_decay = 0.0
+  c.rl.b1 = 0.9
+  c.rl.b2 = 0.99
+  c.rl.clip_norm = 1.0
+  c.rl.warmup_steps = 0
+  c.rl.schedule = "constant"
+  c.rl.reward = ""  # '' = the task's default reward
+  c.rl.eval_every = 50
+  c.rl.log_every = 10
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_problems = 1000  # held-out problems (0 = the whole eval split)
+  c.eval.batch_size = 500
+  c.eval.max_new = 48
+  c.eval.num_samples = 8  # n samples per problem for pass@k at temperature eval.temperature
+  c.eval.pass_k = (1, 8)
+  c.eval.temperature = 1.0
+  c.eval.sampled = True  # also compute pass@k (costs num_samples rollouts per problem)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 100
+  c.checkpoint.max_to_keep = 2
+  return c

@@ -1,0 +1,59 @@
+"""HRPO: hybrid latent reasoning via RL (Yue et al., arXiv 2505.18454).
+
+During the think span (until '####' is generated) the next input mixes the
+sampled token's embedding with a soft embedding of the whole distribution
+through a learned gate a = exp(-c * softplus(-Lambda) * r); the policy is
+trained with HRPO's on-policy REINFORCE-form GRPO loss and a k3 KL to the
+frozen starting model. This default runs a CoT-SFT warm-up of the tiny model
+on `arith` and then HRPO, on a CPU, with no flags:
+
+    python -m lrjax.main --config=configs/hrpo.py --workdir=runs/hrpo
+
+`--config=configs/hrpo.py:qwen2.5-1.5b` gives the paper's hyper-parameters
+(Qwen2.5-1.5B-Instruct on GSM8K; set --config.init to the local checkpoint).
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg)
+  c.name = "hrpo"
+  c.mode = "sft,rl"
+  c.sft.method = "cot"
+  c.rule.name = "hybrid"
+  c.rule.gate_c = 8.0
+  c.rule.r_min = 0.99
+  c.rule.top_k = 50
+  c.rl.loss = "reinforce_onpolicy"
+  c.rl.aggregation = "seq_mean"
+  c.rl.beta = 0.005
+  if arg == "qwen2.5-1.5b":
+    _paper(c)
+  elif arg:
+    raise ValueError(f"unknown preset {arg!r} for configs/hrpo.py; available: qwen2.5-1.5b")
+  return c
+
+
+def _paper(c):
+  """HRPO's GSM8K setting (the paper trains LoRA r32/a64 at lr 5e-6; lrjax
+  trains the full backbone, so its lr is the LoRA one scaled down)."""
+  c.name = "hrpo-qwen2.5-1.5b"
+  c.mode = "rl"
+  c.model.preset = "qwen2.5-1.5b"
+  c.model.dtype = "bfloat16"
+  c.data.task = "gsm8k"
+  c.rl.temperature = 0.5
+  c.rule.top_k = 50
+  c.rl.group_size = 4
+  c.rl.num_prompts = 16  # 64 completions per step
+  c.rl.max_new = 512
+  c.rl.lr = 5e-6
+  c.rl.lr_gate = 1e-4
+  c.rl.lr_lambda = 1e-3
+  c.rl.b1, c.rl.b2 = 0.9, 0.99
+  c.rl.weight_decay = 0.1
+  c.rl.schedule = "cosine"
+  c.rl.clip_norm = 0.1
+  c.rl.beta = 0.005
+  c.eval.max_new = 512
+  c.eval.batch_size = 64

@@ -1,0 +1,30 @@
+"""`--config.mode=eval --config.init=<workdir or HF folder>`: evaluate a model.
+
+Writes the `eval/*` metrics at ("eval", step 0) in `<workdir>/metrics.jsonl`.
+The thought rule is `config.rule.name`; its parameters come from the export's
+sidecar (`lrjax_rule.safetensors`) when the rule has any.
+"""
+from __future__ import annotations
+
+import jax
+
+from lrjax import loop
+from lrjax.latent import init_rule_params
+from lrjax.rl.trainer import prompt_suffix
+from lrjax.run import load_sidecar, resolve_init_folder
+
+
+def run_eval_phase(run) -> dict:
+  c = run.config
+  ctx = loop.eval_context(run, c.rule.name, c.eval.max_new + c.rule.num_latent,
+                          num_latent=c.rule.num_latent, temperature=c.rl.temperature)
+  rule_params = init_rule_params(ctx, jax.random.key(c.seed))
+  sidecar = load_sidecar(resolve_init_folder(c.init)) if c.init else None
+  if sidecar is not None:
+    name, stored = sidecar
+    if name != c.rule.name:
+      raise ValueError(f"{c.init} holds parameters of rule {name!r}, but config.rule.name="
+                       f"{c.rule.name!r}")
+    rule_params = stored
+  params = loop.place(run, {"model": run.params, "rule": rule_params, "heads": {}})
+  return loop.run_eval(run, "eval", 0, params, ctx, prompt_suffix(run, ctx))

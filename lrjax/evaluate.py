@@ -1,0 +1,113 @@
+"""Held-out evaluation: greedy accuracy, unbiased pass@k, format rate, lengths.
+
+Metric keys (one JSON line per evaluation, see lrjax/metrics.py):
+
+    eval/accuracy          greedy decoding, task reward (HRPO rule for '####' tasks)
+    eval/pass@1, pass@k    n = eval.num_samples samples per problem at eval.temperature,
+                           unbiased estimator 1 - C(n-c, k) / C(n, k)  (Chen et al. 2021,
+                           arXiv 2107.03374), averaged over problems
+    eval/format_rate       share of greedy answers with exactly one '####'
+    eval/response_tokens   mean response positions of the greedy answers (latents included)
+    eval/latent_steps      mean latent / think-span positions of the greedy answers
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from lrjax import rewards as rewards_lib
+from lrjax.data.tasks import Problem, prompt_text
+from lrjax.latent import RULES, RuleContext
+from lrjax.rollout import Sampling, pad_prompts, rollout
+from lrjax.rollout.trajectory import bucket_length, decode
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+  if k > n:
+    raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def rule_aux(rule: str, tokenizer: Any) -> Any:
+  """The rule's array pytree (e.g. hybrid's '####' tables), or None."""
+  make = getattr(RULES.get(rule), "make_aux", None)
+  return make(tokenizer) if make is not None else None
+
+
+def encode_prompts(tokenizer: Any, problems: Sequence[Problem], suffix_ids: Sequence[int] = ()):
+  return [tokenizer.encode(prompt_text(p), add_special_tokens=False) + list(suffix_ids)
+          for p in problems]
+
+
+def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.Array,
+             batch_size: int, aux: Any = None, pad_id: int = 0):
+  """Rolls out every prompt in fixed-size batches (the last one padded by repetition).
+
+  Returns (list of Trajectory slices as numpy dicts per batch, real row counts).
+  """
+  bucket = bucket_length(max(len(p) for p in prompts), PROMPT_BUCKETS)
+  out = []
+  for i in range(0, len(prompts), batch_size):
+    chunk = prompts[i:i + batch_size]
+    real = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - real)  # keep one compiled shape
+    ids, mask = pad_prompts(chunk, bucket, pad_id)
+    traj = rollout(ctx, params, ids, mask, jax.random.fold_in(key, i), aux)
+    out.append((jax.device_get(traj), real))
+  return out
+
+
+def score(run_tokenizer: Any, ctx: RuleContext, batches, answers: Sequence[str], reward_fn):
+  """(correct [n], formatted [n], lengths [n], latent [n]) over the generated batches."""
+  correct, formatted, lengths, latent = [], [], [], []
+  j = 0
+  for traj, real in batches:
+    texts = decode(run_tokenizer, traj, ctx)[:real]
+    for b, text in enumerate(texts):
+      correct.append(reward_fn(text, answers[j]))
+      formatted.append(rewards_lib.format_hash(text, answers[j]))
+      j += 1
+    lengths.extend(np.asarray(traj.lengths)[:real].tolist())
+    latent.extend(np.asarray(traj.latent_mask).sum(-1)[:real].tolist())
+  return (np.asarray(correct, np.float64), np.asarray(formatted, np.float64),
+          np.asarray(lengths, np.float64), np.asarray(latent, np.float64))
+
+
+def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[Problem],
+             reward: str, key: jax.Array, *, batch_size: int = 500, num_samples: int = 8,
+             pass_k: Sequence[int] = (1, 8), temperature: float = 1.0, sampled: bool = True,
+             aux: Any = None, prompt_suffix: Sequence[int] = ()) -> dict[str, float]:
+  """All `eval/*` metrics of `params` under `ctx`'s rule on `problems`."""
+  t0 = time.time()
+  reward_fn = rewards_lib.REWARDS.get(reward)
+  prompts = encode_prompts(tokenizer, problems, prompt_suffix)
+  answers = [p.answer for p in problems]
+  pad_id = ctx.pad_id
+  greedy_ctx = ctx.replace(sampling=Sampling(temperature=ctx.sampling.temperature, greedy=True))
+  batches = generate(greedy_ctx, params, prompts, key, batch_size, aux, pad_id)
+  correct, formatted, lengths, latent = score(tokenizer, greedy_ctx, batches, answers, reward_fn)
+  metrics = {"eval/accuracy": correct.mean(), "eval/format_rate": formatted.mean(),
+             "eval/response_tokens": lengths.mean(), "eval/latent_steps": latent.mean()}
+  if sampled and num_samples > 0:
+    sample_ctx = ctx.replace(sampling=Sampling(temperature=temperature))
+    rep_prompts = [p for p in prompts for _ in range(num_samples)]
+    rep_answers = [a for a in answers for _ in range(num_samples)]
+    batches = generate(sample_ctx, params, rep_prompts, jax.random.fold_in(key, 1),
+                       batch_size, aux, pad_id)
+    ok = score(tokenizer, sample_ctx, batches, rep_answers, reward_fn)[0]
+    ok = ok.reshape(len(problems), num_samples) > 0.5
+    c = ok.sum(-1)
+    for k in pass_k:
+      if k <= num_samples:
+        metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(num_samples, int(ci), k) for ci in c]))
+  metrics["eval/seconds"] = time.time() - t0
+  return {k: float(v) for k, v in metrics.items()}
