@@ -27,7 +27,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   if not flags.FLAGS["verbosity"].present:  # keep the console to lrjax's own lines
     absl_logging.set_verbosity(absl_logging.WARNING)
-  from lrjax.config_utils import ConfigError
+  from lrjax.config_utils import ConfigError, ConfigMismatchError
   from lrjax.run import Run, validate_config
   config = _CONFIG.value
   if config is None:
@@ -36,12 +36,34 @@ def main(argv) -> None:
   try:
     phases = validate_config(config, PHASES)
     run = Run.create(config, _WORKDIR.value or default_workdir(config))
-  except (ConfigError, ValueError) as e:
-    sys.exit(f"lrjax: config error: {e}")
+  except ConfigMismatchError as e:  # multi-line: one line per differing field
+    sys.exit(f"lrjax: {e}")
+  except (ConfigError, ValueError, OSError) as e:
+    sys.exit(f"lrjax: config error: {' '.join(str(e).split())}")
   for name in phases:
     PHASES.get(name)(run)
   run.close()
 
 
+def _one_line_error(argv, err: Exception) -> str:
+  """A flags/config parsing error as one line naming the offending field."""
+  text = " ".join(str(err).split())
+  if isinstance(err, (AttributeError, KeyError)):  # --config.<unknown field>=...
+    missing = text.strip("\"'")
+    for arg in argv:
+      if arg.startswith("--config.") and missing in arg.split("=", 1)[0].split("."):
+        field = arg.split("=", 1)[0][len("--config."):]
+        return f"unknown config field {field!r} (from {arg})"
+    return f"unknown config field {missing!r}"
+  return text.removeprefix("flag ")
+
+
+def parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    sys.exit(f"lrjax: config error: {_one_line_error(argv, e)}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

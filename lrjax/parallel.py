@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -92,11 +91,10 @@ def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 def param_shardings(params: Any, mesh: Mesh) -> Any:
   """A pytree of NamedShardings matching `params` (arrays or ShapeDtypeStructs)."""
-  flat = traverse_util.flatten_dict(params, sep="/") if isinstance(params, dict) else None
-  if flat is None:
-    return jax.tree.map(lambda _: NamedSharding(mesh, P()), params)
-  out = {k: NamedSharding(mesh, param_spec(k, tuple(v.shape), mesh)) for k, v in flat.items()}
-  return traverse_util.unflatten_dict(out, sep="/")
+  def one(path, leaf):
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    return NamedSharding(mesh, param_spec(name, tuple(leaf.shape), mesh))
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -1,0 +1,152 @@
+"""The thought-rule interface, its registry, span constants and the rule context.
+
+DESIGN.md section 3. At response step t the model has read input x_t (x_0 is
+the last prompt token) and produced h_t (last hidden, after the final norm) and
+l_t = W_out h_t. A thought rule maps
+
+    (l_t, h_t, key, state) -> y_t, logp_t, sampled_t, span_t, x_{t+1}, record_t, state'
+
+y_t is the response id at index t; x_{t+1} is read at position
+prompt_len + t. `record_t` is what the learner needs to rebuild x_{t+1}
+without re-running the recurrence (`replay_inputs`), so the policy update is
+one teacher-forced forward over [prompt, x_1 .. x_N].
+
+A rule is a `ThoughtRule` of pure functions, registered by name in `RULES`:
+
+    @RULES.register("token")
+    ...
+    rule = RULES.get(ctx.rule)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lrjax.model.config import ModelConfig
+from lrjax.registry import Registry
+from lrjax.rollout.sampling import Sampling
+
+# Per-position kinds (int8). PROMPT never appears in a response buffer.
+PROMPT, LATENT, ANSWER, DONE = 0, 1, 2, 3
+SPAN_DTYPE = jnp.int8
+
+
+def freeze(cfg: Mapping[str, Any] | tuple | None) -> tuple:
+  """Rule hyper-parameters (a mapping, ConfigDict or items) -> sorted hashable items."""
+  if cfg is None:
+    return ()
+  items = cfg.items() if hasattr(cfg, "items") else cfg
+  hashable = lambda v: tuple(map(hashable, v)) if isinstance(v, (list, tuple)) else v
+  return tuple(sorted((str(k), hashable(v)) for k, v in items))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleContext:
+  """Everything static about a rollout: a jit key, so it must stay hashable.
+
+  model_cfg: the decoder's `ModelConfig`.
+  rule: a name in `RULES` (`token`, `hidden`, `hybrid`, ...).
+  rule_cfg: rule hyper-parameters; a mapping is frozen to sorted items.
+  sampling: temperature / top-k / top-p / greedy of the emitted tokens.
+  eos_id, pad_id: end-of-sequence (-1: none, rows run to max_new) and padding.
+  bot_id, latent_id, eot_id: Coconut specials (-1 when unused).
+  num_latent: latent steps of the `hidden` rule.
+  max_new: response buffer length N.
+  return_logits: also keep l_0 .. l_{N-1} [B, N, V] in the trajectory (debug/tests).
+  """
+  model_cfg: ModelConfig
+  rule: str = "token"
+  rule_cfg: tuple = ()
+  sampling: Sampling = Sampling()
+  eos_id: int = -1
+  pad_id: int = 0
+  bot_id: int = -1
+  latent_id: int = -1
+  eot_id: int = -1
+  num_latent: int = 0
+  max_new: int = 32
+  return_logits: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "rule_cfg", freeze(self.rule_cfg))
+    if self.max_new < 1:
+      raise ValueError(f"max_new must be >= 1, got {self.max_new}")
+
+  def opt(self, name: str, default: Any = None) -> Any:
+    """A rule hyper-parameter, or `default`."""
+    return dict(self.rule_cfg).get(name, default)
+
+  def replace(self, **kw) -> "RuleContext":
+    return dataclasses.replace(self, **kw)
+
+
+class StepOut(NamedTuple):
+  """What a rule returns for one step (B rows)."""
+  token: jax.Array  # B int32, the emitted response id y_t
+  logp: jax.Array  # B float32, behaviour log_softmax(l_t/τ)[y_t] (0 when not sampled)
+  sampled: jax.Array  # B bool, y_t was sampled and belongs in the policy loss
+  span: jax.Array  # B int8, LATENT or ANSWER
+  next_embed: jax.Array  # B H, the next input x_{t+1}
+  record: dict  # name -> [B, ...], stored at column t of the trajectory
+  state: Any  # the rule's per-row carry (every leaf has a leading B axis)
+
+
+def no_params(model_cfg: ModelConfig, rule_cfg: Mapping | tuple, key: jax.Array) -> dict:
+  return {}
+
+
+def no_records(ctx: RuleContext, batch: int, max_new: int) -> dict:
+  return {}
+
+
+def no_state(ctx: RuleContext, batch: int) -> dict:
+  return {}
+
+
+class ThoughtRule(NamedTuple):
+  """A thought rule: pure functions, no state of its own.
+
+  step(ctx, params, logits [B,V], hidden [B,H], key, state, aux) -> StepOut
+  replay_inputs(ctx, params, traj, aux) -> [B, N, H] inputs x_1 .. x_N rebuilt from
+      traj.ids / traj.records (stop_gradient on stored vectors, live params["rule"]
+      and live embedding table).
+  init_state(ctx, batch) -> per-row carry pytree.
+  init_params(model_cfg, rule_cfg, key) -> params["rule"] subtree ({} if none).
+  record_spec(ctx, batch, max_new) -> {name: ShapeDtypeStruct [B, N, ...]}.
+  make_aux(tokenizer) -> the rule's `aux` pytree (None: the rule needs none).
+  metrics(ctx, params, traj, aux) -> {name: scalar} training metrics (None: none).
+
+  `params` is the full tree {"model", "rule", "heads"}; `aux` a pytree of arrays
+  that cannot live in the hashable ctx (e.g. the '####' delimiter tables).
+  """
+  step: Callable[..., StepOut]
+  replay_inputs: Callable[..., jax.Array]
+  init_state: Callable[[RuleContext, int], Any] = no_state
+  init_params: Callable[[ModelConfig, Any, jax.Array], Any] = no_params
+  record_spec: Callable[[RuleContext, int, int], dict] = no_records
+  make_aux: Callable[[Any], Any] | None = None
+  metrics: Callable[..., dict] | None = None
+
+
+RULES: Registry[ThoughtRule] = Registry("thought rule")
+
+
+def rule_of(ctx: RuleContext) -> ThoughtRule:
+  return RULES.get(ctx.rule)
+
+
+def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
+  """params["rule"] for ctx's rule."""
+  return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
+
+
+def embedding_table(params: dict) -> jax.Array:
+  """E [V, H] from the full parameter tree."""
+  return params["model"]["embed"]["embedding"]
+
+
+def spans(batch: int, kind: int) -> jax.Array:
+  return jnp.full((batch,), kind, SPAN_DTYPE)  # B

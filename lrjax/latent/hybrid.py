@@ -1,0 +1,168 @@
+"""`hybrid`: HRPO's gated hybrid latent reasoning (Yue et al., arXiv 2505.18454;
+official code Yueeeeeeee/HRPO). DESIGN.md section 3.
+
+    p_t = softmax(top-k(l_t / τ)),  y_t ~ p_t,  logp_t = log_softmax(l_t/τ)[y_t]
+    ĥ_t = (p_t E) / ||p_t||_2                                   soft embedding
+    ê = E[y_t],  r = σ(W_r ê + b_r),  i = σ(W_i ê + b_i)
+    a = exp(−c · softplus(−Λ) · r),  c = 8
+    x_{t+1} = a ⊙ ê + sqrt(1 − a² + 1e-8) ⊙ (i ⊙ ĥ_t)   inside the think span, else ê
+
+Λ is initialised from u ~ U[r_min, 0.999] as Λ = −log(u^(−1/c) − 1), so that
+a = u^r (mostly the token embedding at the start). The think span runs from
+the first response token until the delimiter `####` has been generated; the
+flag is updated AFTER each emitted token, so the input following the token
+that completes `####` and everything after are plain embeddings.
+Greedy evaluation picks argmax l_t but still builds ĥ_t with the training τ.
+The truncation is the rule's `top_k` (HF default 50, as in the official code)
+and ctx.sampling.top_p; ctx.sampling.top_k is not used by this rule.
+
+Rule hyper-parameters (ctx.rule_cfg): top_k (50), r_min (0.99), c (8.0).
+aux: {"delimiter": tables from `lrjax.data.delimiter.delimiter_tables`}.
+Records: `soft` ĥ_t [B, H] float32 (zeros where the gate is off) and `think`
+[B] bool (the gate is applied to x_{t+1}).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lrjax.data.delimiter import delimiter_step, delimiter_tables
+from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+                               embedding_table)
+from lrjax.model.config import ModelConfig
+from lrjax.rollout.sampling import process_logits, token_logp
+
+DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}
+EPS = 1e-8
+
+
+def options(rule_cfg: Mapping | tuple) -> dict:
+  return {**DEFAULTS, **dict(rule_cfg)}
+
+
+def delimiter_aux(tokenizer: Any, delimiter: str = "####", vocab_size: int | None = None) -> dict:
+  """aux for this rule: the token-id automaton tables that detect `delimiter` inside jit.
+
+  Tables shorter than the model's vocabulary are extended inside `step` (ids
+  past the tokenizer have no text: the matcher state is kept).
+  """
+  tables = delimiter_tables(tokenizer, delimiter, vocab_size)
+  return {"delimiter": jax.tree.map(jnp.asarray, tables)}
+
+
+def _fit_tables(tables: dict, vocab_size: int) -> dict:
+  """Pads {'next' [V', m], 'completed' [V', m]} to vocab_size rows (no-text tokens)."""
+  extra = vocab_size - tables["next"].shape[0]
+  if extra <= 0:
+    return tables
+  m = tables["next"].shape[1]
+  keep = jnp.broadcast_to(jnp.arange(m, dtype=tables["next"].dtype), (extra, m))  # extra m
+  return {"next": jnp.concatenate([jnp.asarray(tables["next"]), keep]),
+          "completed": jnp.concatenate([jnp.asarray(tables["completed"]),
+                                        jnp.zeros((extra, m), bool)])}
+
+
+def lambda_init(key: jax.Array, hidden_size: int, r_min: float = 0.99, c: float = 8.0) -> jax.Array:
+  """Λ [H] float32 with u ~ U[r_min, 0.999], Λ = −log(u^(−1/c) − 1), hence a = u^r."""
+  u = jax.random.uniform(key, (hidden_size,), jnp.float32, r_min, 0.999)  # H
+  return -jnp.log(u ** (-1.0 / c) - 1.0)
+
+
+def init_params(model_cfg: ModelConfig, rule_cfg: Mapping | tuple, key: jax.Array) -> dict:
+  """{"gate_r", "gate_i": {"kernel" [H,H] ~ N(0, 0.02), "bias" [H] = 0}, "lambda" [H]}."""
+  o = options(rule_cfg)
+  h = model_cfg.hidden_size
+  kr, ki, kl = jax.random.split(key, 3)
+  dense = lambda k: {"kernel": 0.02 * jax.random.normal(k, (h, h), jnp.float32),
+                     "bias": jnp.zeros((h,), jnp.float32)}
+  return {"gate_r": dense(kr), "gate_i": dense(ki),
+          "lambda": lambda_init(kl, h, o["r_min"], o["c"])}
+
+
+def gate(params_rule: dict, e: jax.Array, c: float = 8.0) -> tuple[jax.Array, jax.Array]:
+  """(a, i) for token embeddings e [..., H], float32 [..., H] each.
+
+  a = exp(−c · softplus(−Λ) · σ(W_r e + b_r)),  i = σ(W_i e + b_i)  (HRPO eq. for the gate).
+  """
+  e = e.astype(jnp.float32)  # ... H
+  r = jax.nn.sigmoid(e @ params_rule["gate_r"]["kernel"] + params_rule["gate_r"]["bias"])  # ... H
+  i = jax.nn.sigmoid(e @ params_rule["gate_i"]["kernel"] + params_rule["gate_i"]["bias"])  # ... H
+  a = jnp.exp(-c * jax.nn.softplus(-params_rule["lambda"].astype(jnp.float32)) * r)  # ... H
+  return a, i
+
+
+def mix(params_rule: dict, e: jax.Array, soft: jax.Array, think: jax.Array,
+        c: float = 8.0) -> jax.Array:
+  """x = a ⊙ e + sqrt(1 − a² + 1e-8) ⊙ (i ⊙ soft) where think, else e; float32 [..., H]."""
+  a, i = gate(params_rule, e, c)  # ... H
+  e = e.astype(jnp.float32)
+  mixed = a * e + jnp.sqrt(1.0 - a * a + EPS) * (i * soft.astype(jnp.float32))  # ... H
+  return jnp.where(think[..., None], mixed, e)
+
+
+def soft_embedding(probs: jax.Array, emb: jax.Array) -> jax.Array:
+  """ĥ = (p E) / ||p||_2: probs [..., V], E [V, H] -> float32 [..., H]."""
+  probs = probs.astype(jnp.float32)
+  h = probs @ emb.astype(jnp.float32)  # ... H
+  return h / jnp.linalg.norm(probs, axis=-1, keepdims=True)
+
+
+def init_state(ctx: RuleContext, batch: int) -> dict:
+  return {"think": jnp.ones((batch,), bool),  # B, gate on for the next input
+          "run": jnp.zeros((batch,), jnp.int32)}  # B, delimiter matcher state
+
+
+def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
+  h = ctx.model_cfg.hidden_size
+  return {"soft": jax.ShapeDtypeStruct((batch, max_new, h), jnp.float32),
+          "think": jax.ShapeDtypeStruct((batch, max_new), bool)}
+
+
+def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
+         state: dict, aux: dict) -> StepOut:
+  o = options(ctx.rule_cfg)
+  tau = ctx.sampling.temperature
+  emb = embedding_table(params)  # V H
+  x = process_logits(logits, tau, o["top_k"], ctx.sampling.top_p)  # B V
+  if ctx.sampling.greedy:
+    y = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # B
+  else:
+    y = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)  # B
+  soft = soft_embedding(jax.nn.softmax(x, axis=-1), emb)  # B H
+  tables = _fit_tables(aux["delimiter"], emb.shape[0])
+  run, completed = delimiter_step(tables, state["run"], y)  # B, B
+  think = state["think"] & ~completed  # B, gate on x_{t+1}
+  next_embed = mix(params["rule"], emb[y], soft, think, o["c"]).astype(emb.dtype)  # B H
+  span = jnp.where(state["think"], LATENT, ANSWER).astype(jnp.int8)  # B
+  record = {"soft": jnp.where(think[:, None], soft, 0.0), "think": think}
+  b = y.shape[0]
+  return StepOut(y, token_logp(logits, y, tau), jnp.ones((b,), bool), span, next_embed, record,
+                 {"think": think, "run": run.astype(jnp.int32)})
+
+
+def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
+  """x_1..x_N from stored ĥ (no gradient) and the live gate and embedding table."""
+  emb = embedding_table(params)  # V H
+  soft = jax.lax.stop_gradient(traj.records["soft"])  # B N H
+  x = mix(params["rule"], emb[traj.ids], soft, traj.records["think"], options(ctx.rule_cfg)["c"])
+  return x.astype(emb.dtype)  # B N H
+
+
+def hybrid_ratio(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
+  """HRPO's hidden-state ratio: mean of sqrt(1 − a²) over think positions (0 if none)."""
+  emb = embedding_table(params)  # V H
+  a, _ = gate(params["rule"], emb[traj.ids], options(ctx.rule_cfg)["c"])  # B N H
+  ratio = jnp.sqrt(1.0 - a * a + EPS).mean(-1)  # B N
+  think = traj.records["think"]  # B N
+  return jnp.sum(jnp.where(think, ratio, 0.0)) / jnp.maximum(jnp.sum(think), 1)
+
+
+def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
+  return {"hybrid_ratio": hybrid_ratio(ctx, params, traj, aux)}
+
+
+HYBRID = RULES.register("hybrid")(ThoughtRule(
+    step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
+    record_spec=record_spec, make_aux=delimiter_aux, metrics=metrics))

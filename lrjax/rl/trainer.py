@@ -1,0 +1,130 @@
+"""The RL phase: rollout -> rewards -> group advantages -> one policy update.
+
+Starts from `run.params` (the SFT model of this workdir, or `config.init`),
+evaluates at RL step 0 before any update, then every `rl.eval_every` steps
+and at the end, and prints a before/after summary. Metrics (phase "rl"):
+train/reward, train/kl, train/loss, train/tokens_per_sec, train/response_tokens,
+train/latent_steps, and the rule's own (hybrid: train/hybrid_ratio).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from lrjax import loop, metrics as metrics_lib
+from lrjax import rewards as rewards_lib
+from lrjax.evaluate import PROMPT_BUCKETS, encode_prompts, rule_aux
+from lrjax.latent import RULES, RuleContext, init_rule_params
+from lrjax.rl import advantages as adv_lib
+from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
+from lrjax.rollout import Sampling, pad_prompts, rollout
+from lrjax.rollout.trajectory import bucket_length, decode
+
+
+def train_context(run) -> RuleContext:
+  c = run.config
+  base = loop.eval_context(run, c.rule.name, c.rl.max_new, num_latent=c.rule.num_latent,
+                           temperature=c.rl.temperature)
+  return base.replace(sampling=Sampling(temperature=c.rl.temperature, top_k=c.rl.top_k,
+                                        top_p=c.rl.top_p))
+
+
+def prompt_suffix(run, ctx: RuleContext) -> tuple:
+  return (run.special["bot_id"],) if ctx.rule == "hidden" else ()
+
+
+def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
+  """The rule's own training metrics (e.g. hybrid_ratio), if it defines any."""
+  fn = getattr(RULES.get(ctx.rule), "metrics", None)
+  return {f"train/{k}": float(v) for k, v in (fn(ctx, params, traj, aux) if fn else {}).items()}
+
+
+def run_rl(run) -> None:
+  config, rl = run.config, run.config.rl
+  ctx = train_context(run)
+  eval_ctx = loop.eval_context(run, ctx.rule, config.eval.max_new + ctx.num_latent,
+                               num_latent=ctx.num_latent, temperature=rl.temperature)
+  suffix = prompt_suffix(run, ctx)
+  aux = rule_aux(ctx.rule, run.tokenizer)
+  reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
+  key = jax.random.key(config.seed)
+  params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
+            "heads": {}}
+  params = loop.place(run, params)
+  ref_model = loop.place(run, run.params) if rl.beta > 0 else None
+  optimizer = make_rl_optimizer(rl, rl.steps)
+  spec = LossSpec(loss=rl.loss, aggregation=rl.aggregation, clip_eps=rl.clip_eps, beta=rl.beta,
+                  temperature=rl.temperature)
+  update = make_update(ctx, spec, optimizer)
+  state = {"params": params, "opt_state": optimizer.init(params)}
+  ckpt = loop.checkpointer(run, "rl")
+  state, start, _ = loop.try_resume(run, "rl", ckpt, state)
+  if start == 0:
+    loop.run_eval(run, "rl", 0, state["params"], eval_ctx, suffix)
+  progress = metrics_lib.Progress("rl")
+  g = rl.group_size
+  for step in range(start, rl.steps):
+    t0 = time.time()
+    idx = loop.data_indices(config.seed + 1, len(run.task.train), step, rl.num_prompts)
+    problems = [run.task.train[i] for i in idx]
+    prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
+    ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
+                            ctx.pad_id)
+    traj = rollout(ctx, state["params"], ids, mask, jax.random.fold_in(key, 10_000 + step), aux)
+    texts = decode(run.tokenizer, traj, ctx)
+    answers = [p.answer for p in problems for _ in range(g)]
+    r = np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)], np.float32)
+    adv = adv_lib.ADVANTAGES.get(rl.advantage)(jax.numpy.asarray(r), g, eps=rl.adv_eps)
+    extra = rule_metrics(ctx, state["params"], traj, aux)
+    state["params"], state["opt_state"], m = update(state["params"], state["opt_state"],
+                                                    ref_model, traj, adv, aux)
+    m = jax.device_get(m)
+    lengths = np.asarray(traj.lengths)
+    done = step + 1
+    line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
+            "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
+            "train/clip_frac": float(m["clip_frac"]),
+            "train/response_tokens": float(lengths.mean()),
+            "train/latent_steps": float(np.asarray(traj.latent_mask).sum(-1).mean()),
+            "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
+    if done % rl.log_every == 0 or done == rl.steps or step == start:
+      run.metrics.write("rl", done, line)
+    progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
+    if done % rl.eval_every == 0 or done == rl.steps:
+      loop.run_eval(run, "rl", done, state["params"], eval_ctx, suffix)
+    if done % config.checkpoint.every == 0 or done == rl.steps:
+      ckpt.save(done, state, {"phase": "rl", "step": done})
+  progress.close()
+  ckpt.wait()
+  run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
+  run.export("rl", run.params, run.rule_params)
+  loop.mark_done(run, "rl", summary(run))
+  print(format_summary(summary(run)), flush=True)
+
+
+def summary(run) -> dict:
+  """Before/after accuracy: SFT's final eval, RL step 0 and RL's last eval."""
+  recs = metrics_lib.read_metrics(run.workdir)
+  evals = [r for r in recs if "eval/accuracy" in r]
+  def pick(phase, which):
+    xs = [r for r in evals if r["phase"] == phase]
+    return (xs[0] if which == "first" else xs[-1]) if xs else {}
+  out = {}
+  for name, rec in (("sft_final", pick("sft", "last")), ("rl_step0", pick("rl", "first")),
+                    ("rl_final", pick("rl", "last"))):
+    if rec:
+      out[name] = {k: rec[k] for k in ("step", "eval/accuracy", "eval/pass@1", "eval/format_rate",
+                                       "eval/response_tokens") if k in rec}
+  return out
+
+
+def format_summary(s: dict) -> str:
+  rows = ["[lrjax] before/after RL (held-out):"]
+  for name, rec in s.items():
+    vals = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k != "step")
+    rows.append(f"  {name:<10} step {rec.get('step', '?'):>4}  {vals}")
+  return "\n".join(rows)

@@ -1,0 +1,111 @@
+"""The jitted rollout: one prefill, then one `lax.while_loop` over max_new steps.
+
+    prefill(prompt) -> l_0, h_0, cache
+    for t < max_new while some row is live:
+      y_t, logp_t, x_{t+1}, record_t = rule.step(l_t, h_t)
+      l_{t+1}, h_{t+1} = forward(x_{t+1} at position prompt_len + t, cache)
+
+All buffers are preallocated ([B, N, ...], N = max_new) and written at column
+t; a row is done after it emits eos in an ANSWER span or any sampled eos, and
+finished rows stop changing (ids pad, span DONE, logp 0, records 0, rule state
+frozen). The loop stops early when every row is done. The KV cache is built
+inside the program and carried by the loop, so XLA updates it in place (there
+is nothing to donate at the jit boundary; `params` must not be donated, the
+learner reuses them).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lrjax.latent.base import ANSWER, DONE, RuleContext, rule_of
+from lrjax.model.api import embed, forward, init_cache, positions_from_mask
+from lrjax.rollout.trajectory import Trajectory
+
+
+def _rows(mask: jax.Array, new, old):
+  """Per-row select over pytrees whose leaves lead with the batch axis B."""
+  def sel(n, o):
+    m = mask.reshape(mask.shape + (1,) * (n.ndim - 1))
+    return jnp.where(m, n, o).astype(o.dtype)
+  return jax.tree.map(sel, new, old)
+
+
+def _write(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
+  """buf [B, N, ...] with column t set to value [B, ...]."""
+  return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=1)
+
+
+def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
+                      prompt_mask: jax.Array, key: jax.Array, aux=None) -> Trajectory:
+  """Unjitted rollout (see `rollout`); ctx must be static under jit."""
+  cfg, rule, n = ctx.model_cfg, rule_of(ctx), ctx.max_new
+  b, p = prompt_ids.shape
+  mask = prompt_mask.astype(bool)  # B P
+  prompt_len = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # B
+  out = forward(cfg, params["model"], embed(cfg, params["model"], prompt_ids),
+                positions_from_mask(mask), mask, init_cache(cfg, b, p + n))
+  bufs = {
+      "ids": jnp.full((b, n), ctx.pad_id, jnp.int32),  # B N
+      "span": jnp.full((b, n), DONE, jnp.int8),  # B N
+      "sampled": jnp.zeros((b, n), bool),  # B N
+      "logp": jnp.zeros((b, n), jnp.float32),  # B N
+      "records": {k: jnp.zeros(s.shape, s.dtype) for k, s in rule.record_spec(ctx, b, n).items()},
+  }
+  if ctx.return_logits:
+    bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=out.cache, logits=out.logits[:, -1],
+               hidden=out.hidden[:, -1], state=rule.init_state(ctx, b),
+               done=jnp.zeros((b,), bool), ended=jnp.zeros((b,), bool), bufs=bufs)
+
+  def cond(c):
+    return (c["t"] < n) & ~jnp.all(c["done"])
+
+  def body(c):
+    t, live = c["t"], ~c["done"]  # [], B
+    so = rule.step(ctx, params, c["logits"], c["hidden"], jax.random.fold_in(key, t), c["state"],
+                   aux)
+    token = jnp.where(live, so.token, ctx.pad_id)  # B
+    sampled = live & so.sampled  # B
+    span = jnp.where(live, so.span, DONE).astype(jnp.int8)  # B
+    old = c["bufs"]
+    bufs = {"ids": _write(old["ids"], t, token), "span": _write(old["span"], t, span),
+            "sampled": _write(old["sampled"], t, sampled),
+            "logp": _write(old["logp"], t, jnp.where(sampled, so.logp, 0.0)),
+            "records": {k: _write(v, t, _rows(live, so.record[k], jnp.zeros_like(so.record[k])))
+                        for k, v in old["records"].items()}}
+    if ctx.return_logits:
+      bufs["logits"] = _write(old["logits"], t, c["logits"])
+    eos = live & (token == ctx.eos_id) & ((span == ANSWER) | sampled)  # B
+    x = so.next_embed[:, None].astype(cfg.jnp_dtype)  # B 1 H
+    pos = (prompt_len + t)[:, None]  # B 1
+    step_out = forward(cfg, params["model"], x, pos, jnp.ones((b, 1), bool), c["cache"])
+    return dict(t=t + 1, cache=step_out.cache, logits=step_out.logits[:, 0],
+                hidden=step_out.hidden[:, 0], state=_rows(live, so.state, c["state"]),
+                done=c["done"] | eos, ended=c["ended"] | eos, bufs=bufs)
+
+  c = jax.lax.while_loop(cond, body, carry)
+  bufs = c["bufs"]
+  return Trajectory(
+      prompt_ids=prompt_ids, prompt_mask=prompt_mask, ids=bufs["ids"], span=bufs["span"],
+      sampled=bufs["sampled"], logp=bufs["logp"], records=bufs["records"],
+      lengths=jnp.sum(bufs["span"] != DONE, axis=-1, dtype=jnp.int32), truncated=~c["ended"],
+      logits=bufs.get("logits"))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def rollout(ctx: RuleContext, params: dict, prompt_ids: jax.Array, prompt_mask: jax.Array,
+            key: jax.Array, aux=None) -> Trajectory:
+  """Samples a `Trajectory` for left-padded prompts (jitted, ctx static).
+
+  Args:
+    ctx: the static `RuleContext` (rule, sampling, special ids, max_new).
+    params: {"model": backbone, "rule": rule params, "heads": ...}.
+    prompt_ids: [B, P] int32, left-padded to a bucket (`pad_prompts`).
+    prompt_mask: [B, P], 1 on real tokens.
+    key: PRNG key; step t uses fold_in(key, t).
+    aux: the rule's array pytree (e.g. hybrid's delimiter tables), or None.
+  """
+  return sample_trajectory(ctx, params, prompt_ids, prompt_mask, key, aux)

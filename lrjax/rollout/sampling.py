@@ -1,0 +1,90 @@
+"""Logit processing and sampling (temperature, top-k, top-p), as HF `generate` does.
+
+`process_logits` returns l/τ with −inf outside the kept set; its order is HF's
+warper order: temperature, then top-k, then top-p on the top-k-renormalised
+distribution. Ties at the cut-off are kept (HF keeps them for top-k too).
+
+The **behaviour log-prob** stored in a trajectory is
+
+    logp_t = log_softmax(l_t / τ)[y_t]
+
+temperature applied but NOT truncated by top-k / top-p, so the learner can
+recompute exactly the same quantity from replayed logits (`token_logp`)
+without knowing the truncation set; truncation only decides which tokens can
+be drawn.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Static sampling settings (hashable: part of the rollout's jit key).
+
+  temperature: τ > 0 (also used by `greedy` for the stored log-probs).
+  top_k: keep the k largest logits; 0 = off.
+  top_p: nucleus mass in (0, 1]; 1.0 = off.
+  greedy: argmax of the raw logits instead of a sample.
+  """
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  greedy: bool = False
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(
+          f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def top_k_mask(x: jax.Array, k: int) -> jax.Array:
+  """x [..., V] with −inf below the k-th largest value (k = 0 or k >= V: unchanged)."""
+  if k <= 0 or k >= x.shape[-1]:
+    return x
+  kth = jax.lax.top_k(x, k)[0][..., -1:]  # ... 1
+  return jnp.where(x >= kth, x, -jnp.inf)
+
+
+def top_p_mask(x: jax.Array, p: float) -> jax.Array:
+  """Nucleus: keeps the smallest top set whose softmax mass reaches p (at least one).
+
+  In descending order token i is kept iff the mass strictly before it is < p,
+  which is HF's `cumsum_ascending <= 1 - p` removal rule written the other way.
+  """
+  if p >= 1.0:
+    return x
+  sorted_x = jnp.sort(x, axis=-1)[..., ::-1]  # ... V, descending
+  probs = jax.nn.softmax(sorted_x, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs  # ... V, mass strictly before
+  n_keep = jnp.maximum(jnp.sum(before < p, axis=-1, keepdims=True), 1)  # ... 1
+  cut = jnp.take_along_axis(sorted_x, n_keep - 1, axis=-1)  # ... 1
+  return jnp.where(x >= cut, x, -jnp.inf)
+
+
+def process_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> jax.Array:
+  """float32 l/τ [..., V] with −inf outside the top-k ∩ top-p kept set."""
+  x = logits.astype(jnp.float32) / temperature  # ... V
+  return top_p_mask(top_k_mask(x, top_k), top_p)
+
+
+def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
+  """y ~ softmax(process_logits(l)) [...] int32; argmax of l when `sampling.greedy`."""
+  if sampling.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  x = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+  return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+
+
+def token_logp(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """log_softmax(l / τ)[y]: logits [..., V], ids [...] -> float32 [...] (untruncated)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)  # ... V
+  return jnp.take_along_axis(logp, ids[..., None].astype(jnp.int32), axis=-1)[..., 0]

@@ -1,0 +1,155 @@
+"""SFT loss, optimizer, curriculum schedule and the jitted train step.
+
+The loss is the token-mean next-token cross-entropy over the response
+(`loss_mask`, see `lrjax.sft.sequences` for the label alignment):
+
+    L = sum_{b,t} m_{b,t} * -log softmax(logits_{b,t})[labels_{b,t}] / max(1, sum m)
+
+with the logits of a teacher-forced forward (CoT, No-CoT) or of the Coconut
+forward (continuous thoughts, `lrjax.sft.coconut`). Coconut (Hao et al.,
+arXiv 2412.06769) trains with AdamW (lr 1e-4, wd 0.01) and resets the
+optimizer state at every curriculum stage switch: the trainer calls
+`optimizer.init(params)` again when `stage_switched(step, ...)` is true (or
+uses `reset_on_stage_switch`).
+
+`params` everywhere here is the **backbone** tree (what `lrjax.model.init`
+returns, i.e. `params["model"]` of the full `{"model", "rule", "heads"}` tree).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from lrjax.model import ModelConfig
+from lrjax.sft.coconut import coconut_forward
+from lrjax.sft.sequences import MODES, SFTBatch
+
+SCHEDULES = ("constant", "cosine")
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
+                         loss_mask: jax.Array) -> tuple[jax.Array, dict]:
+  """Token-mean CE over loss_mask; aux: next-token accuracy and the token count."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # B T V
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # B T
+  m = loss_mask.astype(jnp.float32)  # B T
+  count = m.sum()
+  denom = jnp.maximum(count, 1.0)
+  loss = (nll * m).sum() / denom
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # B T
+  return loss, {"loss": loss, "accuracy": (correct * m).sum() / denom, "num_tokens": count}
+
+
+def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str) -> tuple[jax.Array, dict]:
+  """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
+
+  mode 'cot'/'nocot' require a batch without latents; 'coconut' runs the
+  Coconut forward (plain forward at stage 0).
+  """
+  if mode not in MODES:
+    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+  if mode != "coconut" and batch.n_latent_max:
+    raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
+  _, logits = coconut_forward(cfg, params, batch)  # B T V
+  return masked_cross_entropy(logits, jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask))
+
+
+def make_schedule(lr: float, warmup_steps: int = 0, total_steps: int | None = None,
+                  schedule: str = "constant", end_lr_frac: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0 to lr, then constant or cosine decay to end_lr_frac * lr."""
+  if schedule == "constant":
+    if warmup_steps <= 0:
+      return optax.constant_schedule(lr)
+    return optax.warmup_constant_schedule(0.0, lr, warmup_steps)
+  if schedule == "cosine":
+    if not total_steps or total_steps <= warmup_steps:
+      raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got {total_steps}")
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, lr * end_lr_frac)
+  raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+
+
+def make_optimizer(lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0,
+                   total_steps: int | None = None, schedule: str = "constant",
+                   clip_norm: float | None = None, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay on every parameter, as Coconut's torch AdamW),
+  after an optional global-norm clip. Defaults are Coconut's (lr 1e-4, wd 0.01)."""
+  sched = make_schedule(lr, warmup_steps, total_steps, schedule)
+  adamw = optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if clip_norm:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+  return adamw
+
+
+def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
+               params: dict, opt_state: optax.OptState,
+               batch: SFTBatch) -> tuple[dict, optax.OptState, dict]:
+  """One AdamW update on the SFT loss; metrics: loss, accuracy, num_tokens, grad_norm."""
+  grad_fn = jax.value_and_grad(lambda p: sft_loss(cfg, p, batch, mode), has_aux=True)
+  (_, aux), grads = grad_fn(params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, opt_state, dict(aux, grad_norm=optax.tree.norm(grads))
+
+
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
+                    max_traces: int | None = None) -> Callable:
+  """jit(fn(params, opt_state, batch) -> (params, opt_state, metrics)), params and
+  opt_state donated. One compile per batch shape (B, T, n_latent_max);
+  `max_traces` makes a further retrace fail (`chex.assert_max_traces`)."""
+  if mode not in MODES:
+    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+
+  def step(params, opt_state, batch):
+    return train_step(cfg, optimizer, mode, params, opt_state, batch)
+
+  if max_traces is not None:
+    step = chex.assert_max_traces(step, n=max_traces)
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def curriculum_stage(step: int, stage_steps: Sequence[int] | int, num_stages: int) -> int:
+  """The Coconut stage of a training step, in 0..num_stages.
+
+  stage_steps: an int (every stage lasts that many steps, Coconut's
+  `epochs_per_stage` in steps) or a list of per-stage durations (stage i lasts
+  stage_steps[i] steps). After them (or from stage num_stages on) the stage
+  stays num_stages, the last one (with `max_latent_stage = num_stages - 1`
+  in `build_batch` it is the all-latent stage).
+  """
+  if step < 0:
+    raise ValueError(f"step must be >= 0, got {step}")
+  if isinstance(stage_steps, int):
+    if stage_steps <= 0:
+      raise ValueError(f"stage_steps must be > 0, got {stage_steps}")
+    return min(step // stage_steps, num_stages)
+  stage, end = 0, 0
+  for duration in stage_steps:
+    end += duration
+    if step < end:
+      return min(stage, num_stages)
+    stage += 1
+  return min(stage, num_stages)
+
+
+def stage_switched(step: int, stage_steps: Sequence[int] | int, num_stages: int) -> bool:
+  """True when `step` is the first step of a new curriculum stage (step > 0)."""
+  return step > 0 and (curriculum_stage(step, stage_steps, num_stages)
+                       != curriculum_stage(step - 1, stage_steps, num_stages))
+
+
+def reset_on_stage_switch(optimizer: optax.GradientTransformation, params: dict,
+                          opt_state: optax.OptState, step: int,
+                          stage_steps: Sequence[int] | int, num_stages: int) -> optax.OptState:
+  """A fresh `optimizer.init(params)` at a stage switch (Coconut), else opt_state.
+
+  Note: this also restarts the schedule's step count, as Coconut's new torch
+  optimizer does; with a warmup, the warmup is repeated every stage.
+  """
+  if stage_switched(step, stage_steps, num_stages):
+    return optimizer.init(params)
+  return opt_state

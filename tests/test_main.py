@@ -1,0 +1,106 @@
+"""The entrypoint end to end: config errors, SIGKILL + resume = uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A run small enough for a test: 1-layer tiny model, short SFT, greedy eval on 32 problems.
+FAST = ["--config.sft.steps=24", "--config.sft.batch_size=16", "--config.sft.log_every=4",
+        "--config.sft.eval_every=12", "--config.checkpoint.every=4", "--config.eval.num_problems=32",
+        "--config.eval.batch_size=32", "--config.eval.sampled=False", "--config.eval.max_new=24",
+        "--config.data.train_size=2000", "--config.sft.warmup_steps=2"]
+
+
+def _main(workdir, *args, wait=True):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/sft.py", f"--workdir={workdir}",
+         *FAST, *args]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  if not wait:
+    return proc
+  out, err = proc.communicate(timeout=600)
+  return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("flag, field", [
+    ("--config.data.task=nosuchtask", "data.task"),
+    ("--config.model.preset=gpt5", "model.preset"),
+    ("--config.rule.name=telepathy", "rule.name"),
+    ("--config.sft.nosuchfield=1", "nosuchfield"),
+    ("--config.sft.steps=many", "sft.steps"),
+])
+def test_config_errors_name_the_field(tmp_path, flag, field):
+  rc, out, err = _main(tmp_path / "w", flag)
+  assert rc != 0
+  last = [line for line in err.strip().splitlines() if line.strip()][-1]
+  assert field in last, err[-2000:]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _params(workdir):
+  from safetensors.numpy import load_file
+  return load_file(os.path.join(workdir, "sft", "export", "model.safetensors"))
+
+
+def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, out, err = _main(full)
+  assert rc == 0, err[-3000:]
+
+  proc = _main(cut, wait=False)
+  ckpt = cut / "sft" / "ckpt"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (ckpt / "8").exists():
+    time.sleep(0.2)
+  assert (ckpt / "8").exists(), "the run never wrote its step-8 checkpoint"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (cut / "sft" / "DONE").exists(), "killed too late: the run had finished"
+
+  rc, out, err = _main(cut)
+  assert rc == 0, err[-3000:]
+  assert "resuming phase 'sft'" in out + err
+
+  a, b = _params(full), _params(cut)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  ev_a = [r for r in _metrics(full) if "eval/accuracy" in r]
+  ev_b = [r for r in _metrics(cut) if "eval/accuracy" in r]
+  assert [r["step"] for r in ev_a] == [r["step"] for r in ev_b] == [0, 12, 24]
+  assert ev_a[-1]["eval/accuracy"] == ev_b[-1]["eval/accuracy"]
+  # the resumed file reads as one run: train steps strictly increasing, no duplicates
+  steps = [r["step"] for r in _metrics(cut) if "train/loss" in r]
+  assert steps == sorted(set(steps))
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
+  w = tmp_path / "w"
+  assert _main(w)[0] == 0
+  before = _params(w)
+  rc, out, err = _main(w)
+  assert rc == 0
+  assert "reusing the finished SFT model" in out + err
+  after = _params(w)
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_changed_config_is_refused_with_the_field_listed(tmp_path):
+  w = tmp_path / "w"
+  assert _main(w, "--config.sft.steps=4")[0] == 0
+  rc, out, err = _main(w, "--config.sft.steps=4", "--config.sft.lr=0.5")
+  assert rc != 0
+  assert "sft.lr" in err and "allow_config_mismatch" in err
