@@ -16,7 +16,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
 
 from lrjax.latent import RuleContext
 from lrjax.rl.losses import POLICY_LOSSES
@@ -55,8 +54,8 @@ def make_rl_optimizer(rl_cfg, total_steps: int) -> optax.GradientTransformation:
             "lambda": adamw(rl_cfg.lr_lambda), "heads": adamw(rl_cfg.lr)}
 
   def labels(params):
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: param_group(k) for k in flat})
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: param_group(tuple(str(getattr(k, "key", k)) for k in path)), params)
 
   tx = optax.multi_transform(groups, labels)
   return optax.chain(optax.clip_by_global_norm(rl_cfg.clip_norm), tx) if rl_cfg.clip_norm else tx

@@ -55,7 +55,8 @@ def run_rl(run) -> None:
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": {}}
   params = loop.place(run, params)
-  ref_model = loop.place(run, run.params) if rl.beta > 0 else None
+  # a copy: the policy's buffers are donated to each update
+  ref_model = loop.place(run, jax.tree.map(jax.numpy.copy, run.params)) if rl.beta > 0 else None
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec(loss=rl.loss, aggregation=rl.aggregation, clip_eps=rl.clip_eps, beta=rl.beta,
                   temperature=rl.temperature)

@@ -17,6 +17,7 @@ returns, i.e. `params["model"]` of the full `{"model", "rule", "heads"}` tree).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import chex
@@ -29,6 +30,7 @@ from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import MODES, SFTBatch
 
 SCHEDULES = ("constant", "cosine")
+_STEP_IDS = itertools.count()
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -108,6 +110,9 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
     return train_step(cfg, optimizer, mode, params, opt_state, batch)
 
   if max_traces is not None:
+    # chex counts traces per (definition stack, source, __name__): a unique name
+    # gives every step function made here its own budget.
+    step.__name__ = f"sft_train_step_{mode}_{next(_STEP_IDS)}"
     step = chex.assert_max_traces(step, n=max_traces)
   return jax.jit(step, donate_argnums=(0, 1))
 
