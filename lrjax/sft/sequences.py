@@ -1,0 +1,195 @@
+"""SFT sequences: CoT, No-CoT and the Coconut curriculum, as fixed-shape numpy batches.
+
+One row is `prompt ids + response ids + eos`, right-padded to a fixed length T
+(one jit compile per (B, T, n_latent_max) bucket). The prompt and the response
+are tokenized **separately** and concatenated, exactly as at generation time
+(the model reads the tokenized prompt, then emits response tokens).
+
+    mode 'cot'      prompt_text(p) | cot_text(p) eos
+    mode 'nocot'    prompt_text(p) | nocot_text(p) eos           ('#### answer')
+    mode 'coconut'  prompt_text(p) <bot> <latent>*(k*c) <eot> | cot_text(p, skip) eos
+
+(`|` marks where the loss starts.) Coconut (Hao et al., arXiv 2412.06769;
+facebookresearch/coconut `dataset.py`) at curriculum stage s replaces the
+first k reasoning steps by k*c latent thoughts, per row:
+
+    s <= max_latent_stage (or max_latent_stage is None):
+        skip = k = min(s, len(steps))           # a short problem: all its steps go latent
+    s >  max_latent_stage  (the final all-latent stage):
+        skip = len(steps), k = min(len(steps), max_latent_stage)
+
+With `pad_latents=True`, k is not clipped to len(steps) (k = s, resp.
+max_latent_stage), which is what Coconut's training collator does for
+s <= max_latent_stage. Stage 0 keeps the `<bot><eot>` markers (as Coconut
+does), so its text after `<eot>` is byte-for-byte `cot_text(p)`.
+
+Label alignment (next-token): `labels[b, t] = ids[b, t + 1]` is the target of
+the logits at position t, and `loss_mask[b, t] = 1` iff ids[b, t + 1] is a
+response token (the answer text and eos; for Coconut the text after `<eot>`,
+so the question, `<bot>`, the latents and `<eot>` are never targets, as in
+Coconut). The last column has no target (loss_mask 0).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lrjax.data.tasks import Problem, cot_text, nocot_text, prompt_text
+
+MODES = ("cot", "nocot", "coconut")
+LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
+
+
+class LatentIds(NamedTuple):
+  """Token ids of the Coconut markers."""
+  bot: int
+  latent: int
+  eot: int
+
+
+class SFTBatch(NamedTuple):
+  """A right-padded SFT batch (numpy arrays; a pytree, so it passes through jit).
+
+  `n_latent_max` (static, the scan length of the Coconut forward) is the second
+  dimension of `latent_pos`, so it is part of the compiled shape.
+  """
+  ids: np.ndarray  # [B, T] int32 input token ids (`<latent>` at latent positions), pad after
+  mask: np.ndarray  # [B, T] int32 1 on real tokens, 0 on right padding
+  labels: np.ndarray  # [B, T] int32 labels[b, t] = ids[b, t + 1] (pad at the end)
+  loss_mask: np.ndarray  # [B, T] float32 1 where labels[b, t] is a response token
+  latent_mask: np.ndarray  # [B, T] bool  the INPUT at t is a latent thought
+  bot_pos: np.ndarray  # [B] int32 column of `<bot>` (0 in cot/nocot batches)
+  n_latents: np.ndarray  # [B] int32 latent thoughts in the row (<= n_latent_max)
+  latent_pos: np.ndarray  # [B, n_latent_max] int32 columns of the latents, -1 past n_latents
+
+  @property
+  def n_latent_max(self) -> int:
+    return int(self.latent_pos.shape[1])
+
+
+def resolve_latent_ids(tokenizer: Any, latent_ids: Any = None) -> LatentIds:
+  """`LatentIds` from a (bot, latent, eot) triple, a mapping or the tokenizer's vocab.
+
+  Accepts a `LatentIds`/3-sequence, an object with `.bot/.latent/.eot`, a
+  mapping keyed by '<bot>'... or 'bot'..., or None (look the three tokens up
+  with `tokenizer.convert_tokens_to_ids`).
+  """
+  if latent_ids is None:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in LATENT_TOKENS]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if any(i is None or i == unk for i in ids):
+      raise ValueError(f"the tokenizer has no {LATENT_TOKENS} tokens; add them "
+                       "(lrjax.data.tokenizer.add_latent_tokens) or pass latent_ids")
+    return LatentIds(*map(int, ids))
+  if isinstance(latent_ids, Mapping):
+    get = lambda n: latent_ids[f"<{n}>"] if f"<{n}>" in latent_ids else latent_ids[n]
+    return LatentIds(*(int(get(n)) for n in LatentIds._fields))
+  if all(hasattr(latent_ids, n) for n in LatentIds._fields) and not isinstance(latent_ids, tuple):
+    return LatentIds(*(int(getattr(latent_ids, n)) for n in LatentIds._fields))
+  return LatentIds(*map(int, latent_ids))
+
+
+def coconut_counts(n_steps: int, stage: int, max_latent_stage: int | None = None,
+                   pad_latents: bool = False) -> tuple[int, int]:
+  """(steps skipped, latent steps k) of one problem at a curriculum stage (module doc)."""
+  if stage < 0:
+    raise ValueError(f"stage must be >= 0, got {stage}")
+  if max_latent_stage is not None and stage > max_latent_stage:
+    return n_steps, (max_latent_stage if pad_latents else min(n_steps, max_latent_stage))
+  return min(stage, n_steps), (stage if pad_latents else min(stage, n_steps))
+
+
+def nominal_latents(stage: int, c: int, max_latent_stage: int | None = None) -> int:
+  """n_latent_max of every batch at this stage: the most latents any row can have."""
+  k = stage if max_latent_stage is None else min(stage, max_latent_stage)
+  return k * c
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+  return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, c: int = 1,
+                   latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
+                   pad_latents: bool = False) -> tuple[list[int], int, int, int]:
+  """One row: (ids, response start column, `<bot>` column or 0, number of latents)."""
+  eos = tokenizer.eos_token_id
+  prompt = _encode(tokenizer, prompt_text(problem))
+  if mode == "cot":
+    return prompt + _encode(tokenizer, cot_text(problem)) + [eos], len(prompt), 0, 0
+  if mode == "nocot":
+    return prompt + _encode(tokenizer, nocot_text(problem)) + [eos], len(prompt), 0, 0
+  if mode != "coconut":
+    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+  if latent_ids is None:
+    raise ValueError("mode 'coconut' needs latent_ids")
+  skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
+  n = k * c
+  head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
+  ids = head + _encode(tokenizer, cot_text(problem, skip)) + [eos]
+  return ids, len(head), len(prompt), n
+
+
+def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: int = 0,
+                c: int = 1, max_len: int = 256, latent_ids: Any = None,
+                max_latent_stage: int | None = None, pad_latents: bool = False,
+                pad_to_multiple: int | None = None) -> SFTBatch:
+  """Tokenizes `problems` into a right-padded `SFTBatch` of fixed shape.
+
+  Args:
+    mode: 'cot', 'nocot' or 'coconut' (module doc for the sequences).
+    stage, c, max_latent_stage, pad_latents: the Coconut curriculum (ignored
+      otherwise); stage > max_latent_stage is the final all-latent stage.
+    max_len: the padded length T. A longer row raises a ValueError naming the
+      problem's index and length (rows are never truncated: that would cut
+      the answer).
+    latent_ids: see `resolve_latent_ids` (coconut only).
+    pad_to_multiple: if set, T is the longest row rounded up to a multiple of
+      it (capped at max_len) instead of max_len: a few length buckets, one
+      compile each.
+
+  Returns:
+    an `SFTBatch` with n_latent_max = `nominal_latents(stage, c, max_latent_stage)`
+    in coconut mode (0 otherwise), so every batch of a stage has one shape.
+  """
+  if mode not in MODES:
+    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+  if not problems:
+    raise ValueError("build_batch needs at least one problem")
+  if c < 1:
+    raise ValueError(f"c (latents per step) must be >= 1, got {c}")
+  lat = resolve_latent_ids(tokenizer, latent_ids) if mode == "coconut" else None
+  n_max = nominal_latents(stage, c, max_latent_stage) if mode == "coconut" else 0
+  pad = tokenizer.pad_token_id
+  if pad is None:
+    raise ValueError("the tokenizer has no pad_token_id")
+  rows = [encode_example(p, tokenizer, mode, stage, c, lat, max_latent_stage, pad_latents)
+          for p in problems]
+  for i, (row, *_) in enumerate(rows):
+    if len(row) > max_len:
+      raise ValueError(f"problem {i} is {len(row)} tokens long in mode {mode!r} "
+                       f"(stage {stage}), more than max_len={max_len}")
+  longest = max(len(r[0]) for r in rows)
+  t = max_len
+  if pad_to_multiple:
+    t = min(max_len, -(-longest // pad_to_multiple) * pad_to_multiple)
+  b = len(rows)
+  ids = np.full((b, t), pad, np.int32)
+  mask = np.zeros((b, t), np.int32)
+  loss_mask = np.zeros((b, t), np.float32)
+  latent_mask = np.zeros((b, t), bool)
+  bot_pos = np.zeros((b,), np.int32)
+  n_latents = np.zeros((b,), np.int32)
+  latent_pos = np.full((b, n_max), -1, np.int32)
+  for i, (row, start, bot, n) in enumerate(rows):
+    ids[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+    loss_mask[i, start - 1:len(row) - 1] = 1.0  # targets ids[start:len(row)]
+    bot_pos[i], n_latents[i] = bot, n
+    latent_mask[i, bot + 1:bot + 1 + n] = True
+    latent_pos[i, :n] = np.arange(bot + 1, bot + 1 + n)
+  labels = np.full((b, t), pad, np.int32)
+  labels[:, :-1] = ids[:, 1:]  # B T: the next token
+  return SFTBatch(ids, mask, labels, loss_mask, latent_mask, bot_pos, n_latents, latent_pos)

@@ -1,0 +1,110 @@
+"""SFT loss, optimizer, curriculum and the jitted train step (one compile per bucket)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lrjax.data.tasks import Problem
+from lrjax.model import init, preset
+from lrjax.sft import (build_batch, curriculum_stage, make_optimizer, make_schedule,
+                       make_train_step, masked_cross_entropy, reset_on_stage_switch, sft_loss,
+                       stage_switched)
+from tests.test_sft_sequences import LAT, P3, TOK
+
+pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+
+CFG = preset("tiny")
+PROBLEMS = [P3, Problem("qqqq", ("a b", "c", "d"), "dd"), Problem("qq", ("a",), "b"),
+            Problem("q q", ("b", "a c"), "c")]
+OPT = make_optimizer(lr=3e-3, weight_decay=0.01, clip_norm=1.0)
+STEP = make_train_step(CFG, OPT, "cot", max_traces=1)  # one bucket: (B, T, n) = (4, 24, 0)
+
+
+def test_masked_cross_entropy_by_hand():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))  # B T V
+  labels = jnp.array([[1, 4, 0], [2, 2, 3]])
+  mask = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+  loss, aux = jax.jit(masked_cross_entropy)(logits, labels, mask)
+  lp = np.asarray(jax.nn.log_softmax(logits))
+  nll = [-lp[0, 0, 1], -lp[0, 2, 0], -lp[1, 1, 2], -lp[1, 2, 3]]
+  np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-6)
+  hits = [np.argmax(lp[b, t]) == labels[b, t] for b, t in [(0, 0), (0, 2), (1, 1), (1, 2)]]
+  np.testing.assert_allclose(aux["accuracy"], np.mean(hits))
+  assert aux["num_tokens"] == 4
+  zero, _ = jax.jit(masked_cross_entropy)(logits, labels, jnp.zeros_like(mask))
+  assert zero == 0.0  # no loss tokens: 0, not NaN
+
+
+def test_train_step_reduces_loss_and_compiles_once_per_bucket():
+  params = init(CFG, jax.random.PRNGKey(0))
+  opt_state = OPT.init(params)
+  batch = build_batch(PROBLEMS, TOK, "cot", max_len=64, pad_to_multiple=8)  # T = 24
+  chex.assert_shape(batch.ids, (4, 24))
+  losses = []
+  for _ in range(20):
+    params, opt_state, metrics = STEP(params, opt_state, batch)
+    losses.append(float(metrics["loss"]))
+  assert set(metrics) == {"loss", "accuracy", "num_tokens", "grad_norm"}
+  assert metrics["num_tokens"] == batch.loss_mask.sum()
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+  chex.assert_tree_all_finite(params)
+  # The same bucket with other contents (nocot rows, padded to T = 24) never
+  # retraces; another bucket shape is a new trace, which max_traces=1 rejects.
+  same = build_batch(PROBLEMS[:1] * 4, TOK, "nocot", max_len=24)
+  for b in (same, batch):
+    params, opt_state, _ = STEP(params, opt_state, b)
+  other = build_batch(PROBLEMS, TOK, "cot", max_len=32)
+  with pytest.raises(AssertionError, match="max_traces"):
+    STEP(params, opt_state, other)
+
+
+def test_sft_loss_mode_checks():
+  params = None  # the mode is checked first
+  coconut = build_batch([P3], TOK, "coconut", stage=1, max_len=24, latent_ids=LAT)
+  with pytest.raises(ValueError, match="latent slots"):
+    sft_loss(CFG, params, coconut, "cot")
+  with pytest.raises(ValueError, match="unknown SFT mode"):
+    make_train_step(CFG, OPT, "rl")
+
+
+def test_optimizer_and_schedules():
+  sched = make_schedule(1e-3, warmup_steps=10, schedule="constant")
+  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(1000)], [0, 5e-4, 1e-3, 1e-3])
+  cos = make_schedule(1e-3, warmup_steps=10, total_steps=110, schedule="cosine")
+  np.testing.assert_allclose([cos(10), cos(60), cos(110)], [1e-3, 5e-4, 0.0], atol=1e-9)
+  assert make_schedule(1e-4)(123) == pytest.approx(1e-4)
+  with pytest.raises(ValueError, match="total_steps"):
+    make_schedule(1e-3, schedule="cosine")
+  with pytest.raises(ValueError, match="unknown schedule"):
+    make_schedule(1e-3, schedule="linear")
+  # AdamW with decoupled decay: a zero gradient still shrinks the weights by lr * wd.
+  opt = make_optimizer(lr=0.1, weight_decay=0.5, clip_norm=1.0)
+  params = {"w": jnp.ones(3)}
+  updates, _ = opt.update({"w": jnp.zeros(3)}, opt.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones(3), rtol=1e-6)
+
+
+def test_curriculum_stage_and_reset():
+  # Every stage lasts 100 steps; 3 latent stages + the final one (num_stages = 4).
+  assert [curriculum_stage(s, 100, 4) for s in (0, 99, 100, 250, 399, 400, 10_000)] == \
+      [0, 0, 1, 2, 3, 4, 4]
+  # Per-stage durations.
+  assert [curriculum_stage(s, [10, 20, 5], 3) for s in (0, 9, 10, 29, 30, 34, 35, 99)] == \
+      [0, 0, 1, 1, 2, 2, 3, 3]
+  assert [s for s in range(1, 500) if stage_switched(s, 100, 4)] == [100, 200, 300, 400]
+  assert not stage_switched(0, 100, 4)
+  with pytest.raises(ValueError):
+    curriculum_stage(-1, 100, 4)
+  # The optimizer state is reset (fresh init, step count 0) only at a switch.
+  opt = make_optimizer(lr=1e-3)
+  params = {"w": jnp.ones(2)}
+  state = opt.init(params)
+  for _ in range(3):
+    _, state = opt.update({"w": jnp.ones(2)}, state, params)
+  count = lambda s: max(int(c) for _, c in optax.tree_utils.tree_get_all_with_path(s, "count"))
+  assert count(state) == 3
+  assert count(reset_on_stage_switch(opt, params, state, 150, 100, 4)) == 3
+  assert count(reset_on_stage_switch(opt, params, state, 200, 100, 4)) == 0
