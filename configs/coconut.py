@@ -15,4 +15,12 @@ def get_config(arg=None):
   c.mode = "sft"
   c.sft.method = "coconut"
   c.rule.name = "hidden"
+  # Coconut starts its curriculum from a CoT-trained model: a long stage 0
+  # (CoT with <bot><eot> markers), then one reasoning step per stage is
+  # replaced by c latents; from step 1050 on all steps are latent (3 latents).
+  c.sft.latents_per_step = 1
+  c.sft.num_stages = 4
+  c.sft.stage_steps = (600, 150, 150, 150)
+  c.sft.steps = 1250
+  c.sft.eval_every = 250
   return c

@@ -83,7 +83,7 @@ def eval_context(run, rule: str, max_new: int, num_latent: int = 0,
 
 
 def run_eval(run, phase: str, step: int, params: dict, ctx: RuleContext,
-             prompt_suffix=()) -> dict:
+             prompt_suffix=(), sampled: bool = True) -> dict:
   """Evaluates on the held-out set, logs `eval/*` at (phase, step), returns the metrics."""
   e = run.config.eval
   problems = run.task.eval[:e.num_problems] if e.num_problems else run.task.eval
@@ -91,7 +91,7 @@ def run_eval(run, phase: str, step: int, params: dict, ctx: RuleContext,
   metrics = evaluate(ctx, params, run.tokenizer, problems, reward,
                      jax.random.fold_in(jax.random.key(run.config.seed + 7919), step),
                      batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
-                     temperature=e.temperature, sampled=e.sampled,
+                     temperature=e.temperature, sampled=e.sampled and sampled,
                      aux=rule_aux(ctx.rule, run.tokenizer), prompt_suffix=prompt_suffix)
   run.metrics.write(phase, step, metrics)
   shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())

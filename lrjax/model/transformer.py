@@ -77,32 +77,45 @@ def _dense(features, use_bias, dtype, name):
 
 
 class Attention(nn.Module):
-  """Grouped-query attention with RoPE and an optional KV cache slice."""
+  """Grouped-query attention with RoPE over [cached keys, new keys].
+
+  The layer never writes the cache: it attends to the old cache slice
+  (read-only, `old_mask` marks its filled slots) and to the T new positions
+  (causal among themselves), and returns the new keys/values; the decoder
+  writes them for all layers at once after the layer scan. Keeping the
+  update out of the scan lets XLA update the cache in place inside the
+  rollout's while_loop instead of copying it every step.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv, index):
+  def __call__(self, x, positions, new_mask, old_kv, old_mask):
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     b, t, _ = x.shape
     n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    g = n // k
     q = _dense(n * d, cfg.qkv_bias, dt, "q")(x).reshape(b, t, n, d)
     key = _dense(k * d, cfg.qkv_bias, dt, "k")(x).reshape(b, t, k, d)
     val = _dense(k * d, cfg.qkv_bias, dt, "v")(x).reshape(b, t, k, d)
     inv_freq = rope_inv_freq(cfg)
-    q = apply_rope(q, positions, inv_freq)
-    key = apply_rope(key, positions, inv_freq)
-    if kv is not None:  # write the new keys/values at slots [index, index + T)
-      key = jax.lax.dynamic_update_slice(kv[0], key.astype(kv[0].dtype), (0, index, 0, 0))
-      val = jax.lax.dynamic_update_slice(kv[1], val.astype(kv[1].dtype), (0, index, 0, 0))
-      kv = (key, val)
-    g = n // k
-    qg = q.reshape(b, t, k, g, d)  # B T K G D
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, key.astype(dt)) * (d ** -0.5)  # B K G T S
-    scores = scores.astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    q = apply_rope(q, positions, inv_freq).reshape(b, t, k, g, d)  # B T K G D
+    key = apply_rope(key, positions, inv_freq)  # B T K D
+    neg = jnp.finfo(jnp.float32).min
+
+    def scores_of(keys, mask):  # keys B S K D, mask B T S -> B K G T S (float32)
+      sc = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(dt)) * (d ** -0.5)
+      return jnp.where(mask[:, None, None], sc.astype(jnp.float32), neg)
+
+    scores = scores_of(key, new_mask)  # B K G T T
+    if old_kv is not None:
+      old = scores_of(old_kv[0], jnp.broadcast_to(old_mask[:, None, :], (b, t, old_mask.shape[1])))
+      scores = jnp.concatenate([old, scores], axis=-1)  # B K G T S+T
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, val.astype(dt)).reshape(b, t, n * d)
-    return _dense(cfg.hidden_size, cfg.o_bias, dt, "o")(out), kv
+    out = jnp.einsum("bkgts,bskd->btkgd", probs[..., -t:], val.astype(dt))
+    if old_kv is not None:
+      out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., :-t], old_kv[1].astype(dt))
+    out = out.reshape(b, t, n * d)
+    return _dense(cfg.hidden_size, cfg.o_bias, dt, "o")(out), (key, val)
 
 
 class MLP(nn.Module):
@@ -122,10 +135,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, kv, positions, mask, index):
+  def __call__(self, x, old_kv, positions, new_mask, old_mask):
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     h, kv = Attention(cfg, name="attn")(
-        RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), positions, mask, kv, index)
+        RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), positions, new_mask, old_kv, old_mask)
     x = x + h
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
     return x, kv
@@ -154,6 +167,7 @@ class Decoder(nn.Module):
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+        unroll=cfg.num_layers if cfg.num_layers <= 4 else 1,
     )(cfg, name="layers")
     self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")
     if not cfg.tie_word_embeddings:
@@ -173,21 +187,24 @@ class Decoder(nn.Module):
     """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache)."""
     b, t, _ = embeds.shape
     attention_mask = attention_mask.astype(bool)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    new_mask = attention_mask[:, None, :] & causal[None]  # B T T
     if cache is None:
-      key_valid, q_slot, k_slot, index, kv = attention_mask, jnp.arange(t), jnp.arange(t), 0, None
-    else:
-      index = cache["index"]
-      key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index))
-      q_slot, k_slot = index + jnp.arange(t), jnp.arange(cache["mask"].shape[1])
-      kv = (cache["k"], cache["v"])
-    mask = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])  # B T S
+      old_kv, old_mask = None, None
+    else:  # filled slots are exactly the ones before `index` that hold real tokens
+      old_kv, old_mask = (cache["k"], cache["v"]), cache["mask"]
     if self.is_initializing():  # untied models never read the table in forward
       self.embed(jnp.zeros((1, 1), jnp.int32))
     x = embeds.astype(self.cfg.jnp_dtype)
-    x, kv = self.layers(x, kv, positions, mask, index)
+    x, (k_new, v_new) = self.layers(x, old_kv, positions, new_mask, old_mask)  # L B T K D
     hidden = self.final_norm(x)
     logits = self.head(hidden)
     new_cache = None
     if cache is not None:
-      new_cache = {"k": kv[0], "v": kv[1], "mask": key_valid, "index": index + t}
+      index = cache["index"]
+      write = lambda buf, new: jax.lax.dynamic_update_slice(  # noqa: E731
+          buf, new.astype(buf.dtype), (0, 0, index, 0, 0))
+      new_cache = {"k": write(cache["k"], k_new), "v": write(cache["v"], v_new),
+                   "mask": jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index)),
+                   "index": index + t}
     return hidden, logits, new_cache

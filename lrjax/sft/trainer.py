@@ -32,7 +32,7 @@ class _Curriculum:
     self.coconut = s.method == "coconut"
     self.c = s.latents_per_step
     self.num_stages = s.num_stages if self.coconut else 0
-    self.stage_steps = s.stage_steps
+    self.stage_steps = list(s.stage_steps)
     # stages 0 .. num_stages-1 replace k steps; stage num_stages is all-latent
     self.max_latent_stage = max(self.num_stages - 1, 0)
 
@@ -49,6 +49,8 @@ class _Curriculum:
 
 
 def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
+  """Greedy metrics at every evaluation; sampled pass@k only at the end of SFT
+  (the costly part: eval.num_samples rollouts per problem)."""
   e = run.config.eval
   if cur.coconut:
     ctx = loop.eval_context(run, "hidden", e.max_new + cur.num_latent(stage) + 1,
@@ -57,7 +59,9 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
   else:
     ctx = loop.eval_context(run, "token", e.max_new, temperature=e.temperature)
     suffix = ()
-  return loop.run_eval(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx, suffix)
+  final = step == run.config.sft.steps
+  return loop.run_eval(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx, suffix,
+                       sampled=final)
 
 
 def run_sft(run) -> None:

@@ -1,0 +1,46 @@
+"""Smoke test of benchmarks/rollout.py: --quick runs every rule and transformers generate."""
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_benchmark():
+  """benchmarks/rollout.py as a module (benchmarks/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_rollout", os.path.join(ROOT, "benchmarks", "rollout.py"))
+  mod = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = mod  # dataclasses look their module up there
+  spec.loader.exec_module(mod)
+  return mod
+
+
+BENCH = load_benchmark()  # at collection: its torch / transformers / lrjax imports are not timed
+
+
+def test_quick_benchmark(tmp_path, capsys):
+  bench = BENCH
+  out = tmp_path / "out.json"
+  results = bench.main(["--quick", "--json", str(out)])
+  impls = [r["impl"] for r in results]
+  assert impls == [bench.TORCH_IMPL, "lrjax token", "lrjax hidden", "lrjax hybrid"]
+  for r in results:
+    assert r["batch"] == 2 and r["new"] == 8
+    assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
+    assert math.isfinite(r["vs_generate"]) and r["vs_generate"] > 0
+    assert math.isfinite(r["time_vs_token"]) and r["time_vs_token"] > 0
+    assert r["recompiles"] in (0, -1)  # timed calls hit the compiled program
+  printed = capsys.readouterr().out
+  assert "| rule / impl | batch | tokens/s |" in printed
+  for impl in impls:
+    assert f"| {impl} | 2 |" in printed
+  saved = json.loads(out.read_text())
+  assert saved["env"]["jax"] and [r["impl"] for r in saved["results"]] == impls
