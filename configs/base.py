@@ -70,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rule.top_k = 50  # hybrid: top-k of the soft-embedding distribution
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.steps = 300
-  c.rl.num_prompts = 16  # prompts per step
+  c.rl.steps = 200
+  c.rl.num_prompts = 8  # prompts per step
   c.rl.group_size = 8  # samples per prompt
   c.rl.max_new = 80  # response buffer (tokens, latent steps included)
   c.rl.temperature = 1.0
@@ -84,8 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.clip_eps = 0.2
   c.rl.beta = 0.0  # KL(policy || reference) weight, k3 estimator
   c.rl.lr = 1e-4  # backbone
-  c.rl.lr_gate = 1e-3  # hybrid gate Linears
-  c.rl.lr_lambda = 1e-2  # hybrid Lambda
+  c.rl.lr_gate = 3e-3  # hybrid gate Linears
+  c.rl.lr_lambda = 3e-2  # hybrid Lambda
   c.rl.weight_decay = 0.0
   c.rl.b1 = 0.9
   c.rl.b2 = 0.99
@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.warmup_steps = 0
   c.rl.schedule = "constant"
   c.rl.reward = ""  # '' = the task's default reward
-  c.rl.eval_every = 50
+  c.rl.eval_every = 100
   c.rl.log_every = 10
 
   c.eval = ml_collections.ConfigDict()

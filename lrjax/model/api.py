@@ -46,7 +46,8 @@ def lm_logits(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
 
 
 def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Array,
-            attention_mask: jax.Array, cache: dict | None = None) -> Output:
+            attention_mask: jax.Array, cache: dict | None = None,
+            fresh_cache: bool = False) -> Output:
   """One decoder pass over input embeddings.
 
   Args:
@@ -55,9 +56,10 @@ def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Ar
     attention_mask: [B, T] 1 for real positions, 0 for padding.
     cache: optional KV cache (see `init_cache`); the new positions are written
       at slots [cache.index, cache.index + T).
+    fresh_cache: (static) the cache is empty, so it is written but not read.
   """
   hidden, logits_, new_cache = module(cfg).apply(
-      {"params": params}, embeds, positions, attention_mask, cache)
+      {"params": params}, embeds, positions, attention_mask, cache, fresh_cache)
   return Output(hidden, logits_, new_cache)
 
 
@@ -90,7 +92,7 @@ def prefill(cfg: ModelConfig, params: dict, ids: jax.Array, attention_mask: jax.
   """Runs a left-padded prompt [B, T] into a fresh cache of `max_len` slots."""
   cache = init_cache(cfg, ids.shape[0], max_len)
   return forward(cfg, params, embed(cfg, params, ids), positions_from_mask(attention_mask),
-                 attention_mask, cache)
+                 attention_mask, cache, fresh_cache=True)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnames="cache")

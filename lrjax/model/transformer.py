@@ -183,13 +183,17 @@ class Decoder(nn.Module):
       return h @ self.embed.embedding.astype(jnp.float32).T
     return self.lm_head(h)
 
-  def __call__(self, embeds, positions, attention_mask, cache=None):
-    """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache)."""
+  def __call__(self, embeds, positions, attention_mask, cache=None, fresh_cache=False):
+    """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache).
+
+    `fresh_cache=True` (static) says the cache is empty: the new positions are
+    written into it but not attended against it (a prefill skips S masked slots).
+    """
     b, t, _ = embeds.shape
     attention_mask = attention_mask.astype(bool)
     causal = jnp.tril(jnp.ones((t, t), bool))
     new_mask = attention_mask[:, None, :] & causal[None]  # B T T
-    if cache is None:
+    if cache is None or fresh_cache:
       old_kv, old_mask = None, None
     else:  # filled slots are exactly the ones before `index` that hold real tokens
       old_kv, old_mask = (cache["k"], cache["v"]), cache["mask"]

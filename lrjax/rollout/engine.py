@@ -46,7 +46,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   mask = prompt_mask.astype(bool)  # B P
   prompt_len = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # B
   out = forward(cfg, params["model"], embed(cfg, params["model"], prompt_ids),
-                positions_from_mask(mask), mask, init_cache(cfg, b, p + n))
+                positions_from_mask(mask), mask, init_cache(cfg, b, p + n), fresh_cache=True)
   bufs = {
       "ids": jnp.full((b, n), ctx.pad_id, jnp.int32),  # B N
       "span": jnp.full((b, n), DONE, jnp.int8),  # B N
