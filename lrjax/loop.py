@@ -86,6 +86,9 @@ def run_eval(run, phase: str, step: int, params: dict, ctx: RuleContext,
              prompt_suffix=(), sampled: bool = True) -> dict:
   """Evaluates on the held-out set, logs `eval/*` at (phase, step), returns the metrics."""
   e = run.config.eval
+  # the same shardings at every evaluation: a jit output's sharding differs
+  # from a placed one's, which would recompile the rollout each time
+  params = place(run, params)
   problems = run.task.eval[:e.num_problems] if e.num_problems else run.task.eval
   reward = run.config.rl.reward or run.task.reward
   metrics = evaluate(ctx, params, run.tokenizer, problems, reward,

@@ -96,6 +96,15 @@ def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
   after = _params(w)
   for k in before:
     np.testing.assert_array_equal(before[k], after[k])
+  # --config.mode=eval on the finished workdir reproduces its final (greedy) evaluation
+  e = tmp_path / "eval"
+  rc, out, err = _main(e, "--config.mode=eval", f"--config.init={w}")
+  assert rc == 0, err[-3000:]
+  ev = [r for r in _metrics(e) if r["phase"] == "eval"]
+  assert len(ev) == 1 and ev[0]["step"] == 0
+  final = [r for r in _metrics(w) if "eval/accuracy" in r][-1]
+  for key in ("eval/accuracy", "eval/format_rate", "eval/response_tokens"):
+    assert ev[0][key] == final[key], key
 
 
 def test_changed_config_is_refused_with_the_field_listed(tmp_path):
