@@ -52,8 +52,7 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
   target = abstract_state(state)
   restored, meta = ckpt.restore(target, latest)
   run.metrics.truncate(phase, latest)
-  logging.info("resuming %s from %s at step %d", phase, ckpt.directory if hasattr(ckpt, "directory")
-               else phase, latest)
+  logging.info("resuming %s at step %d", phase, latest)
   print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}", flush=True)
   return restored, latest, meta
 
