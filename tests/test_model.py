@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrjax.model import (CheckpointError, ModelConfig, abstract_params, decode_step, embed, forward,
-                         init, load_hf, logits, positions_from_mask, prefill, preset, resolve_dtype,
-                         save_hf)
+from lrjax.model import (CheckpointError, ModelConfig, abstract_params, decode, decode_step, embed,
+                         forward, init, init_cache, load_hf, logits, positions_from_mask, prefill,
+                         preset, resolve_dtype, save_hf)
 
 # Published parameter counts (model cards / safetensors metadata).
 PUBLISHED = {
@@ -65,6 +65,44 @@ def test_decode_matches_full_forward(tied):
   m = np.asarray(full_mask, bool)
   np.testing.assert_allclose(np.asarray(got)[m], np.asarray(ref)[m], atol=1e-5, rtol=1e-5)
   assert int(cache["index"]) == full_ids.shape[1]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(tie_word_embeddings=True),
+    dict(tie_word_embeddings=False, model_type="llama", qkv_bias=False, o_bias=True, mlp_bias=True,
+         num_kv_heads=1, rope_scaling=(("factor", 8.0), ("high_freq_factor", 4.0),
+                                       ("low_freq_factor", 1.0),
+                                       ("original_max_position_embeddings", 16),
+                                       ("rope_type", "llama3")))])
+def test_rollout_decoder_matches_full_forward(overrides):
+  """decode.start/step (per-layer caches, fused kernels) = one full forward, slot by slot."""
+  cfg = preset("tiny").replace(num_layers=3, **overrides)
+  params = init(cfg, jax.random.key(1))
+  if cfg.o_bias or cfg.mlp_bias:  # nonzero biases, so a dropped one would show
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.05 if path[-1].key == "bias" else x, params)
+  prompt_ids, prompt_mask = _left_padded(cfg.vocab_size, (7, 3, 5), seed=1)
+  new = jax.random.randint(jax.random.key(2), (3, 6), 0, cfg.vocab_size)
+  full_ids = jnp.concatenate([prompt_ids, new], 1)
+  full_mask = jnp.concatenate([prompt_mask, jnp.ones_like(new)], 1)
+  ref = forward(cfg, params, embed(cfg, params, full_ids), positions_from_mask(full_mask),
+                full_mask)
+
+  p, n = prompt_ids.shape[1], new.shape[1]
+  pre = forward(cfg, params, embed(cfg, params, prompt_ids), positions_from_mask(prompt_mask),
+                prompt_mask, init_cache(cfg, 3, p), fresh_cache=True)
+  cache = decode.start(cfg, pre.cache, p + n + 2)  # two spare slots stay masked
+  dparams = decode.prepare(cfg, params)
+  step = jax.jit(decode.step, static_argnums=0)
+  start = prompt_mask.sum(-1)  # B, next position per row
+  for t in range(n):
+    hidden, logits_t, cache = step(cfg, dparams, embed(cfg, params, new[:, t]), start + t, cache)
+    np.testing.assert_allclose(np.asarray(logits_t), np.asarray(ref.logits[:, p + t]),
+                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(ref.hidden[:, p + t]),
+                               atol=1e-5, rtol=1e-5)
+  assert int(cache["index"]) == p + n
+  assert cache["k"][0].shape == (3, cfg.num_kv_heads, cfg.head_dim, p + n + 2)
 
 
 def test_forward_takes_embeddings():

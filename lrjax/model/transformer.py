@@ -58,6 +58,13 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
   return x * cos + rotated * sin
 
 
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """scale * (x / sqrt(mean(x^2) + eps)) over the last axis, the statistics in float32."""
+  xf = x.astype(jnp.float32)
+  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return scale * y.astype(x.dtype)
+
+
 class RMSNorm(nn.Module):
   """y = w * (x / sqrt(mean(x^2) + eps)), the statistics in float32."""
   eps: float
@@ -66,9 +73,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return scale * y.astype(x.dtype)
+    return rms_norm(x, scale, self.eps)
 
 
 def _dense(features, use_bias, dtype, name):

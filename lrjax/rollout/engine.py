@@ -1,9 +1,9 @@
 """The jitted rollout: one prefill, then one `lax.while_loop` over max_new steps.
 
-    prefill(prompt) -> l_0, h_0, cache
+    prefill(prompt) -> l_0, h_0, cache          (`forward`, the generic path)
     for t < max_new while some row is live:
       y_t, logp_t, x_{t+1}, record_t = rule.step(l_t, h_t)
-      l_{t+1}, h_{t+1} = forward(x_{t+1} at position prompt_len + t, cache)
+      h_{t+1}, l_{t+1} = decode.step(x_{t+1} at position prompt_len + t, cache)
 
 All buffers are preallocated ([B, N, ...], N = max_new) and written at column
 t; a row is done after it emits eos in an ANSWER span or any sampled eos, and
@@ -11,7 +11,9 @@ finished rows stop changing (ids pad, span DONE, logp 0, records 0, rule state
 frozen). The loop stops early when every row is done. The KV cache is built
 inside the program and carried by the loop, so XLA updates it in place (there
 is nothing to donate at the jit boundary; `params` must not be donated, the
-learner reuses them).
+learner reuses them). The steps use `lrjax.model.decode`: per-layer cache
+buffers and weights split out of the layer stack once, before the loop (the
+generic `forward` copied a layer's cache slice and weights every step).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.latent.base import ANSWER, DONE, RuleContext, rule_of
+from lrjax.model import decode
 from lrjax.model.api import embed, forward, init_cache, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
 
@@ -46,7 +49,8 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   mask = prompt_mask.astype(bool)  # B P
   prompt_len = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # B
   out = forward(cfg, params["model"], embed(cfg, params["model"], prompt_ids),
-                positions_from_mask(mask), mask, init_cache(cfg, b, p + n), fresh_cache=True)
+                positions_from_mask(mask), mask, init_cache(cfg, b, p), fresh_cache=True)
+  dparams = decode.prepare(cfg, params["model"])  # per-layer, fused: split once, not per step
   bufs = {
       "ids": jnp.full((b, n), ctx.pad_id, jnp.int32),  # B N
       "span": jnp.full((b, n), DONE, jnp.int8),  # B N
@@ -56,7 +60,8 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   }
   if ctx.return_logits:
     bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
-  carry = dict(t=jnp.zeros((), jnp.int32), cache=out.cache, logits=out.logits[:, -1],
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=decode.start(cfg, out.cache, p + n),
+               logits=out.logits[:, -1],
                hidden=out.hidden[:, -1], state=rule.init_state(ctx, b),
                done=jnp.zeros((b,), bool), ended=jnp.zeros((b,), bool), bufs=bufs)
 
@@ -79,11 +84,10 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
     if ctx.return_logits:
       bufs["logits"] = _write(old["logits"], t, c["logits"])
     eos = live & (token == ctx.eos_id) & ((span == ANSWER) | sampled)  # B
-    x = so.next_embed[:, None].astype(cfg.jnp_dtype)  # B 1 H
-    pos = (prompt_len + t)[:, None]  # B 1
-    step_out = forward(cfg, params["model"], x, pos, jnp.ones((b, 1), bool), c["cache"])
-    return dict(t=t + 1, cache=step_out.cache, logits=step_out.logits[:, 0],
-                hidden=step_out.hidden[:, 0], state=_rows(live, so.state, c["state"]),
+    x = so.next_embed.astype(cfg.jnp_dtype)  # B H
+    hidden, logits, cache = decode.step(cfg, dparams, x, prompt_len + t, c["cache"])
+    return dict(t=t + 1, cache=cache, logits=logits, hidden=hidden,
+                state=_rows(live, so.state, c["state"]),
                 done=c["done"] | eos, ended=c["ended"] | eos, bufs=bufs)
 
   c = jax.lax.while_loop(cond, body, carry)

@@ -1,0 +1,111 @@
+"""One-position decoding for the rollout loop, in a layout fit for it.
+
+`forward` (transformer.py) serves every caller with one generic cache,
+[L, B, S, K, D] arrays sliced per layer inside nn.scan. In a while_loop that
+costs, per step and per layer, a copy of the layer's cache slice and of its
+weights (slices of the stacked [L, ...] parameters), and a transpose of the
+keys before q·k (measured: ~60% of a CPU rollout step). This module decodes
+one position with the same math but
+
+- per-layer parameters split out of the stack once, before the loop, with
+  q/k/v and gate/up fused into one matmul each (`prepare`);
+- per-layer cache buffers (tuples, so each is its own loop-carried buffer,
+  updated in place), keys stored transposed: k [B, K, D, S], v [B, K, S, D],
+  so both attention products are plain batched matmuls;
+- the new key/value written at slot `index` first, then attention over all S
+  slots under a [B, S] visibility mask built once per step.
+
+    cache = {"k": L x [B, K, D, S], "v": L x [B, K, S, D],
+             "mask": [B, S] bool (slot holds a real token), "index": int32 []}
+
+`start` turns a prefill's generic cache into this one; the logits agree with
+`forward` to float rounding (tests/test_model.py).
+Shape legend as in transformer.py.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lrjax.model.config import ModelConfig
+from lrjax.model.transformer import apply_rope, rms_norm, rope_inv_freq
+
+
+def prepare(cfg: ModelConfig, params: dict) -> dict:
+  """Decode parameters: per-layer tuples with fused qkv and gate/up kernels (call outside loops)."""
+  lp = params["layers"]
+  a, m = lp["attn"], lp["mlp"]
+  qkv_w = jnp.concatenate([a["q"]["kernel"], a["k"]["kernel"], a["v"]["kernel"]], -1)  # L H (N+2K)D
+  qkv_b = (jnp.concatenate([a["q"]["bias"], a["k"]["bias"], a["v"]["bias"]], -1)
+           if cfg.qkv_bias else None)  # L (N+2K)D
+  gate_up = jnp.concatenate([m["gate"]["kernel"], m["up"]["kernel"]], -1)  # L H 2F
+  layers = []
+  for l in range(cfg.num_layers):
+    layers.append({
+        "input_norm": lp["input_norm"]["scale"][l], "post_attn_norm": lp["post_attn_norm"]["scale"][l],
+        "qkv_w": qkv_w[l], "qkv_b": None if qkv_b is None else qkv_b[l],
+        "o_w": a["o"]["kernel"][l], "o_b": a["o"]["bias"][l] if cfg.o_bias else None,
+        "gate_up_w": gate_up[l],
+        "gate_up_b": (jnp.concatenate([m["gate"]["bias"][l], m["up"]["bias"][l]], -1)
+                      if cfg.mlp_bias else None),
+        "down_w": m["down"]["kernel"][l], "down_b": m["down"]["bias"][l] if cfg.mlp_bias else None,
+    })
+  head = (params["embed"]["embedding"].T if cfg.tie_word_embeddings
+          else params["lm_head"]["kernel"])  # H V
+  return {"layers": tuple(layers), "final_norm": params["final_norm"]["scale"], "head": head}
+
+
+def start(cfg: ModelConfig, cache: dict, max_len: int) -> dict:
+  """A decode cache of `max_len` slots holding a prefill's generic `cache` (index = its length)."""
+  _, b, p, k, d = cache["k"].shape
+  pad = max_len - p
+  ks = tuple(jnp.pad(jnp.transpose(cache["k"][l], (0, 2, 3, 1)), ((0, 0),) * 3 + ((0, pad),))
+             for l in range(cfg.num_layers))  # L x B K D S
+  vs = tuple(jnp.pad(jnp.transpose(cache["v"][l], (0, 2, 1, 3)), ((0, 0), (0, 0), (0, pad), (0, 0)))
+             for l in range(cfg.num_layers))  # L x B K S D
+  return {"k": ks, "v": vs, "mask": jnp.pad(cache["mask"], ((0, 0), (0, pad))),
+          "index": cache["index"]}
+
+
+def _dense(x, w, b):
+  y = x @ w.astype(x.dtype)
+  return y if b is None else y + b.astype(x.dtype)
+
+
+def step(cfg: ModelConfig, dparams: dict, x: jax.Array, positions: jax.Array,
+         cache: dict) -> tuple[jax.Array, jax.Array, dict]:
+  """One position: x [B, H] at positions [B] -> (hidden [B, H], float32 logits [B, V], cache)."""
+  dt = cfg.jnp_dtype
+  b = x.shape[0]
+  n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  g = n // k
+  index = cache["index"]
+  mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.ones((b, 1), bool), (0, index))  # B S
+  visible = mask[:, None, None, :]  # B 1 1 S
+  neg = jnp.finfo(jnp.float32).min
+  inv_freq = rope_inv_freq(cfg)
+  pos = positions[:, None]  # B 1
+  x = x.astype(dt)
+  ks, vs = list(cache["k"]), list(cache["v"])
+  for l, p in enumerate(dparams["layers"]):
+    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+    qkv = _dense(h, p["qkv_w"], p["qkv_b"])  # B (N+2K)D
+    q = apply_rope(qkv[:, None, :n * d].reshape(b, 1, n, d), pos, inv_freq)  # B 1 N D
+    key = apply_rope(qkv[:, None, n * d:(n + k) * d].reshape(b, 1, k, d), pos, inv_freq)  # B 1 K D
+    val = qkv[:, (n + k) * d:].reshape(b, k, 1, d)  # B K 1 D
+    ks[l] = jax.lax.dynamic_update_slice(ks[l], jnp.transpose(key, (0, 2, 3, 1)).astype(ks[l].dtype),
+                                         (0, 0, 0, index))  # B K D S
+    vs[l] = jax.lax.dynamic_update_slice(vs[l], val.astype(vs[l].dtype), (0, 0, index, 0))  # B K S D
+    q = q.reshape(b, k, g, d)  # B K G D
+    sc = jnp.einsum("bkgd,bkds->bkgs", q, ks[l].astype(dt)) * (d ** -0.5)  # B K G S
+    sc = jnp.where(visible, sc.astype(jnp.float32), neg)
+    probs = jax.nn.softmax(sc, axis=-1).astype(dt)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs, vs[l].astype(dt)).reshape(b, n * d)  # B N*D
+    x = x + _dense(out, p["o_w"], p["o_b"])
+    h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
+    gu = _dense(h, p["gate_up_w"], p["gate_up_b"])  # B 2F
+    f = cfg.intermediate_size
+    x = x + _dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], p["down_w"], p["down_b"])
+  hidden = rms_norm(x, dparams["final_norm"], cfg.rms_norm_eps)  # B H
+  logits = hidden.astype(jnp.float32) @ dparams["head"].astype(jnp.float32)  # B V
+  return hidden, logits, {"k": tuple(ks), "v": tuple(vs), "mask": mask, "index": index + 1}
