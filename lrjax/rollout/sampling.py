@@ -76,12 +76,29 @@ def process_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
   return top_p_mask(top_k_mask(x, top_k), top_p)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+  """jnp.argmax(x, -1) (first maximum; first NaN if any) as int32 [...], from two plain reductions.
+
+  On CPU, argmax's variadic (value, index) reduce costs several times a max
+  plus a min over the same [B, V] (measured ~1.7 ms of a ~45 ms rollout step).
+  """
+  hit = x == jnp.max(x, axis=-1, keepdims=True)
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    hit = hit | jnp.isnan(x)
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
+
+
 def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
-  """y ~ softmax(process_logits(l)) [...] int32; argmax of l when `sampling.greedy`."""
+  """y ~ softmax(process_logits(l)) [...] int32; argmax of l when `sampling.greedy`.
+
+  The draw is `jax.random.categorical(key, x)` (Gumbel-max over the same
+  noise, so the same ids for the same key), with its argmax as `first_argmax`.
+  """
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   x = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-  return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+  return first_argmax(jax.random.gumbel(key, x.shape, x.dtype) + x)
 
 
 def token_logp(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:
