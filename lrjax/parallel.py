@@ -35,7 +35,13 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"mlp/(gate|up)/bias$", ("tensor",)),
     (r"mlp/down/kernel$", ("tensor", "fsdp")),  # F H
     (r"lm_head/kernel$", ("fsdp", "tensor")),  # H V
-    (r"gate_[a-z]+/kernel$", ("fsdp", "tensor")),  # HRPO gate Linears, H H
+    # HRPO gate Linears, H H: FSDP only. With the output dim also over `tensor`, XLA's SPMD
+    # partitioner (jax 0.10.2, Shardy and GSPMD alike) miscompiles the backward of
+    # x + (x @ W) * s (the gated mix, x and s batch-split over (data, fsdp)) on a
+    # 2x2x2 mesh: it permutes the cotangent's batch shards from (data, fsdp) to
+    # (fsdp, data) order and never permutes them back, so two of the four batch
+    # shards get each other's gradient (tests/test_rl_sharded.py has the reproducer).
+    (r"gate_[a-z]+/kernel$", ("fsdp", None)),
 )
 
 
