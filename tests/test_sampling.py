@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrjax.rollout.sampling import Sampling, process_logits, sample, token_logp
+from lrjax.rollout.sampling import (Sampling, first_argmax, kth_largest, process_logits, sample,
+                                   token_logp)
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -80,3 +81,25 @@ def test_behaviour_logp_is_untruncated():
 def test_sampling_validates(kw):
   with pytest.raises(ValueError):
     Sampling(**kw)
+
+
+def test_kth_largest_and_first_argmax_match_lax():
+  """The bisection k-th largest = lax.top_k's; first_argmax = jnp.argmax (ties, ±0, ±inf)."""
+  x = np.random.default_rng(4).normal(0, 3, (8, 96)).astype(np.float32)
+  x[0, :40] = 1.5  # ties across the cut
+  x[1] = -np.inf
+  x[1, 3] = 0.0
+  x[2] = 0.0
+  x[2, 5] = -0.0
+  x[3, :10] = -np.inf
+  x[4] = np.finfo(np.float32).min
+  x[5, 7] = np.inf
+  x = jnp.asarray(x)
+  for k in (1, 2, 3, 30, 50, 95, 96):
+    np.testing.assert_array_equal(np.asarray(kth_largest(x, k)),
+                                  np.asarray(jax.lax.top_k(x, k)[0][..., -1:]))
+  np.testing.assert_array_equal(np.asarray(first_argmax(x)), np.asarray(jnp.argmax(x, -1)))
+  for i in range(5):  # the Gumbel-max draw is jax.random.categorical's, id for id
+    key = jax.random.key(i)
+    np.testing.assert_array_equal(np.asarray(sample(key, x[6:], Sampling(top_k=5))),
+                                  np.asarray(jax.random.categorical(key, process_logits(x[6:], 1.0, 5))))

@@ -45,12 +45,33 @@ class Sampling:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+  """The k-th largest value of x [..., V] along the last axis, [..., 1] (= lax.top_k(x, k)[0][..., -1:]).
+
+  float32 is selected exactly by bisection on its order-preserving integer
+  key u: 32 passes of one compare-and-count over [..., V], each fixing one bit
+  of the largest u* with count(u >= u*) >= k, which is the k-th largest key.
+  On CPU `lax.top_k` lowers to a full sort (measured ~10 ms per [64, 512]
+  step under load, several times the 32 passes); other dtypes use it.
+  """
+  if x.dtype != jnp.float32:
+    return jax.lax.top_k(x, k)[0][..., -1:]
+  i = jax.lax.bitcast_convert_type(x, jnp.int32)
+  sign = jnp.uint32(0x80000000)
+  u = jax.lax.bitcast_convert_type(i ^ ((i >> 31) & 0x7FFFFFFF), jnp.uint32) ^ sign  # ... V
+  found = jnp.zeros(x.shape[:-1] + (1,), jnp.uint32)  # ... 1
+  for bit in range(31, -1, -1):
+    cand = found | jnp.uint32(1 << bit)
+    found = jnp.where(jnp.sum(u >= cand, axis=-1, keepdims=True) >= k, cand, found)
+  i = jax.lax.bitcast_convert_type(found ^ sign, jnp.int32)
+  return jax.lax.bitcast_convert_type(i ^ ((i >> 31) & 0x7FFFFFFF), jnp.float32)
+
+
 def top_k_mask(x: jax.Array, k: int) -> jax.Array:
   """x [..., V] with −inf below the k-th largest value (k = 0 or k >= V: unchanged)."""
   if k <= 0 or k >= x.shape[-1]:
     return x
-  kth = jax.lax.top_k(x, k)[0][..., -1:]  # ... 1
-  return jnp.where(x >= kth, x, -jnp.inf)
+  return jnp.where(x >= kth_largest(x, k), x, -jnp.inf)
 
 
 def top_p_mask(x: jax.Array, p: float) -> jax.Array:
