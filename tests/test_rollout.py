@@ -17,7 +17,7 @@ from lrjax.model import preset
 from lrjax.rollout import (Sampling, Trajectory, bucket_length, decode, pad_prompts, rollout,
                            sample_trajectory, token_logp)
 from tests.test_replay import (BUCKET, CFG, EOS, EOT, LAT, PROMPTS, contexts, fast_jit,
-                               full_params, random_params, replay_fast, rollout_fast)
+                               full_params, hybrid_aux, random_params, replay_fast, rollout_fast)
 
 N = 12
 FCFG = preset("tiny", tie_word_embeddings=False)
@@ -99,6 +99,28 @@ def test_bucketed_prompts_compile_once(forced):
   ids, mask = pad_prompts([[5] * 9] * 4, bucket_length(9, (8, 16)))
   with pytest.raises(AssertionError):  # a new bucket is a new trace (raised before compiling)
     counted(TOKEN_CTX, forced, ids, mask, jax.random.key(0))
+
+
+def test_phased_cache_equals_one_phase(monkeypatch):
+  """The loop split in phases over a growing cache (engine.phase_ends) = one full-length loop."""
+  import lrjax.rollout.engine as engine
+  ctx, params = contexts()["hybrid"], full_params()
+  ids, mask = (jnp.asarray(x) for x in pad_prompts(PROMPTS, BUCKET))
+  args = (params, ids, mask, jax.random.key(7), hybrid_aux())
+  one = rollout_fast(ctx, *args)  # N = 12 < 64: one phase
+  assert engine.phase_ends(N) == [N] and engine.phase_ends(128) == [32, 64, 96, 128]
+  loops = lambda f: f.lower(ctx, *args).as_text().count("stablehlo.while")  # noqa: E731
+  base = loops(fast_jit(lambda *a: engine.sample_trajectory(*a)))
+  monkeypatch.setattr(engine, "phase_ends", lambda n: [3, 5, 9, n])
+  jitted = fast_jit(lambda *a: engine.sample_trajectory(*a))  # a fresh trace
+  assert loops(jitted) == base + 3
+  phased = jitted(ctx, *args)
+  live = np.asarray(one.span) != DONE
+  assert 0 < (~live).sum() and live.all(-1).any()  # rows ended early and ran to N
+  for name in ("ids", "span", "sampled", "lengths", "truncated"):
+    np.testing.assert_array_equal(getattr(phased, name), getattr(one, name), err_msg=name)
+  np.testing.assert_allclose(phased.logits, one.logits, atol=1e-5)
+  np.testing.assert_allclose(phased.logp, one.logp, atol=1e-5)
 
 
 def test_bucket_helpers():

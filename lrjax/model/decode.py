@@ -13,7 +13,9 @@ one position with the same math but
   updated in place), keys stored transposed: k [B, K, D, S], v [B, K, S, D],
   so both attention products are plain batched matmuls;
 - the new key/value written at slot `index` first, then attention over all S
-  slots under a [B, S] visibility mask built once per step.
+  slots under a [B, S] visibility mask built once per step. S is static: a
+  caller that knows a bound on `index` for a stretch of steps keeps S small
+  and `grow`s the cache between stretches (the rollout does).
 
     cache = {"k": L x [B, K, D, S], "v": L x [B, K, S, D],
              "mask": [B, S] bool (slot holds a real token), "index": int32 []}
@@ -57,14 +59,17 @@ def prepare(cfg: ModelConfig, params: dict) -> dict:
 
 def start(cfg: ModelConfig, cache: dict, max_len: int) -> dict:
   """A decode cache of `max_len` slots holding a prefill's generic `cache` (index = its length)."""
-  _, b, p, k, d = cache["k"].shape
-  pad = max_len - p
-  ks = tuple(jnp.pad(jnp.transpose(cache["k"][l], (0, 2, 3, 1)), ((0, 0),) * 3 + ((0, pad),))
-             for l in range(cfg.num_layers))  # L x B K D S
-  vs = tuple(jnp.pad(jnp.transpose(cache["v"][l], (0, 2, 1, 3)), ((0, 0), (0, 0), (0, pad), (0, 0)))
-             for l in range(cfg.num_layers))  # L x B K S D
-  return {"k": ks, "v": vs, "mask": jnp.pad(cache["mask"], ((0, 0), (0, pad))),
-          "index": cache["index"]}
+  ks = tuple(jnp.transpose(cache["k"][l], (0, 2, 3, 1)) for l in range(cfg.num_layers))  # B K D P
+  vs = tuple(jnp.transpose(cache["v"][l], (0, 2, 1, 3)) for l in range(cfg.num_layers))  # B K P D
+  return grow({"k": ks, "v": vs, "mask": cache["mask"], "index": cache["index"]}, max_len)
+
+
+def grow(cache: dict, max_len: int) -> dict:
+  """The same cache with `max_len` slots (more than now; the new ones empty, masked)."""
+  pad = max_len - cache["mask"].shape[1]
+  return {"k": tuple(jnp.pad(k, ((0, 0),) * 3 + ((0, pad),)) for k in cache["k"]),
+          "v": tuple(jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0))) for v in cache["v"]),
+          "mask": jnp.pad(cache["mask"], ((0, 0), (0, pad))), "index": cache["index"]}
 
 
 def _dense(x, w, b):

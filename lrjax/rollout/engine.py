@@ -41,6 +41,19 @@ def _write(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=1)
 
 
+def phase_ends(max_new: int, min_steps: int = 32, max_phases: int = 4) -> list[int]:
+  """Step counts at which the decode cache grows: [end_1, ..., max_new].
+
+  Attention reads every slot of the cache, filled or not, so the loop runs
+  in up to `max_phases` while_loops of >= `min_steps` steps, each over a
+  cache just long enough for it (p + end slots), grown in between: 4 phases
+  read 5/8 of the slots one full-length cache would. Each phase compiles the
+  step again, so short rollouts keep one.
+  """
+  k = max(1, min(max_phases, max_new // min_steps))
+  return [-(-max_new * (i + 1) // k) for i in range(k)]
+
+
 def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
                       prompt_mask: jax.Array, key: jax.Array, aux=None) -> Trajectory:
   """Unjitted rollout (see `rollout`); ctx must be static under jit."""
@@ -60,13 +73,12 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   }
   if ctx.return_logits:
     bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
-  carry = dict(t=jnp.zeros((), jnp.int32), cache=decode.start(cfg, out.cache, p + n),
+  ends = phase_ends(n)
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=decode.start(cfg, out.cache, p + ends[0]),
                logits=out.logits[:, -1],
                hidden=out.hidden[:, -1], state=rule.init_state(ctx, b),
                done=jnp.zeros((b,), bool), ended=jnp.zeros((b,), bool), bufs=bufs)
 
-  def cond(c):
-    return (c["t"] < n) & ~jnp.all(c["done"])
 
   def body(c):
     t, live = c["t"], ~c["done"]  # [], B
@@ -90,7 +102,10 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
                 state=_rows(live, so.state, c["state"]),
                 done=c["done"] | eos, ended=c["ended"] | eos, bufs=bufs)
 
-  c = jax.lax.while_loop(cond, body, carry)
+  c = carry
+  for end in ends:  # phase: steps t < end attend over p + end cache slots
+    c = dict(c, cache=decode.grow(c["cache"], p + end))
+    c = jax.lax.while_loop(lambda c, end=end: (c["t"] < end) & ~jnp.all(c["done"]), body, c)
   bufs = c["bufs"]
   return Trajectory(
       prompt_ids=prompt_ids, prompt_mask=prompt_mask, ids=bufs["ids"], span=bufs["span"],
