@@ -47,15 +47,25 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return inv.astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """Rotates x [B, T, N, D] by positions [B, T] (HF's rotate-half layout)."""
-  freqs = positions[..., None].astype(jnp.float32) * inv_freq  # B T D/2
-  emb = jnp.concatenate([freqs, freqs], axis=-1)  # B T D
-  cos = jnp.cos(emb)[:, :, None, :].astype(x.dtype)
-  sin = jnp.sin(emb)[:, :, None, :].astype(x.dtype)
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray,
+                dtype) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin) [..., D] of RoPE angles positions [...] x inv_freq, in `dtype`."""
+  freqs = positions[..., None].astype(jnp.float32) * inv_freq  # ... D/2
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # ... D
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x * cos + rotate_half(x) * sin (HF's layout); cos/sin broadcast against x [..., D]."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
   return x * cos + rotated * sin
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates x [B, T, N, D] by positions [B, T] (HF's rotate-half layout)."""
+  cos, sin = rope_tables(positions, inv_freq, x.dtype)  # B T D
+  return rotate(x, cos[:, :, None, :], sin[:, :, None, :])
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:

@@ -104,7 +104,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
 
   c = carry
   for end in ends:  # phase: steps t < end attend over p + end cache slots
-    c = dict(c, cache=decode.grow(c["cache"], p + end))
+    c = dict(c, cache=decode.grow(cfg, c["cache"], p + end))
     c = jax.lax.while_loop(lambda c, end=end: (c["t"] < end) & ~jnp.all(c["done"]), body, c)
   bufs = c["bufs"]
   return Trajectory(
