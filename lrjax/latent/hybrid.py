@@ -32,7 +32,7 @@ from lrjax.data.delimiter import delimiter_step, delimiter_tables
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
 from lrjax.model.config import ModelConfig
-from lrjax.rollout.sampling import process_logits, token_logp
+from lrjax.rollout.sampling import gumbel_max, process_logits, token_logp
 
 DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}
 EPS = 1e-8
@@ -129,7 +129,7 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   if ctx.sampling.greedy:
     y = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # B
   else:
-    y = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)  # B
+    y = gumbel_max(key, x)  # B, = jax.random.categorical(key, x), cheaper argmax
   soft = soft_embedding(jax.nn.softmax(x, axis=-1), emb)  # B H
   tables = _fit_tables(aux["delimiter"], emb.shape[0])
   run, completed = delimiter_step(tables, state["run"], y)  # B, B

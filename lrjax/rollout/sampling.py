@@ -110,6 +110,12 @@ def first_argmax(x: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
 
 
+def gumbel_max(key: jax.Array, x: jax.Array) -> jax.Array:
+  """= jax.random.categorical(key, x, axis=-1) as int32 (same noise, same ids), argmax via
+  `first_argmax`."""
+  return first_argmax(jax.random.gumbel(key, x.shape, x.dtype) + x)
+
+
 def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
   """y ~ softmax(process_logits(l)) [...] int32; argmax of l when `sampling.greedy`.
 
@@ -119,7 +125,7 @@ def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   x = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-  return first_argmax(jax.random.gumbel(key, x.shape, x.dtype) + x)
+  return gumbel_max(key, x)
 
 
 def token_logp(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:
