@@ -8,7 +8,8 @@ keys before q·k (measured: ~60% of a CPU rollout step). This module decodes
 one position with the same math but
 
 - per-layer parameters split out of the stack once, before the loop, with
-  q/k/v and gate/up fused into one matmul each (`prepare`);
+  q/k/v and gate/up fused into one matmul each and kernels transposed
+  (`prepare`): the residual stream is carried feature-major [H, B];
 - per-layer cache buffers (tuples, so each is its own loop-carried buffer,
   updated in place), keys stored transposed: k [B, K, D, S], v [B, K, S, D],
   so both attention products are plain batched matmuls;
@@ -37,23 +38,28 @@ from lrjax.model.transformer import rms_norm, rope_inv_freq, rope_tables, rotate
 
 
 def prepare(cfg: ModelConfig, params: dict) -> dict:
-  """Decode parameters: per-layer tuples with fused qkv and gate/up kernels (call outside loops)."""
+  """Decode parameters (call outside loops): per-layer tuples of TRANSPOSED kernels [out, in],
+  q/k/v and gate/up fused, biases as [out, 1] columns."""
   lp = params["layers"]
   a, m = lp["attn"], lp["mlp"]
-  qkv_w = jnp.concatenate([a["q"]["kernel"], a["k"]["kernel"], a["v"]["kernel"]], -1)  # L H (N+2K)D
+  t = lambda w: jnp.swapaxes(w, -1, -2)  # noqa: E731  [..., in, out] -> [..., out, in]
+  col = lambda b: None if b is None else b[:, None]  # noqa: E731
+  qkv_w = t(jnp.concatenate([a["q"]["kernel"], a["k"]["kernel"], a["v"]["kernel"]], -1))  # L (N+2K)D H
   qkv_b = (jnp.concatenate([a["q"]["bias"], a["k"]["bias"], a["v"]["bias"]], -1)
            if cfg.qkv_bias else None)  # L (N+2K)D
-  gate_up = jnp.concatenate([m["gate"]["kernel"], m["up"]["kernel"]], -1)  # L H 2F
+  gate_up = t(jnp.concatenate([m["gate"]["kernel"], m["up"]["kernel"]], -1))  # L 2F H
   layers = []
   for l in range(cfg.num_layers):
     layers.append({
-        "input_norm": lp["input_norm"]["scale"][l], "post_attn_norm": lp["post_attn_norm"]["scale"][l],
-        "qkv_w": qkv_w[l], "qkv_b": None if qkv_b is None else qkv_b[l],
-        "o_w": a["o"]["kernel"][l], "o_b": a["o"]["bias"][l] if cfg.o_bias else None,
+        "input_norm": col(lp["input_norm"]["scale"][l]),
+        "post_attn_norm": col(lp["post_attn_norm"]["scale"][l]),
+        "qkv_w": qkv_w[l], "qkv_b": None if qkv_b is None else col(qkv_b[l]),
+        "o_w": t(a["o"]["kernel"][l]), "o_b": col(a["o"]["bias"][l]) if cfg.o_bias else None,
         "gate_up_w": gate_up[l],
-        "gate_up_b": (jnp.concatenate([m["gate"]["bias"][l], m["up"]["bias"][l]], -1)
+        "gate_up_b": (col(jnp.concatenate([m["gate"]["bias"][l], m["up"]["bias"][l]], -1))
                       if cfg.mlp_bias else None),
-        "down_w": m["down"]["kernel"][l], "down_b": m["down"]["bias"][l] if cfg.mlp_bias else None,
+        "down_w": t(m["down"]["kernel"][l]),
+        "down_b": col(m["down"]["bias"][l]) if cfg.mlp_bias else None,
     })
   head = (params["embed"]["embedding"].T if cfg.tie_word_embeddings
           else params["lm_head"]["kernel"])  # H V
@@ -77,46 +83,56 @@ def grow(cfg: ModelConfig, cache: dict, max_len: int) -> dict:
           "cos": cos, "sin": sin}
 
 
-def _dense(x, w, b):
-  y = x @ w.astype(x.dtype)
-  return y if b is None else y + b.astype(x.dtype)
+def _dense_t(xt, w, b):
+  """Transposed dense: w [out, in] @ xt [in, B] (+ b [out, 1]) -> [out, B]."""
+  y = w.astype(xt.dtype) @ xt
+  return y if b is None else y + b.astype(xt.dtype)
+
+
+def _rms_norm_t(xt, scale, eps):
+  """`rms_norm` over the feature axis 0 of xt [H, B]; scale [H, 1]."""
+  xf = xt.astype(jnp.float32)
+  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + eps)
+  return scale * y.astype(xt.dtype)
 
 
 def step(cfg: ModelConfig, dparams: dict, x: jax.Array, positions: jax.Array,
          cache: dict) -> tuple[jax.Array, jax.Array, dict]:
-  """One position: x [B, H] at positions [B] -> (hidden [B, H], float32 logits [B, V], cache)."""
+  """One position: x [B, H] at positions [B] -> (hidden [B, H], float32 logits [B, V], cache).
+
+  The residual stream is carried feature-major, xt [H, B], so every weight
+  product is W [out, in] @ xt [in, B]: on CPU ~10% faster than x @ W at B = 64
+  and ~35% at B = 8 (XNNPACK, measured), and gate/up split into row blocks.
+  """
   dt = cfg.jnp_dtype
   b = x.shape[0]
   n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  g = n // k
+  g, f = n // k, cfg.intermediate_size
   index = cache["index"]
   mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.ones((b, 1), bool), (0, index))  # B S
   visible = mask[:, None, None, :]  # B 1 1 S
   neg = jnp.finfo(jnp.float32).min
   # RoPE cos/sin looked up, not computed: XLA fuses cos/sin into every layer's q
   # and k fusions and evaluates them per head (measured ~0.5 ms of a b64 CPU step).
-  cos, sin = cache["cos"][positions], cache["sin"][positions]  # B D
-  x = x.astype(dt)
+  cos, sin = cache["cos"][positions][:, None], cache["sin"][positions][:, None]  # B 1 D
+  xt = x.astype(dt).T  # H B
   ks, vs = list(cache["k"]), list(cache["v"])
   for l, p in enumerate(dparams["layers"]):
-    h = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-    qkv = _dense(h, p["qkv_w"], p["qkv_b"])  # B (N+2K)D
-    q = rotate(qkv[:, :n * d].reshape(b, n, d), cos[:, None], sin[:, None])  # B N D
-    key = rotate(qkv[:, n * d:(n + k) * d].reshape(b, k, d), cos[:, None], sin[:, None])  # B K D
+    qkv = _dense_t(_rms_norm_t(xt, p["input_norm"], cfg.rms_norm_eps), p["qkv_w"], p["qkv_b"]).T
+    q = rotate(qkv[:, :n * d].reshape(b, n, d), cos, sin)  # B N D
+    key = rotate(qkv[:, n * d:(n + k) * d].reshape(b, k, d), cos, sin)  # B K D
     val = qkv[:, (n + k) * d:].reshape(b, k, 1, d)  # B K 1 D
     ks[l] = jax.lax.dynamic_update_slice(ks[l], key[..., None].astype(ks[l].dtype),
                                          (0, 0, 0, index))  # B K D S
     vs[l] = jax.lax.dynamic_update_slice(vs[l], val.astype(vs[l].dtype), (0, 0, index, 0))  # B K S D
-    q = q.reshape(b, k, g, d)  # B K G D
-    sc = jnp.einsum("bkgd,bkds->bkgs", q, ks[l].astype(dt)) * (d ** -0.5)  # B K G S
-    sc = jnp.where(visible, sc.astype(jnp.float32), neg)
+    sc = jnp.einsum("bkgd,bkds->bkgs", q.reshape(b, k, g, d), ks[l].astype(dt)) * (d ** -0.5)
+    sc = jnp.where(visible, sc.astype(jnp.float32), neg)  # B K G S
     probs = jax.nn.softmax(sc, axis=-1).astype(dt)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, vs[l].astype(dt)).reshape(b, n * d)  # B N*D
-    x = x + _dense(out, p["o_w"], p["o_b"])
-    h = rms_norm(x, p["post_attn_norm"], cfg.rms_norm_eps)
-    gu = _dense(h, p["gate_up_w"], p["gate_up_b"])  # B 2F
-    f = cfg.intermediate_size
-    x = x + _dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], p["down_w"], p["down_b"])
-  hidden = rms_norm(x, dparams["final_norm"], cfg.rms_norm_eps)  # B H
+    xt = xt + _dense_t(out.T, p["o_w"], p["o_b"])  # H B
+    gu = _dense_t(_rms_norm_t(xt, p["post_attn_norm"], cfg.rms_norm_eps), p["gate_up_w"],
+                  p["gate_up_b"])  # 2F B
+    xt = xt + _dense_t(jax.nn.silu(gu[:f]) * gu[f:], p["down_w"], p["down_b"])  # H B
+  hidden = rms_norm(xt.T, dparams["final_norm"], cfg.rms_norm_eps)  # B H
   logits = hidden.astype(jnp.float32) @ dparams["head"].astype(jnp.float32)  # B V
   return hidden, logits, dict(cache, k=tuple(ks), v=tuple(vs), mask=mask, index=index + 1)
