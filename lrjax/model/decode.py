@@ -61,8 +61,8 @@ def prepare(cfg: ModelConfig, params: dict) -> dict:
         "down_w": t(m["down"]["kernel"][l]),
         "down_b": col(m["down"]["bias"][l]) if cfg.mlp_bias else None,
     })
-  head = (params["embed"]["embedding"].T if cfg.tie_word_embeddings
-          else params["lm_head"]["kernel"])  # H V
+  head = (params["embed"]["embedding"] if cfg.tie_word_embeddings
+          else t(params["lm_head"]["kernel"]))  # V H
   return {"layers": tuple(layers), "final_norm": params["final_norm"]["scale"], "head": head}
 
 
@@ -133,6 +133,7 @@ def step(cfg: ModelConfig, dparams: dict, x: jax.Array, positions: jax.Array,
     gu = _dense_t(_rms_norm_t(xt, p["post_attn_norm"], cfg.rms_norm_eps), p["gate_up_w"],
                   p["gate_up_b"])  # 2F B
     xt = xt + _dense_t(jax.nn.silu(gu[:f]) * gu[f:], p["down_w"], p["down_b"])  # H B
-  hidden = rms_norm(xt.T, dparams["final_norm"], cfg.rms_norm_eps)  # B H
-  logits = hidden.astype(jnp.float32) @ dparams["head"].astype(jnp.float32)  # B V
+  hidden = _rms_norm_t(xt, dparams["final_norm"][:, None], cfg.rms_norm_eps)  # H B
+  logits = (dparams["head"].astype(jnp.float32) @ hidden.astype(jnp.float32)).T  # B V
+  hidden = hidden.T  # B H
   return hidden, logits, dict(cache, k=tuple(ks), v=tuple(vs), mask=mask, index=index + 1)
