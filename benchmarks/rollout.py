@@ -134,14 +134,25 @@ def make_prompts(shape: ModelShape, batch: int, length: int, seed: int,
   return ids
 
 
-def median_time(fn, runs: int) -> tuple[float, list[float]]:
-  """(median, all) wall-clock seconds of `runs` calls of fn(i)."""
-  times = []
+def process_cpu_s() -> float:
+  """User + system CPU seconds of this process, all threads."""
+  t = os.times()
+  return t.user + t.system
+
+
+def median_time(fn, runs: int) -> tuple[float, list[float], float]:
+  """(median, all) wall-clock seconds of `runs` calls of fn(i), and their median CPU seconds.
+
+  CPU time (all threads of the process) tells a busy machine apart: where it
+  falls far below wall x threads the process waited for cores.
+  """
+  times, cpu = [], []
   for i in range(runs):
-    t0 = time.perf_counter()
+    c0, t0 = process_cpu_s(), time.perf_counter()
     fn(i)
     times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
+    cpu.append(process_cpu_s() - c0)
+  return statistics.median(times), times, statistics.median(cpu)
 
 
 def bench_lrjax(rule: str, cfg, model_params: dict, shape: ModelShape, batch: int,
@@ -177,10 +188,11 @@ def bench_lrjax(rule: str, cfg, model_params: dict, shape: ModelShape, batch: in
     raise RuntimeError(f"lrjax {rule}: expected {args.new} tokens on every row, got lengths "
                        f"{lengths.tolist()}")
   cache_size = getattr(rollout, "_cache_size", lambda: -1)()
-  med, times = median_time(lambda i: jax.block_until_ready(call(keys[i + 1])), args.runs)
+  med, times, cpu = median_time(lambda i: jax.block_until_ready(call(keys[i + 1])), args.runs)
   recompiled = getattr(rollout, "_cache_size", lambda: -1)() - cache_size
   return {"impl": f"lrjax {rule}", "rule": rule, "batch": batch, "new": args.new,
-          "seconds": med, "times": times, "warmup_s": warm, "recompiles": recompiled}
+          "seconds": med, "times": times, "cpu_s": cpu, "warmup_s": warm,
+          "recompiles": recompiled}
 
 
 def bench_torch(model, shape: ModelShape, batch: int, args: argparse.Namespace) -> dict:
@@ -205,9 +217,9 @@ def bench_torch(model, shape: ModelShape, batch: int, args: argparse.Namespace) 
   if tuple(out.shape) != (batch, args.prompt + args.new):
     raise RuntimeError(f"torch generate returned shape {tuple(out.shape)}, expected "
                        f"{(batch, args.prompt + args.new)}")
-  med, times = median_time(call, args.runs)
+  med, times, cpu = median_time(call, args.runs)
   return {"impl": TORCH_IMPL, "rule": "token", "batch": batch, "new": args.new, "seconds": med,
-          "times": times, "warmup_s": warm, "recompiles": 0}
+          "times": times, "cpu_s": cpu, "warmup_s": warm, "recompiles": 0}
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -270,12 +282,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for batch in args.batch:
       if not args.no_torch:
         results.append(bench_torch(model, shape, batch, args))
-        print(f"  {TORCH_IMPL:22s} batch {batch:3d}: {results[-1]['seconds']:.3f} s", flush=True)
+        print(f"  {TORCH_IMPL:22s} batch {batch:3d}: {results[-1]['seconds']:.3f} s "
+              f"(cpu {results[-1]['cpu_s']:.1f} s)", flush=True)
       for rule in args.rules:
         results.append(bench_lrjax(rule, cfg, model_params, shape, batch, args))
         r = results[-1]
-        print(f"  {r['impl']:22s} batch {batch:3d}: {r['seconds']:.3f} s "
-              f"(first call {r['warmup_s']:.1f} s, recompiles {r['recompiles']})", flush=True)
+        print(f"  {r['impl']:22s} batch {batch:3d}: {r['seconds']:.3f} s (cpu {r['cpu_s']:.1f} s, "
+              f"first call {r['warmup_s']:.1f} s, recompiles {r['recompiles']})", flush=True)
   finally:
     torch.set_num_threads(old_threads)
   add_ratios(results)

@@ -38,6 +38,7 @@ def test_quick_benchmark(tmp_path, capsys):
     assert math.isfinite(r["vs_generate"]) and r["vs_generate"] > 0
     assert math.isfinite(r["time_vs_token"]) and r["time_vs_token"] > 0
     assert r["recompiles"] in (0, -1)  # timed calls hit the compiled program
+    assert r["cpu_s"] >= 0
   printed = capsys.readouterr().out
   assert "| rule / impl | batch | tokens/s |" in printed
   for impl in impls:
