@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrjax.rollout.sampling import (Sampling, first_argmax, kth_largest, process_logits, sample,
-                                   token_logp)
+from lrjax.rollout.sampling import (Sampling, first_argmax, gumbel, kth_largest, process_logits,
+                                   sample, token_logp)
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -103,3 +103,14 @@ def test_kth_largest_and_first_argmax_match_lax():
     key = jax.random.key(i)
     np.testing.assert_array_equal(np.asarray(sample(key, x[6:], Sampling(top_k=5))),
                                   np.asarray(jax.random.categorical(key, process_logits(x[6:], 1.0, 5))))
+
+
+@pytest.mark.parametrize("shape", [(64, 512), (3, 5, 7), (1,)])
+def test_gumbel_is_jax_random_gumbel_bit_for_bit(shape):
+  for i in range(4):
+    key = jax.random.fold_in(jax.random.key(i), 11)
+    np.testing.assert_array_equal(np.asarray(jax.jit(gumbel, static_argnums=1)(key, shape)),
+                                  np.asarray(jax.random.gumbel(key, shape)))
+  raw = jax.random.PRNGKey(0)  # legacy uint32 keys take jax's own path
+  np.testing.assert_array_equal(np.asarray(gumbel(raw, shape)),
+                                np.asarray(jax.random.gumbel(raw, shape)))

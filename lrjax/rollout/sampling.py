@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +111,49 @@ def first_argmax(x: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
 
 
+def _threefry2x32(k1, k2, x0, x1):
+  """Threefry-2x32 (20 rounds) on uint32 arrays, unrolled: jax's own non-CPU lowering."""
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in rotations[i % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+    x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x0, x1
+
+
+def gumbel(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """= jax.random.gumbel(key, shape, dtype), bit for bit.
+
+  On CPU jax lowers threefry to a rolled 5-iteration while loop, ~0.45 ms of a
+  b64 rollout step for [64, 512] draws. For a threefry key under jax's
+  defaults (partitionable bits, low-range float32 Gumbel) this computes the
+  same bits unrolled, which XLA fuses (~3.5x faster); otherwise it calls jax.
+  tests/test_sampling.py checks the equality.
+  """
+  size = int(np.prod(shape))
+  if not (dtype == jnp.float32 and key.shape == () and size < 2 ** 32
+          and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+          and str(jax.random.key_impl(key)) == "threefry2x32"
+          and jax.config.jax_threefry_partitionable
+          and not jax.config.jax_high_dynamic_range_gumbel):
+    return jax.random.gumbel(key, shape, dtype)
+  k1, k2 = jax.random.key_data(key)  # the 64-bit counter of element i is (0, i)
+  x0, x1 = _threefry2x32(k1, k2, jnp.zeros(shape, jnp.uint32),
+                         jax.lax.iota(jnp.uint32, size).reshape(shape))
+  bits = (x0 ^ x1) >> np.uint32(9) | np.uint32(0x3F800000)  # uniform mantissa, exponent of 1
+  tiny = np.float32(np.finfo(np.float32).tiny)
+  u = jax.lax.bitcast_convert_type(bits, jnp.float32) - np.float32(1.0)  # [0, 1)
+  u = jnp.maximum(tiny, u * (np.float32(1.0) - tiny) + tiny)
+  return -jnp.log(-jnp.log(u))
+
+
 def gumbel_max(key: jax.Array, x: jax.Array) -> jax.Array:
   """= jax.random.categorical(key, x, axis=-1) as int32 (same noise, same ids), argmax via
   `first_argmax`."""
-  return first_argmax(jax.random.gumbel(key, x.shape, x.dtype) + x)
+  return first_argmax(gumbel(key, x.shape, x.dtype) + x)
 
 
 def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
