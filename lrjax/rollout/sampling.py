@@ -54,8 +54,9 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
   of the largest u* with count(u >= u*) >= k, which is the k-th largest key.
   On CPU `lax.top_k` lowers to a full sort (measured ~10 ms per [64, 512]
   step under load, several times the 32 passes); other dtypes use it.
+  Counts are float32 sums, exact below 2^24 entries (larger V: lax.top_k).
   """
-  if x.dtype != jnp.float32:
+  if x.dtype != jnp.float32 or x.shape[-1] >= 2 ** 24:
     return jax.lax.top_k(x, k)[0][..., -1:]
   i = jax.lax.bitcast_convert_type(x, jnp.int32)
   sign = jnp.uint32(0x80000000)
@@ -63,7 +64,9 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
   found = jnp.zeros(x.shape[:-1] + (1,), jnp.uint32)  # ... 1
   for bit in range(31, -1, -1):
     cand = found | jnp.uint32(1 << bit)
-    found = jnp.where(jnp.sum(u >= cand, axis=-1, keepdims=True) >= k, cand, found)
+    # counted in float32 (exact below 2^24 entries): ~30% faster on CPU than an int count
+    count = jnp.sum(jnp.where(u >= cand, 1.0, 0.0), axis=-1, keepdims=True)
+    found = jnp.where(count >= k, cand, found)
   i = jax.lax.bitcast_convert_type(found ^ sign, jnp.int32)
   return jax.lax.bitcast_convert_type(i ^ ((i >> 31) & 0x7FFFFFFF), jnp.float32)
 
