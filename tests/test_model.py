@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lrjax.model import (CheckpointError, ModelConfig, abstract_params, decode, decode_step, embed,
-                         forward, init, init_cache, load_hf, logits, positions_from_mask, prefill,
+                         forward, init, load_hf, logits, positions_from_mask, prefill,
                          preset, resolve_dtype, save_hf)
 
 # Published parameter counts (model cards / safetensors metadata).
@@ -75,7 +75,7 @@ def test_decode_matches_full_forward(tied):
                                        ("original_max_position_embeddings", 16),
                                        ("rope_type", "llama3")))])
 def test_rollout_decoder_matches_full_forward(overrides):
-  """decode.start/step (per-layer caches, fused kernels) = one full forward, slot by slot."""
+  """decode.prefill/step (per-layer caches, fused kernels) = one full forward, slot by slot."""
   cfg = preset("tiny").replace(num_layers=3, **overrides)
   params = init(cfg, jax.random.key(1))
   if cfg.o_bias or cfg.mlp_bias:  # nonzero biases, so a dropped one would show
@@ -89,10 +89,14 @@ def test_rollout_decoder_matches_full_forward(overrides):
                 full_mask)
 
   p, n = prompt_ids.shape[1], new.shape[1]
-  pre = forward(cfg, params, embed(cfg, params, prompt_ids), positions_from_mask(prompt_mask),
-                prompt_mask, init_cache(cfg, 3, p), fresh_cache=True)
-  cache = decode.start(cfg, pre.cache, p + n + 2)  # two spare slots stay masked
   dparams = decode.prepare(cfg, params)
+  hidden, logits_p, cache = jax.jit(decode.prefill, static_argnums=(0, 5))(
+      cfg, dparams, embed(cfg, params, prompt_ids), positions_from_mask(prompt_mask), prompt_mask,
+      p + n + 2)  # two spare slots stay masked
+  np.testing.assert_allclose(np.asarray(logits_p), np.asarray(ref.logits[:, p - 1]),
+                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(hidden), np.asarray(ref.hidden[:, p - 1]),
+                             atol=1e-5, rtol=1e-5)
   step = jax.jit(decode.step, static_argnums=0)
   start = prompt_mask.sum(-1)  # B, next position per row
   for t in range(n):

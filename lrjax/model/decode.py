@@ -24,7 +24,7 @@ one position with the same math but
 
 Positions must be < S (a left-padded row's position never exceeds its slot).
 
-`start` turns a prefill's generic cache into this one; the logits agree with
+`prefill` runs a prompt into this cache; its and `step`'s logits agree with
 `forward` to float rounding (tests/test_model.py).
 Shape legend as in transformer.py.
 """
@@ -66,13 +66,6 @@ def prepare(cfg: ModelConfig, params: dict) -> dict:
   return {"layers": tuple(layers), "final_norm": params["final_norm"]["scale"], "head": head}
 
 
-def start(cfg: ModelConfig, cache: dict, max_len: int) -> dict:
-  """A decode cache of `max_len` slots holding a prefill's generic `cache` (index = its length)."""
-  ks = tuple(jnp.transpose(cache["k"][l], (0, 2, 3, 1)) for l in range(cfg.num_layers))  # B K D P
-  vs = tuple(jnp.transpose(cache["v"][l], (0, 2, 1, 3)) for l in range(cfg.num_layers))  # B K P D
-  return grow(cfg, {"k": ks, "v": vs, "mask": cache["mask"], "index": cache["index"]}, max_len)
-
-
 def grow(cfg: ModelConfig, cache: dict, max_len: int) -> dict:
   """The same cache with `max_len` slots (more than now; the new ones empty, masked)."""
   pad = max_len - cache["mask"].shape[1]
@@ -96,6 +89,70 @@ def _rms_norm_t(xt, scale, eps):
   return scale * y.astype(xt.dtype)
 
 
+def _qkv(cfg: ModelConfig, p: dict, xt: jax.Array, cos: jax.Array, sin: jax.Array):
+  """xt [H, R] (R = rows, ... their leading shape in cos/sin [..., 1, D]) -> q [..., N, D],
+  k [..., K, D] (both rotated) and v [..., K, D]."""
+  n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  lead = cos.shape[:-2]
+  qkv = _dense_t(_rms_norm_t(xt, p["input_norm"], cfg.rms_norm_eps), p["qkv_w"], p["qkv_b"]).T
+  q = rotate(qkv[:, :n * d].reshape(*lead, n, d), cos, sin)
+  key = rotate(qkv[:, n * d:(n + k) * d].reshape(*lead, k, d), cos, sin)
+  return q, key, qkv[:, (n + k) * d:].reshape(*lead, k, d)
+
+
+def _attn_out_mlp(cfg: ModelConfig, p: dict, xt: jax.Array, out: jax.Array) -> jax.Array:
+  """The residual stream xt [H, R] after the output projection of the attention out [R, N*D]
+  and the SwiGLU MLP."""
+  f = cfg.intermediate_size
+  xt = xt + _dense_t(out.T, p["o_w"], p["o_b"])  # H R
+  gu = _dense_t(_rms_norm_t(xt, p["post_attn_norm"], cfg.rms_norm_eps), p["gate_up_w"],
+                p["gate_up_b"])  # 2F R
+  return xt + _dense_t(jax.nn.silu(gu[:f]) * gu[f:], p["down_w"], p["down_b"])  # H R
+
+
+def _softmax(scores: jax.Array, visible: jax.Array, dt) -> jax.Array:
+  """softmax of float32 scores over the last axis, finfo.min where not visible (as forward)."""
+  neg = jnp.finfo(jnp.float32).min
+  return jax.nn.softmax(jnp.where(visible, scores.astype(jnp.float32), neg), axis=-1).astype(dt)
+
+
+def _head(cfg: ModelConfig, dparams: dict, xt: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(hidden [B, H], float32 logits [B, V]) of the residual stream xt [H, B]."""
+  hidden = _rms_norm_t(xt, dparams["final_norm"][:, None], cfg.rms_norm_eps)  # H B
+  logits = dparams["head"].astype(jnp.float32) @ hidden.astype(jnp.float32)  # V B
+  # The barrier keeps XLA from folding the transpose into the product: dot(h, E^T)
+  # is a plain Eigen dot on CPU, ~2x slower than this one (measured).
+  return hidden.T, jax.lax.optimization_barrier(logits).T
+
+
+def prefill(cfg: ModelConfig, dparams: dict, embeds: jax.Array, positions: jax.Array,
+            mask: jax.Array, max_len: int) -> tuple[jax.Array, jax.Array, dict]:
+  """A left-padded prompt into a fresh cache of `max_len` slots (`forward(..., fresh_cache=True)`).
+
+  embeds [B, P, H], positions [B, P], mask [B, P] (1 on real tokens) -> (hidden [B, H],
+  float32 logits [B, V]) of the last position P-1, and the decode cache (index P).
+  """
+  dt = cfg.jnp_dtype
+  b, p, h = embeds.shape
+  n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  mask = mask.astype(bool)
+  visible = (mask[:, None, :] & jnp.tril(jnp.ones((p, p), bool)))[:, None, None]  # B 1 1 P P
+  cos, sin = rope_tables(positions, rope_inv_freq(cfg), dt)  # B P D
+  cos, sin = cos[:, :, None], sin[:, :, None]  # B P 1 D
+  xt = embeds.astype(dt).reshape(b * p, h).T  # H BP
+  ks, vs = [], []
+  for lp in dparams["layers"]:
+    q, key, val = _qkv(cfg, lp, xt, cos, sin)  # B P N D, B P K D, B P K D
+    ks.append(jnp.transpose(key, (0, 2, 3, 1)))  # B K D P
+    vs.append(jnp.transpose(val, (0, 2, 1, 3)))  # B K P D
+    sc = jnp.einsum("bpkgd,bkdq->bkgpq", q.reshape(b, p, k, n // k, d), ks[-1]) * (d ** -0.5)
+    out = jnp.einsum("bkgpq,bkqd->bpkgd", _softmax(sc, visible, dt), vs[-1])  # B P K G D
+    xt = _attn_out_mlp(cfg, lp, xt, out.reshape(b * p, n * d))  # H BP
+  hidden, logits = _head(cfg, dparams, xt.reshape(h, b, p)[:, :, -1])
+  cache = {"k": tuple(ks), "v": tuple(vs), "mask": mask, "index": jnp.asarray(p, jnp.int32)}
+  return hidden, logits, grow(cfg, cache, max_len)
+
+
 def step(cfg: ModelConfig, dparams: dict, x: jax.Array, positions: jax.Array,
          cache: dict) -> tuple[jax.Array, jax.Array, dict]:
   """One position: x [B, H] at positions [B] -> (hidden [B, H], float32 logits [B, V], cache).
@@ -107,36 +164,22 @@ def step(cfg: ModelConfig, dparams: dict, x: jax.Array, positions: jax.Array,
   dt = cfg.jnp_dtype
   b = x.shape[0]
   n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  g, f = n // k, cfg.intermediate_size
   index = cache["index"]
   mask = jax.lax.dynamic_update_slice(cache["mask"], jnp.ones((b, 1), bool), (0, index))  # B S
   visible = mask[:, None, None, :]  # B 1 1 S
-  neg = jnp.finfo(jnp.float32).min
   # RoPE cos/sin looked up, not computed: XLA fuses cos/sin into every layer's q
   # and k fusions and evaluates them per head (measured ~0.5 ms of a b64 CPU step).
   cos, sin = cache["cos"][positions][:, None], cache["sin"][positions][:, None]  # B 1 D
   xt = x.astype(dt).T  # H B
   ks, vs = list(cache["k"]), list(cache["v"])
-  for l, p in enumerate(dparams["layers"]):
-    qkv = _dense_t(_rms_norm_t(xt, p["input_norm"], cfg.rms_norm_eps), p["qkv_w"], p["qkv_b"]).T
-    q = rotate(qkv[:, :n * d].reshape(b, n, d), cos, sin)  # B N D
-    key = rotate(qkv[:, n * d:(n + k) * d].reshape(b, k, d), cos, sin)  # B K D
-    val = qkv[:, (n + k) * d:].reshape(b, k, 1, d)  # B K 1 D
+  for l, lp in enumerate(dparams["layers"]):
+    q, key, val = _qkv(cfg, lp, xt, cos, sin)  # B N D, B K D, B K D
     ks[l] = jax.lax.dynamic_update_slice(ks[l], key[..., None].astype(ks[l].dtype),
                                          (0, 0, 0, index))  # B K D S
-    vs[l] = jax.lax.dynamic_update_slice(vs[l], val.astype(vs[l].dtype), (0, 0, index, 0))  # B K S D
-    sc = jnp.einsum("bkgd,bkds->bkgs", q.reshape(b, k, g, d), ks[l].astype(dt)) * (d ** -0.5)
-    sc = jnp.where(visible, sc.astype(jnp.float32), neg)  # B K G S
-    probs = jax.nn.softmax(sc, axis=-1).astype(dt)
-    out = jnp.einsum("bkgs,bksd->bkgd", probs, vs[l].astype(dt)).reshape(b, n * d)  # B N*D
-    xt = xt + _dense_t(out.T, p["o_w"], p["o_b"])  # H B
-    gu = _dense_t(_rms_norm_t(xt, p["post_attn_norm"], cfg.rms_norm_eps), p["gate_up_w"],
-                  p["gate_up_b"])  # 2F B
-    xt = xt + _dense_t(jax.nn.silu(gu[:f]) * gu[f:], p["down_w"], p["down_b"])  # H B
-  hidden = _rms_norm_t(xt, dparams["final_norm"][:, None], cfg.rms_norm_eps)  # H B
-  logits = dparams["head"].astype(jnp.float32) @ hidden.astype(jnp.float32)  # V B
-  # The barrier keeps XLA from folding the transpose into the product: dot(h, E^T)
-  # is a plain Eigen dot on CPU, ~2x slower than this one (measured).
-  logits = jax.lax.optimization_barrier(logits).T  # B V
-  hidden = hidden.T  # B H
+    vs[l] = jax.lax.dynamic_update_slice(vs[l], val[:, :, None].astype(vs[l].dtype),
+                                         (0, 0, index, 0))  # B K S D
+    sc = jnp.einsum("bkgd,bkds->bkgs", q.reshape(b, k, n // k, d), ks[l].astype(dt)) * (d ** -0.5)
+    out = jnp.einsum("bkgs,bksd->bkgd", _softmax(sc, visible, dt), vs[l].astype(dt))  # B K G D
+    xt = _attn_out_mlp(cfg, lp, xt, out.reshape(b, n * d))  # H B
+  hidden, logits = _head(cfg, dparams, xt)
   return hidden, logits, dict(cache, k=tuple(ks), v=tuple(vs), mask=mask, index=index + 1)

@@ -1,6 +1,6 @@
 """The jitted rollout: one prefill, then one `lax.while_loop` over max_new steps.
 
-    prefill(prompt) -> l_0, h_0, cache          (`forward`, the generic path)
+    prefill(prompt) -> l_0, h_0, cache          (decode.prefill)
     for t < max_new while some row is live:
       y_t, logp_t, x_{t+1}, record_t = rule.step(l_t, h_t)
       h_{t+1}, l_{t+1} = decode.step(x_{t+1} at position prompt_len + t, cache)
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lrjax.latent.base import ANSWER, DONE, RuleContext, rule_of
 from lrjax.model import decode
-from lrjax.model.api import embed, forward, init_cache, positions_from_mask
+from lrjax.model.api import embed, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
 
 
@@ -61,9 +61,10 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   b, p = prompt_ids.shape
   mask = prompt_mask.astype(bool)  # B P
   prompt_len = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # B
-  out = forward(cfg, params["model"], embed(cfg, params["model"], prompt_ids),
-                positions_from_mask(mask), mask, init_cache(cfg, b, p), fresh_cache=True)
   dparams = decode.prepare(cfg, params["model"])  # per-layer, fused: split once, not per step
+  ends = phase_ends(n)
+  hidden, logits, cache = decode.prefill(cfg, dparams, embed(cfg, params["model"], prompt_ids),
+                                         positions_from_mask(mask), mask, p + ends[0])
   bufs = {
       "ids": jnp.full((b, n), ctx.pad_id, jnp.int32),  # B N
       "span": jnp.full((b, n), DONE, jnp.int8),  # B N
@@ -73,10 +74,8 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   }
   if ctx.return_logits:
     bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
-  ends = phase_ends(n)
-  carry = dict(t=jnp.zeros((), jnp.int32), cache=decode.start(cfg, out.cache, p + ends[0]),
-               logits=out.logits[:, -1],
-               hidden=out.hidden[:, -1], state=rule.init_state(ctx, b),
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, hidden=hidden,
+               state=rule.init_state(ctx, b),
                done=jnp.zeros((b,), bool), ended=jnp.zeros((b,), bool), bufs=bufs)
 
 
