@@ -55,7 +55,7 @@ def latent_inputs(cfg: ModelConfig, params: dict, tok: jax.Array, positions: jax
   b, t, _ = tok.shape
   rows = jnp.arange(b)
   cache = init_cache(cfg, b, t + n - 1)
-  pre = forward(cfg, params, tok, positions, mask, cache)
+  pre = forward(cfg, params, tok, positions, mask, cache, fresh_cache=True)  # empty: not read
   prefix = mask.astype(bool) & (jnp.arange(t)[None, :] <= bot_pos[:, None])  # B T
   visible = jnp.concatenate([prefix, jnp.zeros((b, n - 1), bool)], axis=1)  # B T+n-1
   cache = dict(pre.cache, mask=visible)
