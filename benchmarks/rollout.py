@@ -12,6 +12,15 @@ timed calls. Generated tokens/s = batch * new / seconds (latent steps of the
     python benchmarks/rollout.py                      # batch 64 and 8, 5 runs, 128 new tokens
     python benchmarks/rollout.py --batch 64 --runs 3 --json out.json
     python benchmarks/rollout.py --quick              # tiny model, 1 run (the smoke test)
+    python benchmarks/rollout.py --devices 1          # lrjax on one device only
+
+`--devices 1 2` (the default) times lrjax on one device and again jitted over
+a 2-device `Mesh` with the batch sharded over it (`NamedSharding`, the same
+data parallelism the trainer uses). On a CPU the script first splits the host
+into that many XLA CPU devices (`jax_num_cpu_devices`): XLA runs one step's
+ops one after another, so on one device a decode step keeps about one core
+busy, while torch runs every matmul on `--threads` threads. `--devices 2`
+gives lrjax the same two cores torch gets.
 
 Rules: `token` (x_{t+1} = E[y_t]), `hidden` (Coconut: `--latent` continuous
 thoughts after the prompt's <bot>, then <eot>, then sampled tokens) and
@@ -43,6 +52,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 import transformers  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402  (resolve the lazy import now)
 
@@ -90,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="the `hybrid` rule's own top-k (0 = off)")
   p.add_argument("--rules", nargs="+", default=list(RULE_NAMES), choices=RULE_NAMES)
   p.add_argument("--no-torch", action="store_true", help="skip transformers generate")
+  p.add_argument("--devices", type=int, nargs="+", default=[1, 2],
+                 help="lrjax device counts (batch sharded over a 1-axis 'data' mesh)")
   p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   p.add_argument("--torch-device", default="cpu",
                  help="device of transformers generate (e.g. cuda when jax runs on a GPU)")
@@ -106,7 +118,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.shape, args.batch, args.runs, args.new, args.prompt, args.latent = (
         QUICK, [2], 1, 8, 4, 2)
     args.fast_compile = True
+  if min(args.devices) < 1 or any(b % d for b in args.batch for d in args.devices):
+    p.error(f"--devices {args.devices} must be >= 1 and divide every --batch {args.batch}")
   return args
+
+
+def ensure_devices(n: int) -> list:
+  """The first n jax devices; on a CPU host not yet initialised, splits it into n devices."""
+  try:  # only possible before the first jax computation of this process
+    if jax.config.jax_num_cpu_devices < n:
+      jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:
+    pass  # already initialised (e.g. under pytest): use the devices that exist
+  devices = jax.devices()
+  if len(devices) < n:
+    raise RuntimeError(f"--devices {n}: this process has only {len(devices)} jax devices "
+                       f"({devices[0].platform}); set JAX_NUM_CPU_DEVICES before jax starts")
+  return devices[:n]
+
+
+def place(tree, devices: list, batch_axis: bool):
+  """tree on `devices`: replicated, or split along axis 0 over a 'data' mesh."""
+  if len(devices) == 1:
+    return jax.device_put(tree, devices[0])
+  mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+  return jax.device_put(tree, NamedSharding(mesh, P("data") if batch_axis else P()))
 
 
 def build_hf_model(shape: ModelShape, path: str, seed: int):
@@ -155,9 +191,14 @@ def median_time(fn, runs: int) -> tuple[float, list[float], float]:
   return statistics.median(times), times, statistics.median(cpu)
 
 
+def lrjax_impl(rule: str, n_devices: int) -> str:
+  return f"lrjax {rule}" + (f", {n_devices} devices" if n_devices > 1 else "")
+
+
 def bench_lrjax(rule: str, cfg, model_params: dict, shape: ModelShape, batch: int,
-                args: argparse.Namespace) -> dict:
-  """Times lrjax `rollout` for one rule and batch: one warm-up call, then `runs` calls."""
+                args: argparse.Namespace, n_devices: int = 1) -> dict:
+  """Times lrjax `rollout` for one rule and batch: one warm-up call, then `runs` calls;
+  over `n_devices` devices, the batch sharded (see the module doc)."""
   bot, latent, eot = shape.special_ids
   kw = dict(sampling=Sampling(temperature=1.0, top_k=0, top_p=1.0), eos_id=-1, pad_id=0,
             max_new=args.new)
@@ -170,8 +211,10 @@ def bench_lrjax(rule: str, cfg, model_params: dict, shape: ModelShape, batch: in
   ctx = RuleContext(cfg, rule, **kw)
   params = {"model": model_params, "rule": init_rule_params(ctx, jax.random.key(args.seed + 1)),
             "heads": {}}
-  ids = jnp.asarray(make_prompts(shape, batch, args.prompt, args.seed, rule == "hidden"))
-  mask = jnp.asarray(np.ones(ids.shape, np.int32))
+  devices = ensure_devices(n_devices)
+  params, aux = place((params, aux), devices, batch_axis=False)
+  ids, mask = place((make_prompts(shape, batch, args.prompt, args.seed, rule == "hidden"),
+                     np.ones((batch, args.prompt), np.int32)), devices, batch_axis=True)
   keys = [jax.random.key(args.seed + i) for i in range(args.runs + 1)]  # warm-up, runs
 
   t0 = time.perf_counter()
@@ -190,7 +233,8 @@ def bench_lrjax(rule: str, cfg, model_params: dict, shape: ModelShape, batch: in
   cache_size = getattr(rollout, "_cache_size", lambda: -1)()
   med, times, cpu = median_time(lambda i: jax.block_until_ready(call(keys[i + 1])), args.runs)
   recompiled = getattr(rollout, "_cache_size", lambda: -1)() - cache_size
-  return {"impl": f"lrjax {rule}", "rule": rule, "batch": batch, "new": args.new,
+  return {"impl": lrjax_impl(rule, n_devices), "rule": rule, "devices": n_devices,
+          "batch": batch, "new": args.new,
           "seconds": med, "times": times, "cpu_s": cpu, "warmup_s": warm,
           "recompiles": recompiled}
 
@@ -229,7 +273,7 @@ def add_ratios(results: list[dict]) -> None:
   for r in results:
     same = {x["impl"]: x for x in results if x["batch"] == r["batch"]}
     ref = same.get(TORCH_IMPL)
-    tok = same.get("lrjax token")
+    tok = same.get(lrjax_impl("token", r.get("devices", 1)))
     r["vs_generate"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
     r["time_vs_token"] = r["seconds"] / tok["seconds"] if tok else None
 
@@ -237,7 +281,8 @@ def add_ratios(results: list[dict]) -> None:
 def table(results: list[dict]) -> str:
   """The markdown table of `results` (after `add_ratios`)."""
   fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"
-  lines = ["| rule / impl | batch | tokens/s | vs generate (tokens/s) | time vs lrjax token |",
+  lines = ["| rule / impl | batch | tokens/s | vs generate (tokens/s) | time vs lrjax token "
+           "(same devices) |",
            "|---|---:|---:|---:|---:|"]
   for r in results:
     lines.append(f"| {r['impl']} | {r['batch']} | {r['tokens_per_s']:,.0f} | "
@@ -260,6 +305,7 @@ def environment() -> dict:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   """Runs the benchmark, prints the table and returns the result rows."""
   args = parse_args(argv)
+  ensure_devices(max(args.devices))  # before any jax computation (load_hf makes arrays)
   shape = args.shape
   results: list[dict] = []
   env: dict = {}
@@ -282,12 +328,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for batch in args.batch:
       if not args.no_torch:
         results.append(bench_torch(model, shape, batch, args))
-        print(f"  {TORCH_IMPL:22s} batch {batch:3d}: {results[-1]['seconds']:.3f} s "
+        print(f"  {TORCH_IMPL:32s} batch {batch:3d}: {results[-1]['seconds']:.3f} s "
               f"(cpu {results[-1]['cpu_s']:.1f} s)", flush=True)
-      for rule in args.rules:
-        results.append(bench_lrjax(rule, cfg, model_params, shape, batch, args))
+      for n_dev, rule in [(d, r) for d in args.devices for r in args.rules]:
+        results.append(bench_lrjax(rule, cfg, model_params, shape, batch, args, n_dev))
         r = results[-1]
-        print(f"  {r['impl']:22s} batch {batch:3d}: {r['seconds']:.3f} s (cpu {r['cpu_s']:.1f} s, "
+        print(f"  {r['impl']:32s} batch {batch:3d}: {r['seconds']:.3f} s (cpu {r['cpu_s']:.1f} s, "
               f"first call {r['warmup_s']:.1f} s, recompiles {r['recompiles']})", flush=True)
   finally:
     torch.set_num_threads(old_threads)

@@ -31,7 +31,10 @@ def test_quick_benchmark(tmp_path, capsys):
   out = tmp_path / "out.json"
   results = bench.main(["--quick", "--json", str(out)])
   impls = [r["impl"] for r in results]
-  assert impls == [bench.TORCH_IMPL, "lrjax token", "lrjax hidden", "lrjax hybrid"]
+  rules = ["lrjax token", "lrjax hidden", "lrjax hybrid"]
+  assert impls == [bench.TORCH_IMPL] + rules + [f"{r}, 2 devices" for r in rules]
+  sharded = [r for r in results if r.get("devices") == 2]
+  assert len(sharded) == 3 and all(r["time_vs_token"] > 0 for r in sharded)
   for r in results:
     assert r["batch"] == 2 and r["new"] == 8
     assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
