@@ -82,19 +82,12 @@ def _dense_t(xt, w, b):
   return y if b is None else y + b.astype(xt.dtype)
 
 
-def _rms_norm_t(xt, scale, eps):
-  """`rms_norm` over the feature axis 0 of xt [H, B]; scale [H, 1]."""
-  xf = xt.astype(jnp.float32)
-  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=0, keepdims=True) + eps)
-  return scale * y.astype(xt.dtype)
-
-
 def _qkv(cfg: ModelConfig, p: dict, xt: jax.Array, cos: jax.Array, sin: jax.Array):
   """xt [H, R] (R = rows, ... their leading shape in cos/sin [..., 1, D]) -> q [..., N, D],
   k [..., K, D] (both rotated) and v [..., K, D]."""
   n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   lead = cos.shape[:-2]
-  qkv = _dense_t(_rms_norm_t(xt, p["input_norm"], cfg.rms_norm_eps), p["qkv_w"], p["qkv_b"]).T
+  qkv = _dense_t(rms_norm(xt, p["input_norm"], cfg.rms_norm_eps, axis=0), p["qkv_w"], p["qkv_b"]).T
   q = rotate(qkv[:, :n * d].reshape(*lead, n, d), cos, sin)
   key = rotate(qkv[:, n * d:(n + k) * d].reshape(*lead, k, d), cos, sin)
   return q, key, qkv[:, (n + k) * d:].reshape(*lead, k, d)
@@ -105,7 +98,7 @@ def _attn_out_mlp(cfg: ModelConfig, p: dict, xt: jax.Array, out: jax.Array) -> j
   and the SwiGLU MLP."""
   f = cfg.intermediate_size
   xt = xt + _dense_t(out.T, p["o_w"], p["o_b"])  # H R
-  gu = _dense_t(_rms_norm_t(xt, p["post_attn_norm"], cfg.rms_norm_eps), p["gate_up_w"],
+  gu = _dense_t(rms_norm(xt, p["post_attn_norm"], cfg.rms_norm_eps, axis=0), p["gate_up_w"],
                 p["gate_up_b"])  # 2F R
   return xt + _dense_t(jax.nn.silu(gu[:f]) * gu[f:], p["down_w"], p["down_b"])  # H R
 
@@ -118,7 +111,7 @@ def _softmax(scores: jax.Array, visible: jax.Array, dt) -> jax.Array:
 
 def _head(cfg: ModelConfig, dparams: dict, xt: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(hidden [B, H], float32 logits [B, V]) of the residual stream xt [H, B]."""
-  hidden = _rms_norm_t(xt, dparams["final_norm"][:, None], cfg.rms_norm_eps)  # H B
+  hidden = rms_norm(xt, dparams["final_norm"][:, None], cfg.rms_norm_eps, axis=0)  # H B
   logits = dparams["head"].astype(jnp.float32) @ hidden.astype(jnp.float32)  # V B
   # The barrier keeps XLA from folding the transpose into the product: dot(h, E^T)
   # is a plain Eigen dot on CPU, ~2x slower than this one (measured).

@@ -68,10 +68,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
   return rotate(x, cos[:, :, None, :], sin[:, :, None, :])
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-  """scale * (x / sqrt(mean(x^2) + eps)) over the last axis, the statistics in float32."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+  """scale * (x / sqrt(mean(x^2) + eps)) over `axis` (the features), the statistics in float32."""
   xf = x.astype(jnp.float32)
-  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + eps)
   return scale * y.astype(x.dtype)
 
 
