@@ -61,6 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.stage_steps = (200, 200, 200, 200)  # durations of stages 0..num_stages-1; then all-latent
   c.sft.eval_every = 400
   c.sft.log_every = 50
+  c.sft.sample_every_eval = False  # sampled pass@k at every evaluation (default: the last only)
+  # '' = start at step 0; else a workdir whose finished SFT phase this run continues
+  # (same settings except the step count): the continued-SFT control uses it.
+  c.sft.start_from = ""
 
   c.rule = ml_collections.ConfigDict()
   c.rule.name = "token"  # a thought rule: token | hidden | hybrid

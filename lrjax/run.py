@@ -16,6 +16,7 @@ Phases hand parameters to each other through `run.params` (backbone) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Any
@@ -26,7 +27,7 @@ import ml_collections
 from lrjax import config_utils, parallel
 from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
-from lrjax.data.tasks import TaskData, load_task
+from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
 from lrjax.metrics import MetricsWriter
 from lrjax.model import PRESETS, ModelConfig, init, load_hf, preset, save_hf
 
@@ -110,6 +111,16 @@ class Run:
     run = cls(config, workdir, mesh, task, tokenizer, model_cfg, special, MetricsWriter(workdir))
     run.params = params
     return run
+
+  @functools.cached_property
+  def sft_train(self) -> list[Problem]:
+    """The worked solutions the SFT phase trains on (`data.sft_size` of them)."""
+    return sft_problems(self.task, self.config.data.sft_size)
+
+  @functools.cached_property
+  def rl_train(self) -> list[QA]:
+    """The RL phase's problems: the whole train split, question and answer only."""
+    return rl_problems(self.task)
 
   def close(self) -> None:
     self.metrics.close()

@@ -41,6 +41,13 @@ class Problem:
   answer: str
 
 
+class QA(NamedTuple):
+  """What the RL phase reads of a problem: its question and final answer, never the
+  worked solution (RL learns from answers alone)."""
+  question: str
+  answer: str
+
+
 class TaskData(NamedTuple):
   """A task's train and eval problems and the name of its default reward."""
   train: list[Problem]
@@ -58,6 +65,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.seed = 1234  # the split seed: fixes the synthetic train/eval sets, independent of the run seed
   c.train_size = 50_000  # synthetic tasks: number of train problems (~2-4 s to generate)
   c.eval_size = 1000  # synthetic tasks: number of eval problems
+  # Worked solutions the SFT phase may read: the first sft_size train problems (0 = all).
+  # The RL phase draws from the whole train split, questions and answers only.
+  c.sft_size = 0
   # File / Hub tasks (gsm8k, gsm8k_aug, math):
   c.path = ""  # '' = load from the Hub; else local file(s), see lrjax/data/hf_datasets.py
   c.hub_name = ""  # '' = the task's default dataset id (e.g. openai/gsm8k)
@@ -94,6 +104,24 @@ def load_task(data_cfg: ml_collections.ConfigDict) -> TaskData:
   """The `TaskData` of `data_cfg.task` (a ValueError lists the known tasks)."""
   registered_tasks()
   return TASKS.get(data_cfg.task)(data_cfg)
+
+
+def sft_problems(task: TaskData, sft_size: int) -> list[Problem]:
+  """The worked solutions SFT trains on: the first `sft_size` train problems (0 = all).
+
+  The train split is already a deterministic random draw (from `data.seed`), so
+  its prefix is a fixed random subset, the same for every run seed.
+  """
+  if sft_size < 0:
+    raise ValueError(f"data.sft_size={sft_size} must be >= 0 (0 = the whole train split)")
+  if sft_size > len(task.train):
+    raise ValueError(f"data.sft_size={sft_size} exceeds the {len(task.train)} train problems")
+  return task.train[:sft_size] if sft_size else task.train
+
+
+def rl_problems(task: TaskData) -> list[QA]:
+  """Every train problem as (question, answer): what the RL phase may read."""
+  return [QA(p.question, p.answer) for p in task.train]
 
 
 def steps_text(steps: tuple[str, ...] | list[str]) -> str:

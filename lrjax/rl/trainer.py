@@ -61,7 +61,8 @@ def run_rl(run) -> None:
   spec = LossSpec(loss=rl.loss, aggregation=rl.aggregation, clip_eps=rl.clip_eps, beta=rl.beta,
                   temperature=rl.temperature)
   update = make_update(ctx, spec, optimizer)
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  # placed as a whole: a restored optimizer state then lands on the mesh too
+  state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
   ckpt = loop.checkpointer(run, "rl")
   state, start, _ = loop.try_resume(run, "rl", ckpt, state)
   if start == 0:
@@ -70,8 +71,8 @@ def run_rl(run) -> None:
   g = rl.group_size
   for step in range(start, rl.steps):
     t0 = time.time()
-    idx = loop.data_indices(config.seed + 1, len(run.task.train), step, rl.num_prompts)
-    problems = [run.task.train[i] for i in idx]
+    idx = loop.data_indices(config.seed + 1, len(run.rl_train), step, rl.num_prompts)
+    problems = [run.rl_train[i] for i in idx]  # question + answer only
     prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
     ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
                             ctx.pad_id)

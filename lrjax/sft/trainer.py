@@ -1,8 +1,13 @@
 """The SFT phase: CoT, No-CoT or the Coconut curriculum, resumable, evaluated.
 
-Each step draws `sft.batch_size` problems (order fixed by `seed` and the
-step, so the data position is the step), builds the sequences of the current
-curriculum stage, and applies one AdamW update. Coconut resets the optimizer
+Each step draws `sft.batch_size` of the `data.sft_size` worked solutions
+(order fixed by `seed` and the step, so the data position is the step), builds
+the sequences of the current curriculum stage, and applies one AdamW update.
+
+`sft.start_from=<workdir>` continues another run's finished SFT phase (its
+checkpoint at its last step: parameters, optimizer state, data position)
+instead of starting at step 0; the continued-SFT control
+(`configs/sft_control.py`) uses it to extend a warm-up without retraining it. Coconut resets the optimizer
 at every stage switch. Evaluations use the `token` rule (CoT, No-CoT) or the
 `hidden` rule with the stage's latent count after a `<bot>` (Coconut).
 """
@@ -14,7 +19,9 @@ import time
 import jax
 import numpy as np
 
-from lrjax import loop
+from lrjax import config_utils, loop
+from lrjax.checkpoint import Checkpointer, abstract_state
+from lrjax.config_utils import ConfigError
 from lrjax.metrics import Progress
 from lrjax.model import load_hf
 from lrjax.sft import sequences, step as step_lib
@@ -49,8 +56,9 @@ class _Curriculum:
 
 
 def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
-  """Greedy metrics at every evaluation; sampled pass@k only at the end of SFT
-  (the costly part: eval.num_samples rollouts per problem)."""
+  """Greedy metrics at every evaluation; sampled pass@k at the end of SFT, or at
+  every evaluation with `sft.sample_every_eval` (the costly part:
+  eval.num_samples rollouts per problem)."""
   e = run.config.eval
   if cur.coconut:
     ctx = loop.eval_context(run, "hidden", e.max_new + cur.num_latent(stage) + 1,
@@ -59,9 +67,65 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
   else:
     ctx = loop.eval_context(run, "token", e.max_new, temperature=e.temperature)
     suffix = ()
-  final = step == run.config.sft.steps
+  sampled = step == run.config.sft.steps or run.config.sft.sample_every_eval
   return loop.run_eval(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx, suffix,
-                       sampled=final)
+                       sampled=sampled)
+
+
+# Fields a continued run may change; every other field of the config's sft,
+# data, model and tokenizer sections (and seed, init) must equal the start_from
+# run's, so the continuation is the same training, only longer.
+_CONTINUATION_FIELDS = ("sft.steps", "sft.eval_every", "sft.log_every", "sft.start_from",
+                        "sft.sample_every_eval")
+_TRAJECTORY_FIELDS = ("seed", "init", "model", "tokenizer", "data", "sft")
+
+
+def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
+  """(state, step): the finished SFT phase of workdir `path` at its last step.
+
+  Refuses (ConfigError naming the field) a run whose warm-up differs from this
+  config in anything but the continuation fields, a tokenizer that differs,
+  or a missing checkpoint; copies the warm-up's SFT metric lines, so this
+  run's metrics.jsonl reads as one run from step 0.
+  """
+  stored = config_utils.load_config(path)
+  if stored is None:
+    raise ConfigError(f"config.sft.start_from={path!r}: no config.json there (not a workdir)")
+  keep = lambda flat: {k: v for k, v in flat.items()
+                       if k.split(".")[0] in _TRAJECTORY_FIELDS or k in _TRAJECTORY_FIELDS}
+  ours = keep(config_utils.flatten(config_utils.to_dict(run.config)))
+  theirs = keep(config_utils.flatten(stored))
+  diffs = config_utils.config_mismatch(theirs, ours, ignore=_CONTINUATION_FIELDS)
+  if diffs:
+    raise ConfigError(f"config.sft.start_from={path!r}: its SFT phase was trained with other "
+                      "settings: " + "; ".join(diffs))
+  warm_steps = int(stored["sft"]["steps"])
+  if warm_steps >= run.config.sft.steps:
+    raise ConfigError(f"config.sft.steps={run.config.sft.steps} must exceed the {warm_steps} "
+                      f"steps of the SFT phase in {path}")
+  tok_dir = os.path.join(path, "tokenizer")
+  if os.path.exists(tok_dir):
+    from lrjax.data import tokenizer as tok_lib
+    if tok_lib.load_tokenizer(tok_dir).get_vocab() != run.tokenizer.get_vocab():
+      raise ConfigError(f"config.sft.start_from={path!r}: its tokenizer ({tok_dir}) differs "
+                        "from this run's")
+  ckpt_dir = os.path.join(path, "sft", "ckpt")
+  src = Checkpointer(ckpt_dir, max_to_keep=run.config.checkpoint.max_to_keep)
+  try:
+    if warm_steps not in src.all_steps():
+      raise ConfigError(f"config.sft.start_from={path!r}: no checkpoint at step {warm_steps} "
+                        f"(the end of its SFT phase) in {ckpt_dir}")
+    state, _ = src.restore(abstract_state(state), warm_steps)
+  finally:
+    src.close()
+  from lrjax import metrics as metrics_lib
+  run.metrics.truncate("sft", -1)  # a restart before this run's first checkpoint copies anew
+  for rec in metrics_lib.read_metrics(path):
+    if rec.get("phase") == "sft" and rec.get("step", 0) <= warm_steps:
+      run.metrics.write("sft", rec["step"], {k: v for k, v in rec.items()
+                                             if k not in ("phase", "step")})
+  print(f"[lrjax] continuing the SFT phase of {path} from its step {warm_steps}", flush=True)
+  return state, warm_steps
 
 
 def run_sft(run) -> None:
@@ -76,21 +140,25 @@ def run_sft(run) -> None:
   optimizer = step_lib.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
                                       s.clip_norm)
   params = loop.place(run, run.params)
-  state = {"params": params, "opt_state": optimizer.init(params)}
+  # placed as a whole: a restored optimizer state then lands on the mesh too
+  state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
   ckpt = loop.checkpointer(run, "sft")
   state, start, _ = loop.try_resume(run, "sft", ckpt, state)
-  train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method)
-  if start == 0:
+  if start == 0 and s.start_from:
+    state, start = continue_from(run, s.start_from, state)
+    evaluate_sft(run, state["params"], start, cur, cur.stage(start - 1))
+  elif start == 0:
     evaluate_sft(run, state["params"], 0, cur, 0)
+  train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method)
   progress = Progress("sft")
   tokens, t0 = 0, time.time()
   for step in range(start, s.steps):
     stage = cur.stage(step)
     if cur.switched(step):  # Coconut: a fresh optimizer per stage
       state["opt_state"] = optimizer.init(state["params"])
-    idx = loop.data_indices(config.seed, len(run.task.train), step, s.batch_size)
+    idx = loop.data_indices(config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch(
-        [run.task.train[i] for i in idx], run.tokenizer, s.method, stage=stage, c=cur.c,
+        [run.sft_train[i] for i in idx], run.tokenizer, s.method, stage=stage, c=cur.c,
         max_len=s.max_len, latent_ids=_latent_ids(run) if cur.coconut else None,
         max_latent_stage=cur.max_latent_stage if cur.coconut else None, pad_to_multiple=16)
     state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
