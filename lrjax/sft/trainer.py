@@ -144,9 +144,8 @@ def run_sft(run) -> None:
   state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
   ckpt = loop.checkpointer(run, "sft")
   state, start, _ = loop.try_resume(run, "sft", ckpt, state)
-  if start == 0 and s.start_from:
+  if start == 0 and s.start_from:  # its final evaluation is copied: same params, key and step
     state, start = continue_from(run, s.start_from, state)
-    evaluate_sft(run, state["params"], start, cur, cur.stage(start - 1))
   elif start == 0:
     evaluate_sft(run, state["params"], 0, cur, 0)
   train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method)
