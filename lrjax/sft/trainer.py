@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import loop
+from lrjax import loop, optim
 from lrjax.metrics import Progress
 from lrjax.model import load_hf
 from lrjax.sft import sequences, step as step_lib
@@ -73,8 +73,8 @@ def run_sft(run) -> None:
     print(f"[lrjax] reusing the finished SFT model in {loop.phase_dir(run, 'sft')}", flush=True)
     return
   cur = _Curriculum(config)
-  optimizer = step_lib.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
-                                      s.clip_norm)
+  optimizer = optim.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
+                                   s.clip_norm, field="sft.schedule")
   params = loop.place(run, run.params)
   state = {"params": params, "opt_state": optimizer.init(params)}
   ckpt = loop.checkpointer(run, "sft")
