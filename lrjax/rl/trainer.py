@@ -3,8 +3,10 @@
 Starts from `run.params` (the SFT model of this workdir, or `config.init`),
 evaluates at RL step 0 before any update, then every `rl.eval_every` steps
 and at the end, and prints a before/after summary. Metrics (phase "rl"):
-train/reward, train/kl, train/loss, train/tokens_per_sec, train/response_tokens,
-train/latent_steps, and the rule's own (hybrid: train/hybrid_ratio).
+train/reward, train/kl, train/loss, train/grad_norm (of the trainable parameters'
+gradients, before clipping; `rl.param_groups` with lr None freezes a group),
+train/tokens_per_sec, train/response_tokens, train/latent_steps, and the rule's
+own (hybrid: train/hybrid_ratio).
 """
 from __future__ import annotations
 
