@@ -318,3 +318,17 @@ def test_sft_optimizer_is_the_old_construction():
       pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
     for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rl_precheck_refuses_an_unmatched_parameter_before_any_phase():
+  """lrjax.main runs this (PRECHECKS['rl']) right after building the model."""
+  from lrjax.phases import PRECHECKS
+  cfg = preset("tiny")
+  run = types.SimpleNamespace(config=hrpo.get_config(), model_cfg=cfg,
+                              special={"eos_id": 1, "pad_id": 0}, params=init(cfg, jax.random.key(0)))
+  PRECHECKS.get("rl")(run)  # HRPO's groups cover the hybrid rule
+  run.config.rl.param_groups = (("model/.*", 1e-4), ("rule/gate.*", 1e-3))
+  with pytest.raises(ConfigError, match="parameter 'rule/lambda' matches none of the patterns"):
+    PRECHECKS.get("rl")(run)
+  run.config.rule.name = "token"  # no rule parameters: the same groups now cover everything
+  PRECHECKS.get("rl")(run)
