@@ -87,9 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.aggregation = "token_mean"
   c.rl.clip_eps = 0.2
   c.rl.beta = 0.0  # KL(policy || reference) weight, k3 estimator
-  c.rl.lr = 1e-4  # backbone
-  c.rl.lr_gate = 3e-3  # hybrid gate Linears
-  c.rl.lr_lambda = 3e-2  # hybrid Lambda
+  # Learning rate per parameter group: (regex, lr) pairs; a parameter's path in
+  # {"model", "rule", "heads"} joined by '/' (e.g. 'model/layers/attn/q/kernel',
+  # 'rule/lambda') takes the lr of the first pattern that re.fullmatch-es it;
+  # lr None freezes it (no gradient, no optimizer state). Every parameter must match.
+  c.rl.param_groups = ((".*", 1e-4),)
   c.rl.weight_decay = 0.0
   c.rl.b1 = 0.9
   c.rl.b2 = 0.99

@@ -27,11 +27,18 @@ def get_config(arg=None):
   c.rl.loss = "reinforce_onpolicy"
   c.rl.aggregation = "seq_mean"
   c.rl.beta = 0.005
+  c.rl.param_groups = hrpo_groups(backbone=1e-4, gate=3e-3, lam=3e-2)
   if arg == "qwen2.5-1.5b":
     _paper(c)
   elif arg:
     raise ValueError(f"unknown preset {arg!r} for configs/hrpo.py; available: qwen2.5-1.5b")
   return c
+
+
+def hrpo_groups(backbone, gate, lam):
+  """HRPO's three learning rates as `rl.param_groups`: the Lambda vector, the
+  gate Linears (every other rule parameter), and the rest (backbone, heads)."""
+  return (("rule/lambda", lam), ("rule/.*", gate), (".*", backbone))
 
 
 def _paper(c):
@@ -47,9 +54,7 @@ def _paper(c):
   c.rl.group_size = 4
   c.rl.num_prompts = 16  # 64 completions per step
   c.rl.max_new = 512
-  c.rl.lr = 5e-6
-  c.rl.lr_gate = 1e-4
-  c.rl.lr_lambda = 1e-3
+  c.rl.param_groups = hrpo_groups(backbone=5e-6, gate=1e-4, lam=1e-3)
   c.rl.b1, c.rl.b2 = 0.9, 0.99
   c.rl.weight_decay = 0.1
   c.rl.schedule = "cosine"

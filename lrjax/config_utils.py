@@ -50,7 +50,7 @@ def to_dict(config: Any) -> Any:
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-  """{"rl": {"lr": 1e-4}} -> {"rl.lr": 1e-4}. Non-empty mappings are expanded;
+  """{"sft": {"lr": 1e-4}} -> {"sft.lr": 1e-4}. Non-empty mappings are expanded;
   every other value (lists, empty dicts included) is a leaf."""
   if hasattr(config, "to_dict"):
     config = config.to_dict()
@@ -75,7 +75,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def config_mismatch(stored: Mapping, current: Any, ignore: Sequence[str] = ()) -> list[str]:
-  """Differing fields as "rl.lr: 1e-05 (stored) != 0.0001 (now)", sorted by key;
+  """Differing fields as "sft.lr: 1e-05 (stored) != 0.0001 (now)", sorted by key;
   a field on one side only shows `<absent>` on the other. Both sides are
   normalised with `to_dict` first, so a tuple equals its JSON list. Keys in
   `ignore` (and the fields below them) are skipped."""

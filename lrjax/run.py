@@ -29,38 +29,8 @@ from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
 from lrjax.metrics import MetricsWriter
-from lrjax.model import PRESETS, ModelConfig, init, load_hf, preset, save_hf
-
-SFT_METHODS = ("cot", "nocot", "coconut")
-
-
-def _rules():
-  from lrjax.latent import RULES
-  return RULES
-
-
-def validate_config(config: ml_collections.ConfigDict, phases_registry) -> list[str]:
-  """One-line errors naming the field; returns the phases to run."""
-  phases = [p.strip() for p in config.mode.split(",") if p.strip()]
-  if not phases:
-    raise ConfigError("config.mode is empty; use e.g. 'sft', 'sft,rl' or 'eval'")
-  for p in phases:
-    if p not in phases_registry:
-      raise ConfigError(f"config.mode phase {p!r} is not one of: {', '.join(phases_registry.names())}")
-  from lrjax.data.tasks import registered_tasks
-  config_utils.validate_choice(config, "data.task", registered_tasks())
-  if not config.init:
-    config_utils.validate_choice(config, "model.preset", sorted(PRESETS))
-  config_utils.validate_choice(config, "model.dtype", ["float32", "bfloat16", "float16"])
-  config_utils.validate_choice(config, "sft.method", SFT_METHODS)
-  config_utils.validate_choice(config, "rule.name", _rules().names())
-  if "eval" in phases and len(phases) == 1 and not config.init:
-    raise ConfigError("config.init must name a workdir or HF folder for mode=eval")
-  for field in ("sft.batch_size", "rl.num_prompts", "rl.group_size", "eval.batch_size"):
-    if config_utils.get_field(config, field) <= 0:
-      raise ConfigError(f"config.{field}={config_utils.get_field(config, field)} must be positive")
-  return phases
-
+from lrjax.model import ModelConfig, init, load_hf, preset, save_hf
+from lrjax.validate import validate_config  # noqa: F401  (lrjax.main validates through here)
 
 def needs_latent_tokens(config) -> bool:
   return config.sft.method == "coconut" or config.rule.name == "hidden"

@@ -44,6 +44,18 @@ def test_config_errors_name_the_field(tmp_path, flag, field):
   assert field in last, err[-2000:]
 
 
+def test_misspelled_rl_loss_fails_before_any_phase(tmp_path):
+  """A typo in an RL field of an 'sft,rl' run is refused up front, not after the SFT phase."""
+  w = tmp_path / "w"
+  rc, out, err = _main(w, "--config.mode=sft,rl", "--config.rl.loss=ppo_clp")
+  assert rc != 0
+  last = [line for line in err.strip().splitlines() if line.strip()][-1]
+  assert last.startswith("lrjax: config error: config.rl.loss='ppo_clp' is not one of: "), err[-2000:]
+  assert "Traceback" not in err
+  assert not w.exists()  # no workdir, no task, no model: nothing ran
+  assert "[lrjax] sft" not in out
+
+
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]

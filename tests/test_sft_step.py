@@ -6,11 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+from lrjax.config_utils import ConfigError
 from lrjax.data.tasks import Problem
 from lrjax.model import init, preset
-from lrjax.sft import (build_batch, curriculum_stage, make_optimizer, make_schedule,
-                       make_train_step, masked_cross_entropy, reset_on_stage_switch, sft_loss,
-                       stage_switched)
+from lrjax.optim import make_optimizer, make_schedule
+from lrjax.sft import (build_batch, curriculum_stage, make_train_step, masked_cross_entropy,
+                       reset_on_stage_switch, sft_loss, stage_switched)
 from tests.test_sft_sequences import LAT, P3, TOK
 
 pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
@@ -71,15 +72,18 @@ def test_sft_loss_mode_checks():
 
 
 def test_optimizer_and_schedules():
-  sched = make_schedule(1e-3, warmup_steps=10, schedule="constant")
+  sched = make_schedule("constant", 1e-3, warmup_steps=10)
   np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(1000)], [0, 5e-4, 1e-3, 1e-3])
-  cos = make_schedule(1e-3, warmup_steps=10, total_steps=110, schedule="cosine")
+  cos = make_schedule("cosine", 1e-3, warmup_steps=10, total_steps=110)
   np.testing.assert_allclose([cos(10), cos(60), cos(110)], [1e-3, 5e-4, 0.0], atol=1e-9)
-  assert make_schedule(1e-4)(123) == pytest.approx(1e-4)
+  assert make_schedule("constant", 1e-4)(123) == pytest.approx(1e-4)
   with pytest.raises(ValueError, match="total_steps"):
-    make_schedule(1e-3, schedule="cosine")
+    make_schedule("cosine", 1e-3)
   with pytest.raises(ValueError, match="unknown schedule"):
-    make_schedule(1e-3, schedule="linear")
+    make_schedule("linear", 1e-3)
+  # from a config path the error names the field
+  with pytest.raises(ConfigError, match=r"^config\.sft\.schedule='linear' is not one of: constant, cosine$"):
+    make_optimizer(lr=1e-3, schedule="linear", field="sft.schedule")
   # AdamW with decoupled decay: a zero gradient still shrinks the weights by lr * wd.
   opt = make_optimizer(lr=0.1, weight_decay=0.5, clip_norm=1.0)
   params = {"w": jnp.ones(3)}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPE_NAMES = tuple(_DTYPES)  # what `model.dtype` may name
 
 
 def resolve_dtype(dtype: Any) -> jnp.dtype:

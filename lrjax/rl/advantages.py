@@ -16,6 +16,10 @@ with at most one statistics row) gives A = 0 exactly for all its rows: it
 carries no group-relative signal. (The official Latent-GRPO/verl code instead
 uses mean 0, std 1 for a singleton group, i.e. A = r; lrjax does not.)
 
+An estimator that is only meaningful with several samples per prompt declares
+`fn.min_group_size` (2 for the group-relative ones here); the config
+validation (`lrjax.validate`) refuses a smaller `rl.group_size`.
+
 `first_token_selection` and `first_token_advantages` implement Latent-GRPO's
 optimal correct-path first-token selection on top of any estimator.
 
@@ -85,6 +89,9 @@ def grpo(rewards: jax.Array, group_size: int, *, eps: float = 1e-4,
   return jnp.where(ok, adv, 0.0).reshape(-1)
 
 
+grpo.min_group_size = 2  # a group of one has no group-relative signal (A = 0)
+
+
 @ADVANTAGES.register("grpo_no_std")
 def grpo_no_std(rewards: jax.Array, group_size: int, *, eps: float = 1e-4,
                 valid: jax.Array | None = None, exclude_invalid_from_stats: bool = False,
@@ -99,6 +106,9 @@ def grpo_no_std(rewards: jax.Array, group_size: int, *, eps: float = 1e-4,
   del eps, kw
   centered, _, ok = _centered_and_std(rewards, group_size, valid, exclude_invalid_from_stats)
   return jnp.where(ok, centered, 0.0).reshape(-1)
+
+
+grpo_no_std.min_group_size = 2
 
 
 def seq_logp_mean(logp: jax.Array, mask: jax.Array) -> jax.Array:

@@ -5,8 +5,11 @@
     ref_logp = same with the frozen reference model on plain token embeddings
     loss     = POLICY_LOSSES[rl.loss](new_logp, traj.logp, A, traj.sampled, ...)
 
-Per-group learning rates (HRPO: backbone, gate Linears, Λ) are an
-`optax.multi_transform` over the parameter tree {"model", "rule", "heads"}.
+The optimizer works on parameter groups of the tree {"model", "rule", "heads"}
+(`rl.param_groups`, see `lrjax.optim`): each group has its own learning rate
+(HRPO: backbone, gate Linears, Λ), or none (frozen). The update differentiates
+the loss with respect to the trainable parameters only, clips their global norm
+and applies AdamW to them; frozen ones are carried through unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from lrjax.latent import RuleContext
+from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.rl.losses import POLICY_LOSSES
 from lrjax.rollout import replay, token_logp
 
@@ -32,33 +36,13 @@ class LossSpec:
   temperature: float = 1.0
 
 
-def param_group(path: tuple[str, ...]) -> str:
-  """Optimizer group of a parameter: backbone, gate, lambda or heads."""
-  if path[0] == "rule":
-    return "lambda" if path[-1] == "lambda" else "gate"
-  return "heads" if path[0] == "heads" else "backbone"
-
-
-def make_rl_optimizer(rl_cfg, total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clip, then AdamW with one learning rate per parameter group."""
-  def adamw(lr):
-    if rl_cfg.schedule == "cosine":
-      sched = optax.warmup_cosine_decay_schedule(0.0, lr, rl_cfg.warmup_steps, total_steps)
-    elif rl_cfg.warmup_steps:
-      sched = optax.warmup_constant_schedule(0.0, lr, rl_cfg.warmup_steps)
-    else:
-      sched = lr
-    return optax.adamw(sched, b1=rl_cfg.b1, b2=rl_cfg.b2, weight_decay=rl_cfg.weight_decay)
-
-  groups = {"backbone": adamw(rl_cfg.lr), "gate": adamw(rl_cfg.lr_gate),
-            "lambda": adamw(rl_cfg.lr_lambda), "heads": adamw(rl_cfg.lr)}
-
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: param_group(tuple(str(getattr(k, "key", k)) for k in path)), params)
-
-  tx = optax.multi_transform(groups, labels)
-  return optax.chain(optax.clip_by_global_norm(rl_cfg.clip_norm), tx) if rl_cfg.clip_norm else tx
+def make_rl_optimizer(rl_cfg, total_steps: int) -> GroupedOptimizer:
+  """Global-norm clip over the trainable gradients, then AdamW with one learning
+  rate per `rl.param_groups` entry (lr None = frozen)."""
+  return make_grouped_optimizer(
+      ParamGroups(tuple(rl_cfg.param_groups)), schedule=rl_cfg.schedule,
+      warmup_steps=rl_cfg.warmup_steps, total_steps=total_steps, clip_norm=rl_cfg.clip_norm,
+      weight_decay=rl_cfg.weight_decay, b1=rl_cfg.b1, b2=rl_cfg.b2, field="rl.schedule")
 
 
 def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_model: dict | None,
@@ -80,13 +64,23 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_model: dict 
 
 
 def make_update(ctx: RuleContext, spec: LossSpec,
-                optimizer: optax.GradientTransformation) -> Callable:
-  """jit(fn(params, opt_state, ref_model, traj, advantages, aux) -> (params, opt_state, metrics))."""
+                optimizer: GroupedOptimizer | optax.GradientTransformation) -> Callable:
+  """jit(fn(params, opt_state, ref_model, traj, advantages, aux) -> (params, opt_state, metrics)).
+
+  With a `GroupedOptimizer` only its trainable parameters are differentiated
+  and updated (opt_state = `optimizer.init(params)`); a plain optax
+  transformation trains every parameter. metrics["grad_norm"] is the global
+  norm of the trainable gradients, before clipping.
+  """
+  groups = getattr(optimizer, "groups", None)
+
   def update(params, opt_state, ref_model, traj, advantages, aux):
+    trainable, frozen = groups.split(params) if groups is not None else (params, None)
+    full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
-        lambda p: policy_loss(ctx, spec, p, ref_model, traj, advantages, aux), has_aux=True)
-    (_, metrics), grads = grad_fn(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, grad_norm=optax.tree.norm(grads))
+        lambda t: policy_loss(ctx, spec, full(t), ref_model, traj, advantages, aux), has_aux=True)
+    (_, metrics), grads = grad_fn(trainable)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    return full(trainable), opt_state, dict(metrics, grad_norm=optax.tree.norm(grads))
   return jax.jit(update, donate_argnums=(0, 1))

@@ -3,8 +3,10 @@
 Starts from `run.params` (the SFT model of this workdir, or `config.init`),
 evaluates at RL step 0 before any update, then every `rl.eval_every` steps
 and at the end, and prints a before/after summary. Metrics (phase "rl"):
-train/reward, train/kl, train/loss, train/tokens_per_sec, train/response_tokens,
-train/latent_steps, and the rule's own (hybrid: train/hybrid_ratio).
+train/reward, train/kl, train/loss, train/grad_norm (of the trainable parameters'
+gradients, before clipping; `rl.param_groups` with lr None freezes a group),
+train/tokens_per_sec, train/response_tokens, train/latent_steps, and the rule's
+own (hybrid: train/hybrid_ratio).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from lrjax import loop, metrics as metrics_lib
 from lrjax import rewards as rewards_lib
 from lrjax.evaluate import PROMPT_BUCKETS, encode_prompts, rule_aux
 from lrjax.latent import RULES, RuleContext, init_rule_params
+from lrjax.optim import ParamGroups
 from lrjax.rl import advantages as adv_lib
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
 from lrjax.rollout import Sampling, pad_prompts, rollout
@@ -41,6 +44,15 @@ def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
   """The rule's own training metrics (e.g. hybrid_ratio), if it defines any."""
   fn = getattr(RULES.get(ctx.rule), "metrics", None)
   return {f"train/{k}": float(v) for k, v in (fn(ctx, params, traj, aux) if fn else {}).items()}
+
+
+def check_param_groups(run) -> None:
+  """Every parameter of the RL tree matches an `rl.param_groups` pattern (else a
+  ConfigError naming it); run before any phase, on the parameters' shapes only."""
+  ctx = train_context(run)
+  rule = jax.eval_shape(lambda: init_rule_params(ctx, jax.random.key(0)))
+  ParamGroups(tuple(run.config.rl.param_groups)).assign(
+      {"model": run.params, "rule": rule, "heads": {}})
 
 
 def run_rl(run) -> None:

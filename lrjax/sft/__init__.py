@@ -4,14 +4,13 @@ from lrjax.sft.coconut import coconut_forward, latent_inputs, substitute_latents
 from lrjax.sft.sequences import (LATENT_TOKENS, MODES, LatentIds, SFTBatch, build_batch,
                                  coconut_counts, encode_example, nominal_latents,
                                  resolve_latent_ids)
-from lrjax.sft.step import (SCHEDULES, curriculum_stage, make_optimizer, make_schedule,
-                            make_train_step, masked_cross_entropy, reset_on_stage_switch,
-                            sft_loss, stage_switched, train_step)
+from lrjax.sft.step import (curriculum_stage, make_train_step, masked_cross_entropy,
+                            reset_on_stage_switch, sft_loss, stage_switched, train_step)
 
 __all__ = [
-    "LATENT_TOKENS", "MODES", "SCHEDULES", "LatentIds", "SFTBatch", "build_batch",
+    "LATENT_TOKENS", "MODES", "LatentIds", "SFTBatch", "build_batch",
     "coconut_counts", "coconut_forward", "curriculum_stage", "encode_example",
-    "latent_inputs", "make_optimizer", "make_schedule", "make_train_step",
+    "latent_inputs", "make_train_step",
     "masked_cross_entropy", "nominal_latents", "reset_on_stage_switch", "resolve_latent_ids",
     "sft_loss", "stage_switched", "substitute_latents", "train_step",
 ]

@@ -1,4 +1,4 @@
-"""SFT loss, optimizer, curriculum schedule and the jitted train step.
+"""SFT loss, curriculum schedule and the jitted train step.
 
 The loss is the token-mean next-token cross-entropy over the response
 (`loss_mask`, see `lrjax.sft.sequences` for the label alignment):
@@ -10,7 +10,8 @@ forward (continuous thoughts, `lrjax.sft.coconut`). Coconut (Hao et al.,
 arXiv 2412.06769) trains with AdamW (lr 1e-4, wd 0.01) and resets the
 optimizer state at every curriculum stage switch: the trainer calls
 `optimizer.init(params)` again when `stage_switched(step, ...)` is true (or
-uses `reset_on_stage_switch`).
+uses `reset_on_stage_switch`). The optimizer itself (AdamW after a global-norm
+clip, constant or cosine schedule) is `lrjax.optim.make_optimizer`, shared with RL.
 
 `params` everywhere here is the **backbone** tree (what `lrjax.model.init`
 returns, i.e. `params["model"]` of the full `{"model", "rule", "heads"}` tree).
@@ -29,7 +30,6 @@ from lrjax.model import ModelConfig
 from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import MODES, SFTBatch
 
-SCHEDULES = ("constant", "cosine")
 _STEP_IDS = itertools.count()
 
 
@@ -58,33 +58,6 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str) -> tupl
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
   _, logits = coconut_forward(cfg, params, batch)  # B T V
   return masked_cross_entropy(logits, jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask))
-
-
-def make_schedule(lr: float, warmup_steps: int = 0, total_steps: int | None = None,
-                  schedule: str = "constant", end_lr_frac: float = 0.0) -> optax.Schedule:
-  """Linear warmup from 0 to lr, then constant or cosine decay to end_lr_frac * lr."""
-  if schedule == "constant":
-    if warmup_steps <= 0:
-      return optax.constant_schedule(lr)
-    return optax.warmup_constant_schedule(0.0, lr, warmup_steps)
-  if schedule == "cosine":
-    if not total_steps or total_steps <= warmup_steps:
-      raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got {total_steps}")
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, lr * end_lr_frac)
-  raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-
-
-def make_optimizer(lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0,
-                   total_steps: int | None = None, schedule: str = "constant",
-                   clip_norm: float | None = None, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay on every parameter, as Coconut's torch AdamW),
-  after an optional global-norm clip. Defaults are Coconut's (lr 1e-4, wd 0.01)."""
-  sched = make_schedule(lr, warmup_steps, total_steps, schedule)
-  adamw = optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-  if clip_norm:
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
-  return adamw
 
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,

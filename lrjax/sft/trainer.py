@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import config_utils, loop
+from lrjax import config_utils, loop, optim
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.metrics import Progress
@@ -137,8 +137,8 @@ def run_sft(run) -> None:
     print(f"[lrjax] reusing the finished SFT model in {loop.phase_dir(run, 'sft')}", flush=True)
     return
   cur = _Curriculum(config)
-  optimizer = step_lib.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
-                                      s.clip_norm)
+  optimizer = optim.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
+                                   s.clip_norm, field="sft.schedule")
   params = loop.place(run, run.params)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})

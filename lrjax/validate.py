@@ -1,0 +1,275 @@
+"""Config validation before any phase runs: one table of (field, check) rows.
+
+    phases = validate_config(config, PHASES)   # ConfigError naming the field, or the phases
+
+`ROWS` lists every check in order; the first failing row raises a one-line
+`ConfigError` such as
+
+    config.rl.loss='ppo_clp' is not one of: ppo_clip, reinforce, reinforce_onpolicy
+    config.sft.steps=-5 must be > 0 (the sft phase runs)
+
+A row is `Row(field, check, phases=(), when=None)`: `check(value, config)`
+returns what is wrong with the value (or None); `phases` limits the row to runs
+that include one of those phases (a phase that is not run may keep, say, 0
+steps); `when(config)` adds any other condition. Names (registries, schedules,
+dtypes) and the shape of `rl.param_groups` are checked whatever the phases: a
+misspelling is an error even where it is not read yet.
+
+A method with fields of its own adds rows, e.g.
+
+    from lrjax.validate import ROWS, Row, positive
+    ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
+
+and a registry's names are checked with `one_of(lambda: MY_REGISTRY.names())`.
+A registered advantage estimator may declare `min_group_size` (GRPO-style
+estimators normalise within a group and declare 2); `rl.group_size` is
+checked against it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lrjax.config_utils import ConfigError, get_field
+
+Check = Callable[[Any, Any], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One validation: `check(value, config)` -> problem or None, for `field`."""
+  field: str
+  check: Check
+  phases: tuple[str, ...] = ()  # () = always; else only when one of them runs
+  when: Callable[[Any], bool] | None = None
+
+  def applies(self, config, phases: Sequence[str]) -> bool:
+    if self.phases and not set(self.phases) & set(phases):
+      return False
+    return self.when is None or bool(self.when(config))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def one_of(names: Callable[[], Sequence[str]]) -> Check:
+  """The value must be one of `names()` (looked up at validation time)."""
+  def check(value, config):
+    choices = list(names())
+    if value not in choices:
+      return f"is not one of: {', '.join(repr(c) if c == '' else str(c) for c in choices)}"
+    return None
+  return check
+
+
+def _compare(op: str, bound: float, integer: bool = False) -> Check:
+  test = {">": lambda v: v > bound, ">=": lambda v: v >= bound}[op]
+
+  def check(value, config):
+    if not (_is_int(value) if integer else _is_number(value)):
+      return f"must be {'an integer' if integer else 'a number'} {op} {bound:g}"
+    return None if test(value) else f"must be {op} {bound:g}"
+  return check
+
+
+positive = _compare(">", 0)
+non_negative = _compare(">=", 0)
+positive_int = _compare(">", 0, integer=True)
+non_negative_int = _compare(">=", 0, integer=True)
+
+
+def in_unit_interval(closed_low: bool, closed_high: bool) -> Check:
+  lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
+
+  def check(value, config):
+    ok = _is_number(value) and (value >= 0 if closed_low else value > 0) and (
+        value <= 1 if closed_high else value < 1)
+    return None if ok else f"must be in {lo}0, 1{hi}"
+  return check
+
+
+def param_groups(value, config) -> str | None:
+  """A non-empty sequence of (regex, lr) pairs, regex compiling, lr > 0 or None."""
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+    return "must be a non-empty tuple of (regex, lr) pairs, e.g. (('.*', 1e-4),)"
+  for i, entry in enumerate(value):
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+      return f"entry {i} ({entry!r}) must be a (regex, lr) pair"
+    pattern, lr = entry
+    if not isinstance(pattern, str):
+      return f"entry {i}: the pattern {pattern!r} must be a string"
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      return f"entry {i}: the pattern {pattern!r} does not compile ({e})"
+    if lr is not None and not (_is_number(lr) and lr > 0):
+      return f"entry {i} ({pattern!r}): lr {lr!r} must be a number > 0, or None (frozen)"
+  return None
+
+
+def _min_group_size(value, config) -> str | None:
+  from lrjax.rl.advantages import ADVANTAGES
+  need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
+  if value < need:
+    return (f"must be >= {need}: rl.advantage={config.rl.advantage!r} normalises within "
+            "each prompt's group")
+  return None
+
+
+def _pass_k(value, config) -> str | None:
+  n = config.eval.num_samples
+  ks = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+  for k in ks:
+    if not _is_int(k) or k < 1:
+      return f"entries must be integers >= 1, got {k!r}"
+    if k > n:
+      return f"has k={k} > eval.num_samples={n} (pass@k needs k <= n samples)"
+  return None
+
+
+def _warmup_below_steps(phase: str) -> Check:
+  def check(value, config):
+    steps = get_field(config, f"{phase}.steps")
+    if value >= steps:
+      return f"must be < {phase}.steps={steps} with {phase}.schedule='cosine'"
+    return None
+  return check
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _tasks():
+  from lrjax.data.tasks import registered_tasks
+  return registered_tasks()
+
+
+def _presets():
+  from lrjax.model import PRESETS
+  return sorted(PRESETS)
+
+
+def _dtypes():
+  from lrjax.model.config import DTYPE_NAMES
+  return DTYPE_NAMES
+
+
+def _sft_methods():
+  from lrjax.sft.sequences import MODES
+  return MODES
+
+
+def _schedules():
+  from lrjax.optim import SCHEDULES
+  return SCHEDULES
+
+
+def _registry(module: str, name: str, extra: tuple[str, ...] = ()):
+  def names():
+    import importlib
+    return [*extra, *getattr(importlib.import_module(module), name).names()]
+  return names
+
+
+_SAMPLED = lambda c: c.eval.sampled  # noqa: E731
+_TRAIN = ("sft", "rl")
+
+ROWS: list[Row] = [
+    # names: always
+    Row("data.task", one_of(_tasks)),
+    Row("model.preset", one_of(_presets), when=lambda c: not c.init),  # init brings its shapes
+    Row("model.dtype", one_of(_dtypes)),
+    Row("sft.method", one_of(_sft_methods)),
+    Row("sft.schedule", one_of(_schedules)),
+    Row("rule.name", one_of(_registry("lrjax.latent", "RULES"))),
+    Row("rl.loss", one_of(_registry("lrjax.rl.losses", "POLICY_LOSSES"))),
+    Row("rl.aggregation", one_of(_registry("lrjax.rl.losses", "AGGREGATIONS"))),
+    Row("rl.advantage", one_of(_registry("lrjax.rl.advantages", "ADVANTAGES"))),
+    Row("rl.schedule", one_of(_schedules)),
+    Row("rl.reward", one_of(_registry("lrjax.rewards", "REWARDS", extra=("",)))),  # '' = task's
+    Row("rl.param_groups", param_groups),
+    Row("rule.num_latent", non_negative_int),
+    # SFT
+    Row("sft.steps", positive_int, phases=("sft",)),
+    Row("sft.batch_size", positive_int, phases=("sft",)),
+    Row("sft.lr", positive, phases=("sft",)),
+    Row("sft.weight_decay", non_negative, phases=("sft",)),
+    Row("sft.warmup_steps", non_negative_int, phases=("sft",)),
+    Row("sft.warmup_steps", _warmup_below_steps("sft"), phases=("sft",),
+        when=lambda c: c.sft.schedule == "cosine"),
+    Row("sft.clip_norm", non_negative, phases=("sft",)),
+    Row("sft.max_len", positive_int, phases=("sft",)),
+    Row("sft.eval_every", positive_int, phases=("sft",)),
+    Row("sft.log_every", positive_int, phases=("sft",)),
+    Row("data.sft_size", non_negative_int),
+    # RL
+    Row("rl.steps", positive_int, phases=("rl",)),
+    Row("rl.num_prompts", positive_int, phases=("rl",)),
+    Row("rl.group_size", positive_int, phases=("rl",)),
+    Row("rl.group_size", _min_group_size, phases=("rl",)),
+    Row("rl.max_new", positive_int, phases=("rl",)),
+    Row("rl.temperature", positive, phases=("rl", "eval")),  # the eval phase samples at it
+    Row("rl.top_k", non_negative_int, phases=("rl",)),
+    Row("rl.top_p", in_unit_interval(False, True), phases=("rl",)),
+    Row("rl.adv_eps", non_negative, phases=("rl",)),
+    Row("rl.clip_eps", positive, phases=("rl",)),
+    Row("rl.beta", non_negative, phases=("rl",)),
+    Row("rl.weight_decay", non_negative, phases=("rl",)),
+    Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
+    Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),
+    Row("rl.clip_norm", non_negative, phases=("rl",)),
+    Row("rl.warmup_steps", non_negative_int, phases=("rl",)),
+    Row("rl.warmup_steps", _warmup_below_steps("rl"), phases=("rl",),
+        when=lambda c: c.rl.schedule == "cosine"),
+    Row("rl.eval_every", positive_int, phases=("rl",)),
+    Row("rl.log_every", positive_int, phases=("rl",)),
+    # evaluation (every phase evaluates) and checkpoints
+    Row("eval.num_problems", non_negative_int),
+    Row("eval.batch_size", positive_int),
+    Row("eval.max_new", positive_int),
+    Row("eval.temperature", positive),
+    Row("eval.num_samples", positive_int, when=_SAMPLED),
+    Row("eval.pass_k", _pass_k, when=_SAMPLED),
+    Row("checkpoint.every", positive_int, phases=_TRAIN),
+    Row("checkpoint.max_to_keep", positive_int, phases=_TRAIN),
+]
+
+
+def check_rows(config, phases: Sequence[str], rows: Sequence[Row] | None = None) -> None:
+  """Raises a one-line ConfigError for the first row whose check fails."""
+  for row in ROWS if rows is None else rows:
+    if not row.applies(config, phases):
+      continue
+    value = get_field(config, row.field)
+    problem = row.check(value, config)
+    if problem:
+      why = f" (the {'/'.join(row.phases)} phase runs)" if row.phases else ""
+      raise ConfigError(f"config.{row.field}={value!r} {problem}{why}")
+
+
+def validate_config(config, phases_registry) -> list[str]:
+  """The phases to run (`config.mode`), after every row of `ROWS` passed.
+
+  Raises a one-line ConfigError naming the field otherwise.
+  """
+  phases = [p.strip() for p in config.mode.split(",") if p.strip()]
+  if not phases:
+    raise ConfigError("config.mode is empty; use e.g. 'sft', 'sft,rl' or 'eval'")
+  for p in phases:
+    if p not in phases_registry:
+      raise ConfigError(f"config.mode phase {p!r} is not one of: {', '.join(phases_registry.names())}")
+  if "eval" in phases and len(phases) == 1 and not config.init:
+    raise ConfigError("config.init must name a workdir or HF folder for mode=eval")
+  check_rows(config, phases)
+  return phases

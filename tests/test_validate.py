@@ -1,0 +1,136 @@
+"""Config validation before any phase: registry names, param_groups, out-of-range values."""
+import pytest
+
+from configs import base, coconut, grpo, hrpo, nocot, sft
+from lrjax.config_utils import ConfigError
+from lrjax.phases import PHASES
+from lrjax.validate import ROWS, Row, positive, validate_config
+
+
+def _config(module=hrpo, arg=None, **fields):
+  c = module.get_config(arg)
+  for field, value in fields.items():
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _error(c) -> str:
+  with pytest.raises(ConfigError) as e:
+    validate_config(c, PHASES)
+  msg = str(e.value)
+  assert "\n" not in msg
+  return msg
+
+
+@pytest.mark.parametrize("module, arg", [(base, None), (sft, None), (nocot, None),
+                                         (coconut, None), (grpo, None), (hrpo, None),
+                                         (hrpo, "qwen2.5-1.5b")])
+def test_shipped_configs_pass(module, arg):
+  c = module.get_config(arg)
+  assert validate_config(c, PHASES) == c.mode.split(",")
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("rule.name", "hybird"),
+    ("rl.loss", "ppo_clp"),
+    ("rl.aggregation", "token_meen"),
+    ("rl.advantage", "grpoo"),
+    ("rl.schedule", "cosin"),
+    ("sft.schedule", "linear"),
+    ("rl.reward", "hash_exat"),
+    ("data.task", "arithm"),
+    ("sft.method", "cott"),
+    ("model.preset", "qwen2.5-7b"),
+    ("model.dtype", "bf16"),
+])
+def test_misspelled_registry_name_names_the_field(field, bad):
+  msg = _error(_config(**{field: bad}))
+  assert msg.startswith(f"config.{field}={bad!r} is not one of: "), msg
+
+
+def test_registry_choices_are_listed_and_empty_reward_allowed():
+  msg = _error(_config(**{"rl.loss": "ppo_clp"}))
+  assert "ppo_clip" in msg and "reinforce_onpolicy" in msg
+  validate_config(_config(**{"rl.reward": ""}), PHASES)
+  validate_config(_config(**{"rl.reward": "format_hash"}), PHASES)
+  assert "''" in _error(_config(**{"rl.reward": "nope"}))  # '' is listed as a choice
+  # a name is wrong even in a run whose phases do not read it
+  assert _error(_config(sft, **{"rl.loss": "ppo_clp"})).startswith("config.rl.loss=")
+  # model.preset is not read when init names a checkpoint
+  validate_config(_config(**{"model.preset": "whatever", "init": "/some/folder"}), PHASES)
+
+
+@pytest.mark.parametrize("fields, field, expect", [
+    ({"sft.steps": -5}, "sft.steps", "must be > 0 (the sft phase runs)"),
+    ({"sft.steps": 0}, "sft.steps", "must be > 0"),
+    ({"rl.steps": 0}, "rl.steps", "must be > 0 (the rl phase runs)"),
+    ({"sft.batch_size": 0}, "sft.batch_size", "must be > 0"),
+    ({"rl.num_prompts": -1}, "rl.num_prompts", "must be > 0"),
+    ({"eval.batch_size": 0}, "eval.batch_size", "must be > 0"),
+    ({"rl.group_size": 1}, "rl.group_size", "must be >= 2: rl.advantage='grpo'"),
+    ({"rl.group_size": 1, "rl.advantage": "grpo_no_std"}, "rl.group_size", "must be >= 2"),
+    ({"sft.lr": 0.0}, "sft.lr", "must be > 0"),
+    ({"rl.clip_eps": 0.0}, "rl.clip_eps", "must be > 0"),
+    ({"rl.beta": -0.1}, "rl.beta", "must be >= 0"),
+    ({"rl.temperature": 0.0}, "rl.temperature", "must be > 0"),
+    ({"eval.temperature": -1.0}, "eval.temperature", "must be > 0"),
+    ({"eval.pass_k": (1, 8)}, "eval.pass_k", "k=8 > eval.num_samples=4"),
+    ({"eval.num_samples": 0}, "eval.num_samples", "must be > 0"),
+    ({"rl.top_p": 0.0}, "rl.top_p", "must be in (0, 1]"),
+    ({"rl.schedule": "cosine", "rl.warmup_steps": 200}, "rl.warmup_steps",
+     "must be < rl.steps=200"),
+    ({"rl.warmup_steps": -1}, "rl.warmup_steps", "must be >= 0"),
+    ({"checkpoint.every": 0}, "checkpoint.every", "must be > 0"),
+])
+def test_out_of_range_values_name_the_field(fields, field, expect):
+  msg = _error(_config(**fields))
+  assert msg.startswith(f"config.{field}="), msg
+  assert expect in msg, msg
+
+
+def test_phase_fields_are_checked_only_when_the_phase_runs():
+  validate_config(_config(sft, **{"rl.steps": 0, "rl.clip_eps": 0.0}), PHASES)  # mode=sft
+  validate_config(_config(**{"mode": "rl", "sft.steps": 0}), PHASES)
+  # pass@k against num_samples only matters when sampled evaluation is on
+  validate_config(_config(**{"eval.pass_k": (1, 8), "eval.sampled": False}), PHASES)
+
+
+@pytest.mark.parametrize("groups, expect", [
+    ((), "non-empty"),
+    ((".*", 1e-4), "entry 0 ('.*') must be a (regex, lr) pair"),
+    (((".*",),), "must be a (regex, lr) pair"),
+    (((1, 1e-4),), "the pattern 1 must be a string"),
+    ((("rule/(", 1e-3), (".*", 1e-4)), "entry 0: the pattern 'rule/(' does not compile"),
+    (((".*", 0.0),), "lr 0.0 must be a number > 0, or None"),
+    ((("rule/.*", None), (".*", -1e-4)), "entry 1 ('.*'): lr -0.0001"),
+    (((".*", "fast"),), "lr 'fast'"),
+    (((".*", True),), "lr True"),
+])
+def test_param_groups_shape_and_values(groups, expect):
+  msg = _error(_config(**{"rl.param_groups": groups}))
+  assert msg.startswith("config.rl.param_groups="), msg
+  assert expect in msg, msg
+
+
+def test_param_groups_accepts_frozen_groups_and_lists():
+  validate_config(_config(**{"rl.param_groups": (("model/.*", None), (".*", 3e-3))}), PHASES)
+  validate_config(_config(**{"rl.param_groups": (["rule/.*", 1e-3], [".*", 1])}), PHASES)
+
+
+def test_a_method_adds_its_own_rows(monkeypatch):
+  c = _config(**{"mode": "sft"})
+  c.rl.my_coef = -1.0
+  monkeypatch.setattr("lrjax.validate.ROWS", [*ROWS, Row("rl.my_coef", positive, phases=("rl",))])
+  validate_config(c, PHASES)  # rl does not run
+  c.mode = "sft,rl"
+  assert _error(c) == "config.rl.my_coef=-1.0 must be > 0 (the rl phase runs)"
+
+
+def test_an_estimator_without_min_group_size_accepts_a_group_of_one(monkeypatch):
+  from lrjax.rl import advantages
+  monkeypatch.setitem(advantages.ADVANTAGES._items, "per_sample", lambda r, g, **kw: r)
+  validate_config(_config(**{"rl.group_size": 1, "rl.advantage": "per_sample"}), PHASES)
