@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.weight_decay = 0.0
   c.sft.warmup_steps = 100
   c.sft.schedule = "constant"  # constant | cosine
+  c.sft.decay_steps = 0  # cosine: steps to decay over (0 = sft.steps); lr stays at the end value after
+  c.sft.end_lr_frac = 0.0  # cosine: the final lr as a fraction of sft.lr
   c.sft.clip_norm = 1.0
   c.sft.max_len = 128  # tokens per training sequence (prompt + response)
   # Coconut curriculum: stage k replaces the first k steps by k*c latents.

@@ -77,10 +77,11 @@ def with_clip(tx: optax.GradientTransformation,
 def make_optimizer(lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0,
                    total_steps: int | None = None, schedule: str = "constant",
                    clip_norm: float | None = None, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, field: str | None = None) -> optax.GradientTransformation:
+                   eps: float = 1e-8, field: str | None = None,
+                   end_lr_frac: float = 0.0) -> optax.GradientTransformation:
   """One-group AdamW after an optional global-norm clip. Defaults are Coconut's
   (lr 1e-4, wd 0.01). `field` names the schedule's config field in errors."""
-  sched = make_schedule(schedule, lr, warmup_steps, total_steps, field=field)
+  sched = make_schedule(schedule, lr, warmup_steps, total_steps, end_lr_frac, field=field)
   return with_clip(adamw(sched, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps), clip_norm)
 
 

@@ -213,6 +213,8 @@ ROWS: list[Row] = [
     Row("sft.eval_every", positive_int, phases=("sft",)),
     Row("sft.log_every", positive_int, phases=("sft",)),
     Row("data.sft_size", non_negative_int),
+    Row("sft.decay_steps", non_negative_int, phases=("sft",)),
+    Row("sft.end_lr_frac", in_unit_interval(True, True), phases=("sft",)),
     # RL
     Row("rl.steps", positive_int, phases=("rl",)),
     Row("rl.num_prompts", positive_int, phases=("rl",)),

@@ -75,8 +75,8 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
 # Fields a continued run may change; every other field of the config's sft,
 # data, model and tokenizer sections (and seed, init) must equal the start_from
 # run's, so the continuation is the same training, only longer.
-_CONTINUATION_FIELDS = ("sft.steps", "sft.eval_every", "sft.log_every", "sft.start_from",
-                        "sft.sample_every_eval")
+_CONTINUATION_FIELDS = ("sft.steps", "sft.decay_steps", "sft.eval_every", "sft.log_every",
+                        "sft.start_from", "sft.sample_every_eval")
 _TRAJECTORY_FIELDS = ("seed", "init", "model", "tokenizer", "data", "sft")
 
 
@@ -100,6 +100,11 @@ def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
     raise ConfigError(f"config.sft.start_from={path!r}: its SFT phase was trained with other "
                       "settings: " + "; ".join(diffs))
   warm_steps = int(stored["sft"]["steps"])
+  horizon = lambda sft: sft.get("decay_steps") or sft["steps"]  # the schedule's decay horizon
+  if horizon(stored["sft"]) != horizon(run.config.sft):
+    raise ConfigError(f"config.sft.decay_steps={run.config.sft.decay_steps}: the schedule of "
+                      f"{path} decays over {horizon(stored['sft'])} steps; set "
+                      f"--config.sft.decay_steps={horizon(stored['sft'])} to continue it")
   if warm_steps >= run.config.sft.steps:
     raise ConfigError(f"config.sft.steps={run.config.sft.steps} must exceed the {warm_steps} "
                       f"steps of the SFT phase in {path}")
@@ -137,8 +142,10 @@ def run_sft(run) -> None:
     print(f"[lrjax] reusing the finished SFT model in {loop.phase_dir(run, 'sft')}", flush=True)
     return
   cur = _Curriculum(config)
-  optimizer = optim.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule,
-                                   s.clip_norm, field="sft.schedule")
+  # the decay horizon is its own field, so a continuation (more steps) keeps the schedule
+  optimizer = optim.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.decay_steps or s.steps,
+                                   s.schedule, s.clip_norm, field="sft.schedule",
+                                   end_lr_frac=s.end_lr_frac)
   params = loop.place(run, run.params)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
