@@ -75,8 +75,10 @@ def _export(workdir):
 
 
 def _sft_run(workdir, **fields):
+  """SFT on 48 worked solutions, cosine decay to 0.1 lr over 8 steps (then flat)."""
   from lrjax.run import Run
   from lrjax.sft.trainer import run_sft
+  fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, **fields), str(workdir))
   run_sft(run)
   run.close()
@@ -127,10 +129,12 @@ def test_start_from_continues_a_warmup_exactly(warm, tmp_path):
 @pytest.mark.parametrize("fields, message", [
     ({"sft__steps": 16, "sft__lr": 3e-3}, "sft.lr"),
     ({"sft__steps": 8}, "must exceed"),
+    ({"sft__steps": 16, "sft__decay_steps": 16}, "decays over 8 steps"),
 ])
 def test_start_from_refuses_a_different_warmup(warm, tmp_path, fields, message):
   from lrjax.run import Run
   from lrjax.sft.trainer import run_sft
+  fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, sft__start_from=warm[0].workdir, **fields),
                    str(tmp_path / "c"))
   with pytest.raises(ConfigError, match=message):

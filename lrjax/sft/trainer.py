@@ -101,7 +101,7 @@ def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
                       "settings: " + "; ".join(diffs))
   warm_steps = int(stored["sft"]["steps"])
   horizon = lambda sft: sft.get("decay_steps") or sft["steps"]  # the schedule's decay horizon
-  if horizon(stored["sft"]) != horizon(run.config.sft):
+  if run.config.sft.schedule != "constant" and horizon(stored["sft"]) != horizon(run.config.sft):
     raise ConfigError(f"config.sft.decay_steps={run.config.sft.decay_steps}: the schedule of "
                       f"{path} decays over {horizon(stored['sft'])} steps; set "
                       f"--config.sft.decay_steps={horizon(stored['sft'])} to continue it")
