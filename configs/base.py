@@ -1,10 +1,21 @@
 """The full lrjax config: every field any phase reads, with CPU-friendly defaults.
 
-Method configs (sft.py, nocot.py, coconut.py, grpo.py, hrpo.py) start from
-`get_config()` here and change what their method needs. Any field can be
-overridden on the command line, e.g.
+Method configs (sft.py, nocot.py, coconut.py, grpo.py, hrpo.py, sft_control.py)
+start from `get_config()` here and change what their method needs. Any field
+can be overridden on the command line, e.g.
 
     python -m lrjax.main --config=configs/sft.py --config.sft.steps=200 --config.seed=1
+
+The data regime of the CPU default (`data.sft_size`): worked solutions are
+scarce, problems with only a final answer are plentiful. The SFT warm-up trains
+on a fixed subset of `data.sft_size` worked solutions until held-out accuracy
+stops rising; the RL phase then draws from the whole train split and reads
+only each problem's question and final answer. `configs/sft_control.py`
+spends the RL phase's time on more SFT instead, the control RL must beat.
+
+Task presets: every method config accepts `:arith` (the default) or `:prosqa`
+(`--config=configs/hrpo.py:prosqa`), which selects the task with its
+calibrated regime (`TASK_PRESETS` below).
 """
 from __future__ import annotations
 
@@ -13,8 +24,15 @@ import ml_collections
 from lrjax.data.tasks import default_data_config
 
 
+def check_arg(arg: str | None, config_file: str, own: tuple[str, ...] = ()) -> None:
+  """Refuses a config argument that is neither a task preset nor one of `own`."""
+  if arg and arg not in TASK_PRESETS and arg not in own:
+    raise ValueError(f"unknown preset {arg!r} for {config_file}; available: "
+                     f"{', '.join(list(TASK_PRESETS) + list(own))}")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  """The default config; `arg` may name a task preset (`arith`, `prosqa`)."""
   c = ml_collections.ConfigDict()
   c.name = "base"  # the default workdir is runs/<name>
   c.seed = 0  # drives init, sampling and data order (the eval split has data.seed)
@@ -116,4 +134,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200
   c.checkpoint.max_to_keep = 2
+  TASK_PRESETS[arg if arg in TASK_PRESETS else "arith"](c)
   return c
+
+
+def _arith(c: ml_collections.ConfigDict) -> None:
+  """arith: REGIME_ARITH."""
+  c.data.task = "arith"
+
+
+def _prosqa(c: ml_collections.ConfigDict) -> None:
+  """prosqa: REGIME_PROSQA."""
+  c.data.task = "prosqa"
+
+
+TASK_PRESETS = {"arith": _arith, "prosqa": _prosqa}

@@ -10,6 +10,7 @@ from configs import base
 
 
 def get_config(arg=None):
+  base.check_arg(arg, "configs/coconut.py")
   c = base.get_config(arg)
   c.name = "coconut"
   c.mode = "sft"

@@ -16,6 +16,7 @@ from configs import base
 
 
 def get_config(arg=None):
+  base.check_arg(arg, "configs/hrpo.py", own=("qwen2.5-1.5b",))
   c = base.get_config(arg)
   c.name = "hrpo"
   c.mode = "sft,rl"
@@ -30,8 +31,6 @@ def get_config(arg=None):
   c.rl.param_groups = hrpo_groups(backbone=1e-4, gate=3e-3, lam=3e-2)
   if arg == "qwen2.5-1.5b":
     _paper(c)
-  elif arg:
-    raise ValueError(f"unknown preset {arg!r} for configs/hrpo.py; available: qwen2.5-1.5b")
   return c
 
 
@@ -49,6 +48,7 @@ def _paper(c):
   c.model.preset = "qwen2.5-1.5b"
   c.model.dtype = "bfloat16"
   c.data.task = "gsm8k"
+  c.data.sft_size = 0  # every worked solution (only used by an SFT phase)
   c.rl.temperature = 0.5
   c.rule.top_k = 50
   c.rl.group_size = 4

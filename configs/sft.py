@@ -6,6 +6,7 @@ from configs import base
 
 
 def get_config(arg=None):
+  base.check_arg(arg, "configs/sft.py")
   c = base.get_config(arg)
   c.name = "sft"
   c.mode = "sft"

@@ -80,6 +80,12 @@ _CONTINUATION_FIELDS = ("sft.steps", "sft.decay_steps", "sft.eval_every", "sft.l
 _TRAJECTORY_FIELDS = ("seed", "init", "model", "tokenizer", "data", "sft")
 
 
+def _finished_steps(path: str) -> int:
+  """The SFT step count of the run stored in workdir `path` (0 when it has none)."""
+  stored = config_utils.load_config(path)
+  return int(stored["sft"]["steps"]) if stored else 0
+
+
 def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
   """(state, step): the finished SFT phase of workdir `path` at its last step.
 
@@ -151,6 +157,8 @@ def run_sft(run) -> None:
   state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
   ckpt = loop.checkpointer(run, "sft")
   state, start, _ = loop.try_resume(run, "sft", ckpt, state)
+  # a continuation evaluates every eval_every steps counted from where it starts
+  eval_base = _finished_steps(s.start_from) if s.start_from else 0
   if start == 0 and s.start_from:  # its final evaluation is copied: same params, key and step
     state, start = continue_from(run, s.start_from, state)
   elif start == 0:
@@ -179,7 +187,7 @@ def run_sft(run) -> None:
       run.metrics.write("sft", done, line)
       progress.update(done, s.steps, loss=line["train/loss"], stage=stage)
       tokens, t0 = 0, time.time()
-    if done % s.eval_every == 0 or done == s.steps:
+    if (done - eval_base) % s.eval_every == 0 or done == s.steps:
       evaluate_sft(run, state["params"], done, cur, cur.stage(done - 1))
     if done % config.checkpoint.every == 0 or done == s.steps:
       ckpt.save(done, state, {"phase": "sft", "step": done, "stage": stage})
