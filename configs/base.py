@@ -65,8 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()
   c.sft.method = "cot"  # cot | nocot | coconut
-  c.sft.steps = 800
-  c.sft.batch_size = 32  # small batches learned ~2x faster per example than 128 here
+  c.sft.steps = 2000  # the task presets below set the warm-up length
+  c.sft.batch_size = 16  # ~2x the steps/s of 32 on 2 cores, about as much learning per step
   c.sft.lr = 1e-3
   c.sft.weight_decay = 0.0
   c.sft.warmup_steps = 100
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.latents_per_step = 1  # c
   c.sft.num_stages = 4  # stages 0..num_stages-1 replace k steps; stage num_stages is all-latent
   c.sft.stage_steps = (200, 200, 200, 200)  # durations of stages 0..num_stages-1; then all-latent
-  c.sft.eval_every = 400
+  c.sft.eval_every = 500
   c.sft.log_every = 50
   c.sft.sample_every_eval = False  # sampled pass@k at every evaluation (default: the last only)
   # '' = start at step 0; else a workdir whose finished SFT phase this run continues
@@ -98,7 +98,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.num_prompts = 8  # prompts per step
   c.rl.group_size = 8  # samples per prompt
   c.rl.max_new = 80  # response buffer (tokens, latent steps included)
-  c.rl.temperature = 1.0
+  # Sampling temperature of RL rollouts (log-probs are taken at the same temperature).
+  # A warm-up on few worked solutions is sharp (pass@4 barely above greedy), so at 1.0
+  # most groups are all-right or all-wrong; 1.5 restores the group-relative signal
+  # (token GRPO from a 0.72 warm-up: +5 points greedy in 100 steps at 1.5, +2 at 1.0).
+  c.rl.temperature = 1.5
   c.rl.top_k = 0  # 0 = off
   c.rl.top_p = 1.0
   c.rl.advantage = "grpo"
@@ -139,8 +143,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _arith(c: ml_collections.ConfigDict) -> None:
-  """arith: REGIME_ARITH."""
+  """arith: 500 worked solutions, a 2000-step warm-up (batch 16, constant lr 1e-3).
+
+  How it was chosen (held-out greedy accuracy on 1000 problems, seed 0, 2 CPU
+  cores): the warm-up learns to generalise only after ~1000 steps, well after it
+  has memorised its solutions (train loss < 0.05 by step 600), and then stops
+  at a level set by the number of solutions. Batch 32, constant lr 1e-3:
+  300 solutions level off at ~0.10, 500 at 0.40 (0.378 / 0.399 / 0.396 / 0.396
+  at steps 1000 / 1200 / 1400 / 1600), 1000 at ~0.7 but noisy (0.721 / 0.624 /
+  0.721 at 1200 / 1400 / 1600). Batch 16 runs ~2x the steps per second for about
+  the same learning per step: 500 solutions, 0.321 / 0.463 / 0.469 at steps
+  1000 / 1250 / 1500. So 2000 steps reach the level by 3/4 of the warm-up (the
+  plateau criterion: the last quarter adds < 2 points) within ~7 minutes.
+  """
   c.data.task = "arith"
+  c.data.sft_size = 500
+  c.sft.steps = 2000
 
 
 def _prosqa(c: ml_collections.ConfigDict) -> None:

@@ -140,3 +140,22 @@ def test_start_from_refuses_a_different_warmup(warm, tmp_path, fields, message):
   with pytest.raises(ConfigError, match=message):
     run_sft(run)
   run.close()
+
+
+@pytest.mark.parametrize("task", ["arith", "prosqa"])
+@pytest.mark.parametrize("method", ["grpo", "hrpo"])
+def test_the_control_continues_the_rl_configs_warmup(task, method):
+  """configs/sft_control.py trains the same warm-up as the RL configs (so
+  start_from=<an RL run> is accepted) and continues it by CONTROL_STEPS."""
+  import importlib
+  from configs import sft_control
+  from lrjax import config_utils
+  from lrjax.sft.trainer import _CONTINUATION_FIELDS, _TRAJECTORY_FIELDS
+  rl = importlib.import_module(f"configs.{method}").get_config(task)
+  control = sft_control.get_config(task)
+  keep = lambda c: {k: v for k, v in config_utils.flatten(config_utils.to_dict(c)).items()
+                    if k.split(".")[0] in _TRAJECTORY_FIELDS}
+  assert config_utils.config_mismatch(keep(rl), keep(control), ignore=_CONTINUATION_FIELDS) == []
+  assert control.sft.steps == rl.sft.steps + sft_control.CONTROL_STEPS[task]
+  assert (control.sft.decay_steps or control.sft.steps) == (rl.sft.decay_steps or rl.sft.steps)
+  assert control.data.task == rl.data.task == task and control.data.sft_size > 0
