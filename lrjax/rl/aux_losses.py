@@ -9,8 +9,9 @@ Every entry of `AUX_LOSSES` has the signature
 replay under `params` (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits
 [B, N, V]), so a value head on the latent hidden states or a contrastive term
 over a group's chains reads them without a second forward. Keywords: `ctx`
-(the `RuleContext`), `advantages` ([B] or [B, N]), `masks` (the rule's
-`Masks`); ignore what you do not need (`**kw`).
+(the `RuleContext`), `advantages` ([B] or [B, N]), `rewards` ([B], e.g. a
+value head's correctness label), `masks` (the rule's `Masks`); ignore what you
+do not need (`**kw`).
 
 `rl.aux_losses` lists (name, weight) pairs; the learner minimises
 

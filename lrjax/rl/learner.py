@@ -150,12 +150,13 @@ def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -
 
 
 def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict | None,
-                traj: Any, advantages: jax.Array, aux: Any,
-                old_logp: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None = None,
+                rewards: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """The scalar loss of one batch of trajectories, and its metrics.
 
   ref_params: the frozen reference tree {"model", "rule", "heads"} (needed when
-  spec.beta > 0); old_logp: [B, N] old ratio terms (None: traj.logp).
+  spec.beta > 0); old_logp: [B, N] old ratio terms (None: traj.logp); rewards:
+  [B], passed to the auxiliary losses only.
   """
   obj = rule_of(ctx).objective
   out = replay(ctx, params, traj, aux)  # B N H, B N V
@@ -171,7 +172,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
       ref_logp=ref_logp, direct=terms.direct, direct_mask=masks.direct, **spec.loss_kwargs())
   for name, weight in spec.aux_losses:
     value, extra = AUX_LOSSES.get(name)(params, traj, out, ctx=ctx, advantages=advantages,
-                                        masks=masks)
+                                        masks=masks, rewards=rewards)
     loss = loss + weight * value
     metrics = {**metrics, f"aux_{name}": jax.lax.stop_gradient(value),
                **{f"aux_{name}_{k}": jax.lax.stop_gradient(v) for k, v in extra.items()}}
@@ -180,7 +181,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation) -> Callable:
-  """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None)
+  """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None)
   -> (params, opt_state, metrics)).
 
   With a `GroupedOptimizer` only its trainable parameters are differentiated
@@ -190,12 +191,12 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   """
   groups = getattr(optimizer, "groups", None)
 
-  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None):
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None):
     trainable, frozen = groups.split(params) if groups is not None else (params, None)
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
-        lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp),
-        has_aux=True)
+        lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
+                              rewards), has_aux=True)
     (_, metrics), grads = grad_fn(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
@@ -231,15 +232,15 @@ def take_rows(tree: Any, rows: np.ndarray) -> Any:
 
 def learn_batch(update: Callable, params: dict, opt_state: Any, ref_params: dict | None,
                 traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None,
-                rows: list[np.ndarray]) -> tuple[dict, Any, dict]:
+                rows: list[np.ndarray], rewards: jax.Array | None = None
+                ) -> tuple[dict, Any, dict]:
   """One pass over the mini-batches `rows` (`minibatch_rows`): one `update` each,
   the old terms fixed before the first. Metrics: the mean over the mini-batches."""
   if len(rows) == 1:
-    return update(params, opt_state, ref_params, traj, advantages, aux, old_logp)
+    return update(params, opt_state, ref_params, traj, advantages, aux, old_logp, rewards)
   ms = []
   for r in rows:
-    params, opt_state, m = update(params, opt_state, ref_params, take_rows(traj, r),
-                                  take_rows(advantages, r), aux,
-                                  None if old_logp is None else take_rows(old_logp, r))
+    params, opt_state, m = update(params, opt_state, ref_params, *take_rows(
+        (traj, advantages), r), aux, *take_rows((old_logp, rewards), r))
     ms.append(m)
   return params, opt_state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *ms)

@@ -191,7 +191,7 @@ def ppo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, ma
 
       L_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε_h) A_t)
       L_t = min(L_t, −c A_t)            if A_t < 0 and c = dual_clip is set
-      L_t += β KL_t,   KL_t = exp(ref_t − new_t) − (ref_t − new_t) − 1   (k3; `kl_estimator`)
+      L_t += β KL_t,   KL_t = exp(ref_t − new_t) − (ref_t − new_t) − 1   (k3, kl_estimator)
 
   (PPO, arXiv 1707.06347; GRPO, DeepSeekMath arXiv 2402.03300, eq. 3–4; dual
   clip, Ye et al. 2020 arXiv 1912.09729, used by Latent-GRPO arXiv 2604.27998

@@ -126,7 +126,8 @@ def run_rl(run) -> None:
     extra = rule_metrics(ctx, state["params"], traj, aux)
     rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, config.seed, step)
     state["params"], state["opt_state"], m = learner.learn_batch(
-        update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows)
+        update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows,
+        jax.numpy.asarray(r))
     m = jax.device_get(m)
     lengths = np.asarray(traj.lengths)
     done = step + 1
