@@ -1,8 +1,8 @@
 """The thought-rule interface, its registry, span constants and the rule context.
 
-DESIGN.md section 3. At response step t the model has read input x_t (x_0 is
-the last prompt token) and produced h_t (last hidden, after the final norm) and
-l_t = W_out h_t. A thought rule maps
+At response step t the model has read input x_t (x_0 is the last prompt token)
+and produced h_t (last hidden, after the final norm) and l_t = W_out h_t. A
+thought rule maps
 
     (l_t, h_t, key, state) -> y_t, logp_t, sampled_t, span_t, x_{t+1}, record_t, state'
 

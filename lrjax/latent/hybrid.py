@@ -1,5 +1,5 @@
 """`hybrid`: HRPO's gated hybrid latent reasoning (Yue et al., arXiv 2505.18454;
-official code Yueeeeeeee/HRPO). DESIGN.md section 3.
+official code Yueeeeeeee/HRPO); docs/hrpo.md.
 
     p_t = softmax(top-k(l_t / τ)),  y_t ~ p_t,  logp_t = log_softmax(l_t/τ)[y_t]
     ĥ_t = (p_t E) / ||p_t||_2                                   soft embedding

@@ -4,8 +4,8 @@ The inputs are [E[prompt_ids] (P), x_1 .. x_{N-1}] with x_{t+1} rebuilt by the
 rule's `replay_inputs` from the stored records (stop_gradient on stored
 vectors; live rule params and embedding table), at positions prompt_len + t.
 The logits at sequence indices P-1 .. P+N-2 are l_0 .. l_{N-1}, the logits the
-rollout sampled y_0 .. y_{N-1} from (DESIGN.md section 4: the scan decode must
-match a full teacher-forced forward). The last input x_N is never read.
+rollout sampled y_0 .. y_{N-1} from (the scan decode must match a full
+teacher-forced forward; tests/test_replay.py checks it for every rule). The last input x_N is never read.
 """
 from __future__ import annotations
 
