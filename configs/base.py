@@ -110,7 +110,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.loss = "ppo_clip"  # a name in lrjax.rl.losses.POLICY_LOSSES
   c.rl.aggregation = "token_mean"
   c.rl.clip_eps = 0.2
-  c.rl.beta = 0.0  # KL(policy || reference) weight, k3 estimator
+  c.rl.clip_eps_high = 0.0  # upper clip 1 + clip_eps_high (DAPO's clip-higher); 0 = symmetric
+  c.rl.dual_clip = 0.0  # dual-clip constant c > 1 for A < 0 (arXiv 1912.09729); 0 = off
+  c.rl.beta = 0.0  # KL(policy || reference) weight
+  c.rl.kl_estimator = "k3"  # a name in lrjax.rl.kl.KL_ESTIMATORS: k1 | k2 | k3
+  c.rl.kl_clamp = 0.0  # clamp each per-token KL estimate to [-c, c]; 0 = off
+  # The frozen reference (the starting model, rule and heads) replays the policy's stored
+  # inputs ("policy_inputs") or plain token embeddings ("token_inputs", HRPO's choice).
+  c.rl.kl_reference = "policy_inputs"
+  # Advantage switches: rows that hit rl.max_new get A = 0 (and, with truncated_in_stats
+  # False, leave the group statistics); Latent-GRPO's first-token selection.
+  c.rl.mask_truncated = False
+  c.rl.truncated_in_stats = True
+  c.rl.first_token_selection = False
+  # Dynamic sampling: drop groups with all-equal rewards and roll out more prompts until
+  # the batch is full, at most this many rollouts per step (0 = off).
+  c.rl.dynamic_sampling_tries = 0
+  # Optimizer updates per rollout batch, each on a shuffled mini-batch of whole prompt
+  # groups (must divide num_prompts; 1 with a loss that has no ratio).
+  c.rl.updates_per_batch = 1
+  c.rl.aux_losses = ()  # (name in lrjax.rl.aux_losses.AUX_LOSSES, weight) pairs
   # Learning rate per parameter group: (regex, lr) pairs; a parameter's path in
   # {"model", "rule", "heads"} joined by '/' (e.g. 'model/layers/attn/q/kernel',
   # 'rule/lambda') takes the lr of the first pattern that re.fullmatch-es it;

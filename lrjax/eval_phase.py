@@ -9,15 +9,15 @@ from __future__ import annotations
 import jax
 
 from lrjax import loop
-from lrjax.latent import init_rule_params
-from lrjax.rl.trainer import prompt_suffix
+from lrjax.latent import RULES, init_rule_params, prompt_suffix
 from lrjax.run import load_sidecar, resolve_init_folder
 
 
 def run_eval_phase(run) -> dict:
   c = run.config
-  ctx = loop.eval_context(run, c.rule.name, c.eval.max_new + c.rule.num_latent,
-                          num_latent=c.rule.num_latent, temperature=c.rl.temperature)
+  budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(c.rule.num_latent)
+  ctx = loop.eval_context(run, c.rule.name, budget, num_latent=c.rule.num_latent,
+                          temperature=c.rl.temperature)
   rule_params = init_rule_params(ctx, jax.random.key(c.seed))
   sidecar = load_sidecar(resolve_init_folder(c.init)) if c.init else None
   if sidecar is not None:
@@ -27,4 +27,4 @@ def run_eval_phase(run) -> dict:
                        f"{c.rule.name!r}")
     rule_params = stored
   params = loop.place(run, {"model": run.params, "rule": rule_params, "heads": {}})
-  return loop.run_eval(run, "eval", 0, params, ctx, prompt_suffix(run, ctx))
+  return loop.run_eval(run, "eval", 0, params, ctx, prompt_suffix(ctx))

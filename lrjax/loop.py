@@ -16,7 +16,7 @@ import numpy as np
 from lrjax import parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.evaluate import evaluate, rule_aux
-from lrjax.latent import RuleContext
+from lrjax.latent import RuleContext, rule_config
 from lrjax.rollout import Sampling
 
 
@@ -59,20 +59,25 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
 
 def data_indices(seed: int, n: int, step: int, batch: int) -> np.ndarray:
   """Problem indices of a step: epoch-wise permutations fixed by (seed, epoch)."""
-  start = step * batch
+  return data_window(seed, n, step * batch, batch)
+
+
+def data_window(seed: int, n: int, start: int, count: int) -> np.ndarray:
+  """`count` problem indices from data cursor `start` of the stream of epoch-wise
+  permutations fixed by (seed, epoch): the cursor counts problems drawn so far."""
   out = []
-  while len(out) < batch:
+  while len(out) < count:
     epoch, offset = divmod(start + len(out), n)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    out.extend(perm[offset:offset + batch - len(out)].tolist())
+    out.extend(perm[offset:offset + count - len(out)].tolist())
   return np.asarray(out)
 
 
 def eval_context(run, rule: str, max_new: int, num_latent: int = 0,
                  temperature: float = 1.0) -> RuleContext:
+  """The rule's context for `run`: its declared `config.rule` fields, the special ids."""
   c = run.config
-  rule_cfg = {"c": c.rule.gate_c, "r_min": c.rule.r_min, "top_k": c.rule.top_k} \
-      if rule == "hybrid" else {}
+  rule_cfg = rule_config(rule, c.rule)
   return RuleContext(
       model_cfg=run.model_cfg, rule=rule, rule_cfg=rule_cfg,
       sampling=Sampling(temperature=temperature), eos_id=run.special["eos_id"],

@@ -33,7 +33,12 @@ from lrjax.model import ModelConfig, init, load_hf, preset, save_hf
 from lrjax.validate import validate_config  # noqa: F401  (lrjax.main validates through here)
 
 def needs_latent_tokens(config) -> bool:
-  return config.sft.method == "coconut" or config.rule.name == "hidden"
+  """Whether the thought rule or the SFT method declares special tokens (`<bot>`,
+  `<latent>`, `<eot>`) that the vocabulary must hold."""
+  from lrjax.latent import RULES
+  from lrjax.sft.sequences import SFT_METHODS
+  return bool(RULES.get(config.rule.name).special_tokens
+              or SFT_METHODS.get(config.sft.method).special_tokens)
 
 
 def resolve_init_folder(path: str) -> str:

@@ -23,7 +23,8 @@ A method with fields of its own adds rows, e.g.
 and a registry's names are checked with `one_of(lambda: MY_REGISTRY.names())`.
 A registered advantage estimator may declare `min_group_size` (GRPO-style
 estimators normalise within a group and declare 2); `rl.group_size` is
-checked against it.
+checked against it. A registered policy loss may declare `has_ratio = False`
+(HRPO's `reinforce_onpolicy`); `rl.updates_per_batch > 1` is refused with it.
 """
 from __future__ import annotations
 
@@ -118,6 +119,52 @@ def param_groups(value, config) -> str | None:
   return None
 
 
+def boolean(value, config) -> str | None:
+  return None if isinstance(value, bool) else "must be True or False"
+
+
+def off_or_non_negative(value, config) -> str | None:
+  """None or 0 (off), or a number > 0 (e.g. rl.clip_eps_high)."""
+  if value is None or (_is_number(value) and value >= 0):
+    return None
+  return "must be None or a number >= 0 (0 = off)"
+
+
+def off_or_above_one(value, config) -> str | None:
+  """None or 0 (off), or a number > 1 (the dual-clip constant c)."""
+  if value is None or (_is_number(value) and (value == 0 or value > 1)):
+    return None
+  return "must be None or 0 (off), or a number > 1"
+
+
+def _aux_losses(value, config) -> str | None:
+  """A (possibly empty) sequence of (name in AUX_LOSSES, weight >= 0) pairs."""
+  from lrjax.rl.aux_losses import AUX_LOSSES
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    return "must be a tuple of (name, weight) pairs, e.g. (('heads_l2', 0.01),)"
+  for i, entry in enumerate(value):
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+      return f"entry {i} ({entry!r}) must be a (name, weight) pair"
+    name, weight = entry
+    if name not in AUX_LOSSES:
+      return f"entry {i}: {name!r} is not one of: {', '.join(AUX_LOSSES.names())}"
+    if not (_is_number(weight) and weight >= 0):
+      return f"entry {i} ({name!r}): weight {weight!r} must be a number >= 0"
+  return None
+
+
+def _updates_per_batch(value, config) -> str | None:
+  """Whole prompt groups per mini-batch, and a policy loss with an importance ratio."""
+  from lrjax.rl.losses import POLICY_LOSSES
+  if config.rl.num_prompts % value:
+    return (f"must divide rl.num_prompts={config.rl.num_prompts} (mini-batches hold whole "
+            "prompt groups)")
+  if value > 1 and not getattr(POLICY_LOSSES.get(config.rl.loss), "has_ratio", True):
+    return (f"must be 1 with rl.loss={config.rl.loss!r}: it has no importance ratio "
+            "(on-policy only, one update per rollout batch)")
+  return None
+
+
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -166,8 +213,8 @@ def _dtypes():
 
 
 def _sft_methods():
-  from lrjax.sft.sequences import MODES
-  return MODES
+  from lrjax.sft.sequences import SFT_METHODS
+  return SFT_METHODS.names()
 
 
 def _schedules():
@@ -198,6 +245,9 @@ ROWS: list[Row] = [
     Row("rl.advantage", one_of(_registry("lrjax.rl.advantages", "ADVANTAGES"))),
     Row("rl.schedule", one_of(_schedules)),
     Row("rl.reward", one_of(_registry("lrjax.rewards", "REWARDS", extra=("",)))),  # '' = task's
+    Row("rl.kl_estimator", one_of(_registry("lrjax.rl.kl", "KL_ESTIMATORS"))),
+    Row("rl.kl_reference", one_of(_registry("lrjax.rl.learner", "KL_REFERENCES"))),
+    Row("rl.aux_losses", _aux_losses),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),
     # SFT
@@ -226,7 +276,16 @@ ROWS: list[Row] = [
     Row("rl.top_p", in_unit_interval(False, True), phases=("rl",)),
     Row("rl.adv_eps", non_negative, phases=("rl",)),
     Row("rl.clip_eps", positive, phases=("rl",)),
+    Row("rl.clip_eps_high", off_or_non_negative, phases=("rl",)),
+    Row("rl.dual_clip", off_or_above_one, phases=("rl",)),
     Row("rl.beta", non_negative, phases=("rl",)),
+    Row("rl.kl_clamp", non_negative, phases=("rl",)),
+    Row("rl.mask_truncated", boolean, phases=("rl",)),
+    Row("rl.truncated_in_stats", boolean, phases=("rl",)),
+    Row("rl.first_token_selection", boolean, phases=("rl",)),
+    Row("rl.dynamic_sampling_tries", non_negative_int, phases=("rl",)),
+    Row("rl.updates_per_batch", positive_int, phases=("rl",)),
+    Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

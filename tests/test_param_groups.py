@@ -20,7 +20,8 @@ from lrjax.rollout import Sampling, pad_prompts, rollout
 
 pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
 
-SPEC = LossSpec(loss="reinforce_onpolicy", aggregation="seq_mean", beta=0.005, temperature=1.0)
+SPEC = LossSpec(loss="reinforce_onpolicy", aggregation="seq_mean", beta=0.005,
+                kl_reference="token_inputs")
 
 
 def _tree():
@@ -100,7 +101,7 @@ def setup():
   traj = rollout(ctx, params, ids, mask, jax.random.key(2), aux)
   adv = jnp.asarray(np.random.default_rng(0).normal(size=8), jnp.float32)
   return types.SimpleNamespace(ctx=ctx, params=params, traj=traj, adv=adv, aux=aux,
-                               ref=params["model"])
+                               ref={"model": params["model"], "rule": params["rule"], "heads": {}})
 
 
 def _copy(t):

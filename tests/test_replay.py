@@ -1,5 +1,5 @@
 """Replay = rollout: one teacher-forced forward over the stored inputs reproduces the
-logits the jitted while-loop sampled from, for every rule (DESIGN.md section 4).
+logits the jitted while-loop sampled from, for every rule.
 
 Tolerance: float32, max |Δlogit| <= 1e-4 on every non-DONE response position
 (measured ~1e-6: the cached one-token steps and the full forward differ only in

@@ -42,17 +42,17 @@ def test_sharded_update_matches_single_device(rule, loss):
   ids, mask = pad_prompts(prompts, 16, 0)
   traj = rollout(ctx, params, ids, mask, jax.random.key(2), aux)
   adv = jnp.asarray(np.random.default_rng(0).normal(size=8), jnp.float32)
-  spec = LossSpec(loss=loss, aggregation="seq_mean", beta=0.01, temperature=1.0)
+  spec = LossSpec(loss=loss, aggregation="seq_mean", beta=0.01, kl_reference="token_inputs")
   sgd = optax.sgd(0.5)  # plain SGD: the update is the gradient, no float-noise amplification
 
   update = make_update(ctx, spec, sgd)
   copy = lambda t: jax.tree.map(jnp.array, t)
-  p1, _, m1 = update(copy(params), sgd.init(params), params["model"], traj, adv, aux)
+  p1, _, m1 = update(copy(params), sgd.init(params), params, traj, adv, aux)
 
   mesh = parallel.make_mesh(_Mesh())
   shard = parallel.param_shardings(params, mesh)
   ps = jax.device_put(copy(params), shard)
-  ref = jax.device_put(params["model"], shard["model"])
+  ref = jax.device_put(params, shard)
   traj_s = parallel.shard_batch(traj, mesh)
   adv_s = parallel.shard_batch(adv, mesh)
   p8, _, m8 = update(ps, sgd.init(ps), ref, traj_s, adv_s, aux)

@@ -46,6 +46,8 @@ def test_shipped_configs_pass(module, arg):
     ("sft.method", "cott"),
     ("model.preset", "qwen2.5-7b"),
     ("model.dtype", "bf16"),
+    ("rl.kl_estimator", "k4"),
+    ("rl.kl_reference", "token_input"),
 ])
 def test_misspelled_registry_name_names_the_field(field, bad):
   msg = _error(_config(**{field: bad}))
@@ -85,11 +87,39 @@ def test_registry_choices_are_listed_and_empty_reward_allowed():
      "must be < rl.steps=200"),
     ({"rl.warmup_steps": -1}, "rl.warmup_steps", "must be >= 0"),
     ({"checkpoint.every": 0}, "checkpoint.every", "must be > 0"),
+    ({"rl.clip_eps_high": -0.1}, "rl.clip_eps_high", "must be None or a number >= 0"),
+    ({"rl.dual_clip": 0.5}, "rl.dual_clip", "must be None or 0 (off), or a number > 1"),
+    ({"rl.dual_clip": 1.0}, "rl.dual_clip", "or a number > 1"),
+    ({"rl.kl_clamp": -1.0}, "rl.kl_clamp", "must be >= 0"),
+    ({"rl.dynamic_sampling_tries": -1}, "rl.dynamic_sampling_tries", "must be >= 0"),
+    ({"rl.updates_per_batch": 0}, "rl.updates_per_batch", "must be > 0"),
+    ({"rl.updates_per_batch": 3}, "rl.updates_per_batch", "must divide rl.num_prompts=8"),
+    ({"rl.updates_per_batch": 2}, "rl.updates_per_batch",
+     "must be 1 with rl.loss='reinforce_onpolicy': it has no importance ratio"),
+    ({"rl.mask_truncated": None}, "rl.mask_truncated", "must be True or False"),
+    ({"rl.truncated_in_stats": None}, "rl.truncated_in_stats", "must be True or False"),
+    ({"rl.first_token_selection": None}, "rl.first_token_selection", "must be True or False"),
+    ({"rl.aux_losses": (("heads_l3", 0.1),)}, "rl.aux_losses",
+     "entry 0: 'heads_l3' is not one of: heads_l2"),
+    ({"rl.aux_losses": (("heads_l2", -0.1),)}, "rl.aux_losses", "weight -0.1 must be a number >= 0"),
+    ({"rl.aux_losses": ("heads_l2", 0.1)}, "rl.aux_losses", "must be a (name, weight) pair"),
 ])
 def test_out_of_range_values_name_the_field(fields, field, expect):
   msg = _error(_config(**fields))
   assert msg.startswith(f"config.{field}="), msg
   assert expect in msg, msg
+
+
+def test_learner_options_accepted():
+  """The new learner fields' valid settings, and mini-batches with a ratio loss."""
+  validate_config(_config(grpo, **{"rl.clip_eps_high": 0.28, "rl.dual_clip": 3.0,
+                                   "rl.kl_estimator": "k2", "rl.kl_clamp": 10.0,
+                                   "rl.mask_truncated": True, "rl.truncated_in_stats": False,
+                                   "rl.first_token_selection": True,
+                                   "rl.dynamic_sampling_tries": 50, "rl.updates_per_batch": 4,
+                                   "rl.aux_losses": (("heads_l2", 0.01),)}), PHASES)
+  validate_config(_config(grpo, **{"rl.clip_eps_high": None, "rl.dual_clip": None}), PHASES)
+  validate_config(_config(**{"rl.kl_reference": "policy_inputs"}), PHASES)
 
 
 def test_phase_fields_are_checked_only_when_the_phase_runs():

@@ -1,8 +1,8 @@
 """The thought-rule interface, its registry, span constants and the rule context.
 
-DESIGN.md section 3. At response step t the model has read input x_t (x_0 is
-the last prompt token) and produced h_t (last hidden, after the final norm) and
-l_t = W_out h_t. A thought rule maps
+At response step t the model has read input x_t (x_0 is the last prompt token)
+and produced h_t (last hidden, after the final norm) and l_t = W_out h_t. A
+thought rule maps
 
     (l_t, h_t, key, state) -> y_t, logp_t, sampled_t, span_t, x_{t+1}, record_t, state'
 
@@ -16,6 +16,14 @@ A rule is a `ThoughtRule` of pure functions, registered by name in `RULES`:
     @RULES.register("token")
     ...
     rule = RULES.get(ctx.rule)
+
+Besides the step and the replay, a rule declares everything the rest of lrjax
+needs to know about it, so that no module outside the rule's own branches on
+its name: what the learner scores (`objective`, see `lrjax.latent.objective`),
+the ids appended to every prompt (`prompt_suffix`), the special tokens it needs
+in the vocabulary (`special_tokens`), which `config.rule` fields it reads
+(`config_fields`) and how many response positions it spends before the answer
+(`extra_positions`).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lrjax.latent.objective import TOKEN_OBJECTIVE, Objective
 from lrjax.model.config import ModelConfig
 from lrjax.registry import Registry
 from lrjax.rollout.sampling import Sampling
@@ -106,6 +115,14 @@ def no_state(ctx: RuleContext, batch: int) -> dict:
   return {}
 
 
+def no_suffix(ctx: RuleContext) -> tuple[int, ...]:
+  return ()
+
+
+def no_extra_positions(num_latent: int) -> int:
+  return 0
+
+
 class ThoughtRule(NamedTuple):
   """A thought rule: pure functions, no state of its own.
 
@@ -118,6 +135,16 @@ class ThoughtRule(NamedTuple):
   record_spec(ctx, batch, max_new) -> {name: ShapeDtypeStruct [B, N, ...]}.
   make_aux(tokenizer) -> the rule's `aux` pytree (None: the rule needs none).
   metrics(ctx, params, traj, aux) -> {name: scalar} training metrics (None: none).
+  objective: what the learner scores per position (`Objective`; default: the
+      sampled token's log_softmax(l/τ)[y] inside the ratio).
+  prompt_suffix(ctx) -> ids appended to every prompt (e.g. `hidden`: (ctx.bot_id,)).
+  special_tokens: tokens the rule needs in the vocabulary (added with
+      `lrjax.data.tokenizer.add_latent_tokens`), e.g. ("<bot>", "<latent>", "<eot>").
+  config_fields: (rule_cfg key, `config.rule` field) pairs: the config fields
+      the rule reads into ctx.rule_cfg (e.g. hybrid's ("c", "gate_c")).
+  extra_positions(num_latent) -> response positions the rule spends before the
+      answer (`hidden`: num_latent latents + `<eot>`); evaluation budgets add it
+      to `eval.max_new`.
 
   `params` is the full tree {"model", "rule", "heads"}; `aux` a pytree of arrays
   that cannot live in the hashable ctx (e.g. the '####' delimiter tables).
@@ -129,6 +156,11 @@ class ThoughtRule(NamedTuple):
   record_spec: Callable[[RuleContext, int, int], dict] = no_records
   make_aux: Callable[[Any], Any] | None = None
   metrics: Callable[..., dict] | None = None
+  objective: Objective = TOKEN_OBJECTIVE
+  prompt_suffix: Callable[[RuleContext], tuple[int, ...]] = no_suffix
+  special_tokens: tuple[str, ...] = ()
+  config_fields: tuple[tuple[str, str], ...] = ()
+  extra_positions: Callable[[int], int] = no_extra_positions
 
 
 RULES: Registry[ThoughtRule] = Registry("thought rule")
@@ -136,6 +168,16 @@ RULES: Registry[ThoughtRule] = Registry("thought rule")
 
 def rule_of(ctx: RuleContext) -> ThoughtRule:
   return RULES.get(ctx.rule)
+
+
+def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
+  """The ids ctx's rule appends to every prompt."""
+  return tuple(int(i) for i in rule_of(ctx).prompt_suffix(ctx))
+
+
+def rule_config(rule: str, config_rule: Any) -> dict:
+  """ctx.rule_cfg of `rule` from a `config.rule` section (its declared `config_fields`)."""
+  return {key: config_rule[field] for key, field in RULES.get(rule).config_fields}
 
 
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:

@@ -9,6 +9,14 @@ The prompt already ends with `<bot>`. With N = ctx.num_latent:
 
 Record `hidden` [B, H]: h_t at latent steps, zeros elsewhere; replay reads it
 under stop_gradient (the RL update does not backpropagate through the chain).
+
+What the learner scores (LatR's GRPO, arXiv 2512.11816): log_softmax(l_t/τ)[y_t]
+inside the ratio at the forced `<eot>` (t = N) and at every language token after
+it; nothing at the latent positions (and `<bot>` is part of the prompt). The
+sampler stored no log-prob for the forced `<eot>`, so the learner recomputes its
+old term before the first update. The rule needs `<bot>`, `<latent>`, `<eot>` in
+the vocabulary, appends `<bot>` to every prompt and spends N + 1 response
+positions before the answer.
 """
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ import jax.numpy as jnp
 
 from lrjax.latent.base import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
+from lrjax.latent.objective import Masks, Objective, token_terms
 from lrjax.latent.token import sample_token
+
+LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
 
 
 def _check(ctx: RuleContext) -> None:
@@ -61,5 +72,24 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   return jnp.where(latent[..., None], stored, emb[traj.ids])  # B N H
 
 
+def objective_masks(ctx: RuleContext, traj) -> Masks:
+  """Ratio positions: the forced `<eot>` (t = N) and every live position after it."""
+  n = traj.ids.shape[1]
+  ratio = (traj.span != DONE) & (jnp.arange(n) >= ctx.num_latent)[None]  # B N
+  return Masks(ratio=ratio, stored_old=traj.sampled)
+
+
+def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
+  if ctx.bot_id < 0:
+    raise ValueError("the `hidden` rule needs ctx.bot_id (the <bot> id) to end every prompt")
+  return (ctx.bot_id,)
+
+
+def extra_positions(num_latent: int) -> int:
+  return num_latent + 1  # the latents and the forced <eot>
+
+
 HIDDEN = RULES.register("hidden")(ThoughtRule(
-    step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec))
+    step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
+    objective=Objective(masks=objective_masks, terms=token_terms), prompt_suffix=prompt_suffix,
+    special_tokens=LATENT_TOKENS, extra_positions=extra_positions))

@@ -1,5 +1,5 @@
 """`hybrid`: HRPO's gated hybrid latent reasoning (Yue et al., arXiv 2505.18454;
-official code Yueeeeeeee/HRPO). DESIGN.md section 3.
+official code Yueeeeeeee/HRPO); docs/hrpo.md.
 
     p_t = softmax(top-k(l_t / τ)),  y_t ~ p_t,  logp_t = log_softmax(l_t/τ)[y_t]
     ĥ_t = (p_t E) / ||p_t||_2                                   soft embedding
@@ -20,6 +20,9 @@ Rule hyper-parameters (ctx.rule_cfg): top_k (50), r_min (0.99), c (8.0).
 aux: {"delimiter": tables from `lrjax.data.delimiter.delimiter_tables`}.
 Records: `soft` ĥ_t [B, H] float32 (zeros where the gate is off) and `think`
 [B] bool (the gate is applied to x_{t+1}).
+The learner scores the sampled token, log_softmax(l_t/τ)[y_t], at every
+position (think span and answer) inside the ratio, as `token` does. The rule
+reads `config.rule.gate_c`, `r_min` and `top_k` (`config_fields`).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 from lrjax.data.delimiter import delimiter_step, delimiter_tables
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
+from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.model.config import ModelConfig
 from lrjax.rollout.sampling import gumbel_max, process_logits, token_logp
 
@@ -165,4 +169,5 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
 
 HYBRID = RULES.register("hybrid")(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
-    record_spec=record_spec, make_aux=delimiter_aux, metrics=metrics))
+    record_spec=record_spec, make_aux=delimiter_aux, metrics=metrics, objective=TOKEN_OBJECTIVE,
+    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k"))))

@@ -2,7 +2,9 @@
 
     y_t ~ softmax(process(l_t)),  logp_t = log_softmax(l_t/τ)[y_t],  x_{t+1} = E[y_t]
 
-Nothing is recorded: the ids are in the trajectory.
+Nothing is recorded: the ids are in the trajectory. The learner scores
+log_softmax(l_t/τ)[y_t] at every sampled position, inside the ratio
+(`TOKEN_OBJECTIVE`), with the sampler's stored value as the old term.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 
 from lrjax.latent.base import (ANSWER, RULES, RuleContext, StepOut, ThoughtRule, embedding_table,
                                spans)
+from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.rollout.sampling import sample, token_logp
 
 
@@ -33,4 +36,5 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   return embedding_table(params)[traj.ids]  # B N H
 
 
-TOKEN = RULES.register("token")(ThoughtRule(step=step, replay_inputs=replay_inputs))
+TOKEN = RULES.register("token")(ThoughtRule(step=step, replay_inputs=replay_inputs,
+                                            objective=TOKEN_OBJECTIVE))

@@ -6,7 +6,14 @@ the same prompt (rows [p*G, (p+1)*G) belong to prompt p). Every estimator in
 
     fn(rewards [B] f32, group_size: int, *, eps: float = 1e-4,
        valid: [B] bool | None = None, exclude_invalid_from_stats: bool = False,
-       **kw) -> advantages [B] f32
+       traj: Trajectory | None = None, old_logp: [B, T] | None = None,
+       mask: [B, T] bool | None = None, **kw) -> advantages [B] or [B, T] f32
+
+The learner passes the trajectory (`traj.truncated`, `traj.lengths`, spans,
+records), the old per-position terms fixed before the first update
+(`old_logp`) and the loss mask (`mask`); an estimator may use them and return
+per-position advantages [B, T] (the losses take either shape). The registered
+ones here return [B] and ignore them.
 
 `valid` is Latent-GRPO's invalid-sample masking (arXiv 2604.27998; a response
 that hit the length limit is invalid): invalid rows get A = 0, and with
@@ -23,9 +30,17 @@ validation (`lrjax.validate`) refuses a smaller `rl.group_size`.
 `first_token_selection` and `first_token_advantages` implement Latent-GRPO's
 optimal correct-path first-token selection on top of any estimator.
 
+`compute_advantages(spec, rewards, ...)` is what the RL trainer calls: the
+estimator of `rl.advantage` with the config's switches (`AdvantageSpec`):
+`rl.mask_truncated` (valid = not truncated), `rl.truncated_in_stats` (False:
+exclude_invalid_from_stats) and `rl.first_token_selection`.
+
 Shape legend: B batch rows, P prompts, G group size, T response positions.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +176,67 @@ def first_token_advantages(advantages: jax.Array, first_pos_advantages: jax.Arra
   at_first = (jnp.arange(m.shape[-1])[None, :] == first[:, None]) & m  # B T
   return jnp.where(at_first, first_pos_advantages.astype(jnp.float32)[:, None],
                    advantages.astype(jnp.float32)[:, None])
+
+
+# --------------------------------------------------------------------------- the config path
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageSpec:
+  """The advantage settings of an RL run (`from_config(config.rl)`).
+
+  estimator: a name in `ADVANTAGES` (`rl.advantage`); eps: `rl.adv_eps`.
+  mask_truncated: rows that hit `rl.max_new` without eos are invalid: A = 0
+    (Latent-GRPO's invalid-sample masking, arXiv 2604.27998).
+  truncated_in_stats: with mask_truncated, whether the invalid rows still count
+    in the group mean/std (True) or are excluded from them (False, Latent-GRPO's
+    MATH script).
+  first_token_selection: Latent-GRPO's first-token selection: at the first loss
+    position only the best positive row of each group keeps its advantage.
+  """
+  estimator: str = "grpo"
+  group_size: int = 8
+  eps: float = 1e-4
+  mask_truncated: bool = False
+  truncated_in_stats: bool = True
+  first_token_selection: bool = False
+
+  @classmethod
+  def from_config(cls, rl: Any) -> "AdvantageSpec":
+    return cls(estimator=rl.advantage, group_size=int(rl.group_size), eps=rl.adv_eps,
+               mask_truncated=bool(rl.mask_truncated),
+               truncated_in_stats=bool(rl.truncated_in_stats),
+               first_token_selection=bool(rl.first_token_selection))
+
+
+def compute_advantages(spec: AdvantageSpec, rewards: jax.Array, traj: Any = None,
+                       old_logp: jax.Array | None = None, ratio_mask: jax.Array | None = None,
+                       loss_mask: jax.Array | None = None) -> jax.Array:
+  """Advantages [B] (or [B, T]) of one rollout batch under `spec`.
+
+  Args:
+    rewards: [B] f32, groups of `spec.group_size` consecutive rows.
+    traj: the batch's `Trajectory` (`truncated` is read for mask_truncated).
+    old_logp: [B, T] old ratio terms, fixed before the first update.
+    ratio_mask: [B, T] bool, where old_logp is defined (the rule's ratio positions).
+    loss_mask: [B, T] bool, every position the loss covers (ratio | direct);
+      its first True column per row is the row's first position.
+  """
+  valid = None
+  if spec.mask_truncated:
+    if traj is None:
+      raise ValueError("mask_truncated needs the trajectory (traj.truncated)")
+    valid = ~jnp.asarray(traj.truncated).astype(bool)  # B
+  adv = ADVANTAGES.get(spec.estimator)(
+      rewards, spec.group_size, eps=spec.eps, valid=valid,
+      exclude_invalid_from_stats=spec.mask_truncated and not spec.truncated_in_stats,
+      traj=traj, old_logp=old_logp, mask=ratio_mask)
+  if spec.first_token_selection:
+    if adv.ndim != 1:
+      raise ValueError(f"first_token_selection needs [B] advantages; estimator "
+                       f"{spec.estimator!r} returned shape {adv.shape}")
+    if old_logp is None or ratio_mask is None:
+      raise ValueError("first_token_selection needs old_logp and ratio_mask")
+    first = first_token_selection(adv, seq_logp_mean(old_logp, ratio_mask), spec.group_size)
+    adv = first_token_advantages(adv, first, ratio_mask if loss_mask is None else loss_mask)
+  return adv

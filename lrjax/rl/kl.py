@@ -4,7 +4,9 @@ All take per-token log-probabilities of the *sampled* tokens under the current
 policy (`new_logp`) and the reference (`ref_logp`), both [B, T], and return a
 per-token estimate [B, T] of KL(π_θ || π_ref) (Schulman, "Approximating KL
 divergence", 2020, http://joschu.net/blog/kl-approx.html). Masking and
-aggregation are the caller's business (see `lrjax.rl.losses`).
+aggregation are the caller's business (see `lrjax.rl.losses`). `rl.kl_estimator`
+picks the estimator of the RL loss (default k3) and `rl.kl_clamp` > 0 clamps
+its per-token value to [−c, c].
 
 Shape legend: B batch, T response positions.
 """

@@ -1,15 +1,40 @@
-"""The RL policy update: one teacher-forced replay, a registered policy loss, optax.
+"""The RL learner: rule-declared objectives, a registered policy loss, mini-batch updates.
 
-    logits   = replay(ctx, params, traj)            # inputs rebuilt from the records
-    new_logp = log_softmax(logits / τ)[y]            # the quantity the sampler stored
-    ref_logp = same with the frozen reference model on plain token embeddings
-    loss     = POLICY_LOSSES[rl.loss](new_logp, traj.logp, A, traj.sampled, ...)
+One rollout batch is learned from as follows (`lrjax.rl.trainer` drives it):
+
+    old   = behaviour_logp(ctx, params, traj, aux)   # old ratio terms, fixed before any update
+    A     = compute_advantages(...)                   # lrjax.rl.advantages, sees traj and old
+    for rows in minibatch_rows(...):                  # rl.updates_per_batch shuffled group slices
+      params, opt_state, m = update(params, opt_state, ref, traj[rows], A[rows], aux, old[rows])
+
+and one `update` is
+
+    out   = replay(ctx, params, traj, aux)                      # one teacher-forced forward
+    masks = rule.objective.masks(ctx, traj)                     # what the rule scores, where
+    terms = rule.objective.terms(ctx, params, traj, out, aux)   # ratio terms (+ direct terms)
+    ref   = the same terms of the frozen reference               # KL_REFERENCES[rl.kl_reference]
+    loss  = POLICY_LOSSES[rl.loss](terms.ratio, old, A, masks.ratio, ref_logp=ref, ...,
+                                   direct=terms.direct, direct_mask=masks.direct)
+          + Σ_i w_i AUX_LOSSES[name_i](params, traj, out)     # rl.aux_losses
+
+The thought rule, not the learner, says what is scored (`lrjax.latent.objective`):
+`token`/`hybrid` the sampled token's log_softmax(l/τ)[y], `hidden` the same at
+`<eot>` and the text after it. Old terms are the sampler's `traj.logp` where it
+stored them (`masks.stored_old`) and are recomputed on the same stored inputs
+with the parameters before the first update everywhere else.
+
+The reference for the KL is a frozen copy of the starting tree {"model",
+"rule", "heads"}. `policy_inputs` (default) replays the policy's stored inputs
+through the same rule (so the KL is 0 at the first step); `token_inputs`
+replays plain token embeddings E[y] instead (HRPO's choice: the starting
+model without the hybrid mix).
 
 The optimizer works on parameter groups of the tree {"model", "rule", "heads"}
 (`rl.param_groups`, see `lrjax.optim`): each group has its own learning rate
 (HRPO: backbone, gate Linears, Λ), or none (frozen). The update differentiates
 the loss with respect to the trainable parameters only, clips their global norm
-and applies AdamW to them; frozen ones are carried through unchanged.
+and applies AdamW to them; frozen ones are carried through unchanged. Its
+schedule counts optimizer updates: rl.steps × rl.updates_per_batch in all.
 """
 from __future__ import annotations
 
@@ -18,54 +43,146 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from lrjax.latent import RuleContext
+from lrjax.latent import Masks, RuleContext, embedding_table, rule_of
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
+from lrjax.registry import Registry
+from lrjax.rl.aux_losses import AUX_LOSSES
 from lrjax.rl.losses import POLICY_LOSSES
-from lrjax.rollout import replay, token_logp
+from lrjax.rollout import ReplayOut, replay
+
+# name -> fn(ctx, ref_params, traj, aux) -> ReplayOut: how the reference model replays a batch
+KL_REFERENCES: Registry = Registry("KL reference")
+
+
+@KL_REFERENCES.register("policy_inputs")
+def policy_inputs(ctx: RuleContext, ref_params: dict, traj: Any, aux: Any) -> ReplayOut:
+  """The policy's stored inputs rebuilt by the same rule with the reference's
+  (starting) rule parameters and embedding table."""
+  return replay(ctx, ref_params, traj, aux)
+
+
+@KL_REFERENCES.register("token_inputs")
+def token_inputs(ctx: RuleContext, ref_params: dict, traj: Any, aux: Any) -> ReplayOut:
+  """Plain token embeddings E[y_t] of the emitted ids as inputs (HRPO's reference:
+  the starting model run on tokens, arXiv 2505.18454)."""
+  return replay(ctx, ref_params, traj, aux, inputs=embedding_table(ref_params)[traj.ids])
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """Static loss settings (hashable: part of the update's jit key)."""
+  """Static loss settings (hashable: part of the update's jit key); `from_config(rl)`."""
   loss: str = "ppo_clip"
   aggregation: str = "token_mean"
   clip_eps: float = 0.2
+  clip_eps_high: float | None = None  # None: symmetric clip
+  dual_clip: float | None = None  # None: off
   beta: float = 0.0
-  temperature: float = 1.0
+  kl_estimator: str = "k3"
+  kl_clamp: float = 0.0  # 0: off
+  kl_reference: str = "policy_inputs"
+  aux_losses: tuple[tuple[str, float], ...] = ()
+
+  @classmethod
+  def from_config(cls, rl: Any) -> "LossSpec":
+    """The `rl` config section's loss fields (0 / None turn clip-higher and dual clip off)."""
+    return cls(loss=rl.loss, aggregation=rl.aggregation, clip_eps=rl.clip_eps,
+               clip_eps_high=rl.clip_eps_high or None, dual_clip=rl.dual_clip or None,
+               beta=rl.beta, kl_estimator=rl.kl_estimator, kl_clamp=rl.kl_clamp or 0.0,
+               kl_reference=rl.kl_reference,
+               aux_losses=tuple((str(n), float(w)) for n, w in rl.aux_losses))
+
+  def loss_kwargs(self) -> dict:
+    """The keywords every `POLICY_LOSSES` entry receives from this spec."""
+    return dict(beta=self.beta, clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high,
+                dual_clip=self.dual_clip, kl_estimator=self.kl_estimator,
+                kl_clamp=self.kl_clamp, aggregation=self.aggregation)
+
+
+def optimizer_updates(rl_cfg, steps: int) -> int:
+  """Optimizer updates in `steps` RL steps: one per mini-batch."""
+  return steps * int(getattr(rl_cfg, "updates_per_batch", 1))
 
 
 def make_rl_optimizer(rl_cfg, total_steps: int) -> GroupedOptimizer:
   """Global-norm clip over the trainable gradients, then AdamW with one learning
-  rate per `rl.param_groups` entry (lr None = frozen)."""
+  rate per `rl.param_groups` entry (lr None = frozen). `total_steps` and
+  `rl.warmup_steps` are RL steps; the schedule counts optimizer updates
+  (× rl.updates_per_batch)."""
   return make_grouped_optimizer(
       ParamGroups(tuple(rl_cfg.param_groups)), schedule=rl_cfg.schedule,
-      warmup_steps=rl_cfg.warmup_steps, total_steps=total_steps, clip_norm=rl_cfg.clip_norm,
+      warmup_steps=optimizer_updates(rl_cfg, rl_cfg.warmup_steps),
+      total_steps=optimizer_updates(rl_cfg, total_steps), clip_norm=rl_cfg.clip_norm,
       weight_decay=rl_cfg.weight_decay, b1=rl_cfg.b1, b2=rl_cfg.b2, field="rl.schedule")
 
 
-def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_model: dict | None,
-                traj: Any, advantages: jax.Array, aux: Any) -> tuple[jax.Array, dict]:
-  """The scalar loss of one batch of trajectories, and its metrics."""
-  _, logits = replay(ctx, params, traj, aux)  # B N V
-  new_logp = token_logp(logits, traj.ids, spec.temperature)  # B N
+def loss_masks(ctx: RuleContext, traj: Any) -> Masks:
+  """Where ctx's rule is scored (`Masks`, from the trajectory alone)."""
+  return rule_of(ctx).objective.masks(ctx, traj)
+
+
+def loss_mask(masks: Masks) -> jax.Array:
+  """[B, N] bool: every position the loss covers (ratio | direct)."""
+  return masks.ratio if masks.direct is None else masks.ratio | masks.direct
+
+
+def old_terms(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array:
+  """[B, N] old ratio terms: traj.logp where the sampler stored them, else the rule's
+  terms recomputed on the stored inputs with `params` (no gradient)."""
+  obj = rule_of(ctx).objective
+  masks = obj.masks(ctx, traj)
+  terms = obj.terms(ctx, params, traj, replay(ctx, params, traj, aux), aux)
+  return jnp.where(masks.stored_old, traj.logp, jax.lax.stop_gradient(terms.ratio))
+
+
+_old_terms = jax.jit(old_terms, static_argnums=0)
+
+
+def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array | None:
+  """The old ratio terms of a batch, fixed before its first update; None when the
+  sampler stored all of them (then the update reads traj.logp)."""
+  masks = loss_masks(ctx, traj)
+  if not bool(jnp.any(masks.ratio & ~masks.stored_old)):
+    return None
+  return _old_terms(ctx, params, traj, aux)
+
+
+def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict | None,
+                traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None = None,
+                rewards: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """The scalar loss of one batch of trajectories, and its metrics.
+
+  ref_params: the frozen reference tree {"model", "rule", "heads"} (needed when
+  spec.beta > 0); old_logp: [B, N] old ratio terms (None: traj.logp); rewards:
+  [B], passed to the auxiliary losses only.
+  """
+  obj = rule_of(ctx).objective
+  out = replay(ctx, params, traj, aux)  # B N H, B N V
+  masks = obj.masks(ctx, traj)
+  terms = obj.terms(ctx, params, traj, out, aux)
   ref_logp = None
-  if spec.beta > 0 and ref_model is not None:
-    ref_ctx = ctx.replace(rule="token", rule_cfg=())
-    ref_params = {"model": ref_model, "rule": {}, "heads": {}}
-    _, ref_logits = replay(ref_ctx, ref_params, traj, None)
-    ref_logp = jax.lax.stop_gradient(token_logp(ref_logits, traj.ids, spec.temperature))
-  mask = traj.sampled.astype(jnp.float32)  # B N
+  if spec.beta > 0 and ref_params is not None:
+    ref_out = KL_REFERENCES.get(spec.kl_reference)(ctx, ref_params, traj, aux)
+    ref_logp = jax.lax.stop_gradient(obj.terms(ctx, ref_params, traj, ref_out, aux).ratio)
+  mask = masks.ratio.astype(jnp.float32)  # B N
   loss, metrics = POLICY_LOSSES.get(spec.loss)(
-      new_logp, traj.logp, advantages, mask, ref_logp=ref_logp, beta=spec.beta,
-      clip_eps=spec.clip_eps, aggregation=spec.aggregation)
+      terms.ratio, traj.logp if old_logp is None else old_logp, advantages, mask,
+      ref_logp=ref_logp, direct=terms.direct, direct_mask=masks.direct, **spec.loss_kwargs())
+  for name, weight in spec.aux_losses:
+    value, extra = AUX_LOSSES.get(name)(params, traj, out, ctx=ctx, advantages=advantages,
+                                        masks=masks, rewards=rewards)
+    loss = loss + weight * value
+    metrics = {**metrics, f"aux_{name}": jax.lax.stop_gradient(value),
+               **{f"aux_{name}_{k}": jax.lax.stop_gradient(v) for k, v in extra.items()}}
   return loss, dict(metrics, loss=loss)
 
 
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation) -> Callable:
-  """jit(fn(params, opt_state, ref_model, traj, advantages, aux) -> (params, opt_state, metrics)).
+  """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None)
+  -> (params, opt_state, metrics)).
 
   With a `GroupedOptimizer` only its trainable parameters are differentiated
   and updated (opt_state = `optimizer.init(params)`); a plain optax
@@ -74,13 +191,56 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   """
   groups = getattr(optimizer, "groups", None)
 
-  def update(params, opt_state, ref_model, traj, advantages, aux):
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None):
     trainable, frozen = groups.split(params) if groups is not None else (params, None)
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
-        lambda t: policy_loss(ctx, spec, full(t), ref_model, traj, advantages, aux), has_aux=True)
+        lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
+                              rewards), has_aux=True)
     (_, metrics), grads = grad_fn(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     return full(trainable), opt_state, dict(metrics, grad_norm=optax.tree.norm(grads))
   return jax.jit(update, donate_argnums=(0, 1))
+
+
+# --------------------------------------------------------------------------- mini-batches
+
+MINIBATCH_STREAM = 2  # numpy seed sequence [seed, step, 2]: the mini-batch shuffle
+
+
+def minibatch_rows(num_rows: int, group_size: int, updates: int, seed: int,
+                   step: int) -> list[np.ndarray]:
+  """Row indices of each mini-batch: the batch's whole prompt groups, shuffled by
+  (seed, step), split into `updates` equal parts. One part = all rows in order."""
+  if updates == 1:
+    return [np.arange(num_rows)]
+  groups = num_rows // group_size
+  if num_rows % group_size or groups % updates:
+    raise ValueError(f"{groups} groups of {group_size} rows do not split into {updates} "
+                     "equal mini-batches of whole groups")
+  perm = np.random.default_rng([seed, step, MINIBATCH_STREAM]).permutation(groups)
+  return [(part[:, None] * group_size + np.arange(group_size)[None]).reshape(-1)
+          for part in np.split(perm, updates)]
+
+
+def take_rows(tree: Any, rows: np.ndarray) -> Any:
+  """Rows of every [B, ...] leaf of a pytree (None stays None)."""
+  idx = jnp.asarray(rows)
+  return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), tree)
+
+
+def learn_batch(update: Callable, params: dict, opt_state: Any, ref_params: dict | None,
+                traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None,
+                rows: list[np.ndarray], rewards: jax.Array | None = None
+                ) -> tuple[dict, Any, dict]:
+  """One pass over the mini-batches `rows` (`minibatch_rows`): one `update` each,
+  the old terms fixed before the first. Metrics: the mean over the mini-batches."""
+  if len(rows) == 1:
+    return update(params, opt_state, ref_params, traj, advantages, aux, old_logp, rewards)
+  ms = []
+  for r in rows:
+    params, opt_state, m = update(params, opt_state, ref_params, *take_rows(
+        (traj, advantages), r), aux, *take_rows((old_logp, rewards), r))
+    ms.append(m)
+  return params, opt_state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *ms)

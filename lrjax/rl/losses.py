@@ -5,24 +5,40 @@ Every loss in `POLICY_LOSSES` has the signature
     fn(new_logp [B, T], old_logp [B, T], advantages [B] or [B, T], mask [B, T], *,
        ref_logp [B, T] | None = None, beta: float = 0.0, clip_eps: float = 0.2,
        clip_eps_high: float | None = None, dual_clip: float | None = None,
+       kl_estimator: str = "k3", kl_clamp: float = 0.0,
+       direct: [B, T] | None = None, direct_mask: [B, T] | None = None,
        aggregation: str = "token_mean", **kw) -> (loss [], metrics {str: []})
 
-`new_logp` are the current policy's log-probs of the taken actions (carrying
-the gradient), `old_logp` the behaviour policy's (from the rollout), `ref_logp`
-the frozen reference's. [B] advantages are broadcast over tokens; [B, T] ones
-are used as given (e.g. after `advantages.first_token_advantages`).
-Advantages, `old_logp` and `ref_logp` are treated as constants (stop_gradient).
-The per-token loss L_{b,t} is reduced by `AGGREGATIONS[aggregation]`; extra
-keywords (`**kw`) are passed on to the aggregation (e.g. `max_len`).
+`new_logp` are the current policy's ratio terms (the log-probs of the taken
+actions, or a rule's surrogate; see `lrjax.latent.objective`), carrying the
+gradient; `old_logp` the behaviour policy's (from the rollout, or recomputed
+before the first update), `ref_logp` the frozen reference's. [B] advantages
+are broadcast over tokens; [B, T] ones are used as given (e.g. after
+`advantages.first_token_advantages`). Advantages, `old_logp` and `ref_logp`
+are treated as constants (stop_gradient). The per-token loss L_{b,t} is
+reduced by `AGGREGATIONS[aggregation]`; extra keywords (`**kw`) are passed on
+to the aggregation (e.g. `max_len`).
+
+`direct` terms d_t (with `direct_mask`) are a rule's terms used without a
+ratio (LEPO's soft cross-entropy, arXiv 2604.17892): they add −A_t · d_t at
+their positions, and the aggregation runs over `mask | direct_mask` together.
+The KL covers the ratio positions only. `kl_estimator` names an entry of
+`lrjax.rl.kl.KL_ESTIMATORS`; `kl_clamp` c > 0 clamps each estimate to
+[−c, c] (verl's clamp of k3 to ±10, used by Latent-GRPO arXiv 2604.27998).
+
+A loss that has no importance ratio (it is only correct on-policy, one update
+per rollout batch) declares `fn.has_ratio = False`; the config validation then
+refuses `rl.updates_per_batch > 1` with it.
 
 Masked positions may hold anything (padding log-probs of −inf included): they
 are selected away with `where` before any exp, never multiplied, so neither the
 loss nor its gradient sees them. Rows with no valid token contribute 0.
 
 Metrics (token means over the mask, independent of the aggregation, no
-gradient): `loss`, `pg_loss` (the aggregated policy term alone), `kl_mean`
-(k3 vs. the reference; 0 without `ref_logp`), `ratio_mean` (exp(new − old)),
-`clip_frac`, `dual_clip_frac`, `approx_kl` (mean of old − new).
+gradient): `loss`, `pg_loss` (the aggregated policy term alone, direct terms
+included), `kl_mean` (the KL estimate vs. the reference; 0 without
+`ref_logp`), `ratio_mean` (exp(new − old)), `clip_frac`, `dual_clip_frac`,
+`approx_kl` (mean of old − new).
 
 Shape legend: B batch rows, T response positions.
 """
@@ -34,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.registry import Registry
-from lrjax.rl.kl import kl_k3
+from lrjax.rl.kl import KL_ESTIMATORS
 
 AGGREGATIONS = Registry("loss aggregation")
 POLICY_LOSSES = Registry("policy loss")
@@ -116,23 +132,40 @@ def _zero_masked(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask, x.astype(jnp.float32), 0.0)
 
 
-def _kl_term(new: jax.Array, ref_logp: jax.Array | None, mask: jax.Array,
-             beta: float) -> tuple[jax.Array, bool]:
-  """Per-token k3 KL [B, T] (0 at masked positions) and whether β·KL enters the loss."""
+def _kl_term(new: jax.Array, ref_logp: jax.Array | None, mask: jax.Array, beta: float,
+             kl_estimator: str = "k3", kl_clamp: float = 0.0) -> tuple[jax.Array, bool]:
+  """Per-token KL estimate [B, T] (0 at masked positions; clamped to ±kl_clamp when
+  kl_clamp > 0) and whether β·KL enters the loss."""
   if ref_logp is None:
     if not isinstance(beta, (int, float)) or beta != 0:
       raise ValueError("beta != 0 needs ref_logp")
     return jnp.zeros_like(new), False
   ref = sg(_zero_masked(ref_logp, mask))  # B T
-  kl = jnp.where(mask, kl_k3(new, ref), 0.0)  # B T; masked: KL(0, 0) = 0 anyway
+  est = KL_ESTIMATORS.get(kl_estimator)(new, ref)  # B T
+  if kl_clamp:
+    est = jnp.clip(est, -kl_clamp, kl_clamp)  # gradient 0 where it clamps
+  kl = jnp.where(mask, est, 0.0)  # B T; masked: KL(0, 0) = 0 anyway
   active = not (isinstance(beta, (int, float)) and beta == 0)
   return kl, active
 
 
 def _finish(pg: jax.Array, kl: jax.Array, kl_active: bool, beta, mask: jax.Array,
-            aggregation: str, agg_kw: dict, metrics: dict) -> tuple[jax.Array, dict]:
-  """Adds β·KL, aggregates, and fills the common metrics."""
+            aggregation: str, agg_kw: dict, metrics: dict, advantages: jax.Array | None = None,
+            direct: jax.Array | None = None,
+            direct_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """Adds β·KL and the direct terms −A·d, aggregates over mask | direct_mask, and
+  fills the common metrics. New losses should end with it."""
   agg: Callable = AGGREGATIONS.get(aggregation)
+  if direct is not None:
+    if direct_mask is None or advantages is None:
+      raise ValueError("direct terms need direct_mask and the advantages")
+    dm = direct_mask.astype(bool)  # B T
+    adv = jnp.asarray(advantages, jnp.float32)
+    adv = sg(jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, dm.shape))  # B T
+    d = jnp.where(dm, -adv * jnp.where(dm, direct.astype(jnp.float32), 0.0), 0.0)  # B T
+    pg = jnp.where(mask, pg, 0.0) + d
+    kl = jnp.where(mask, kl, 0.0)
+    mask = mask | dm
   per_token = pg + beta * kl if kl_active else pg  # B T
   loss = agg(per_token, mask, **agg_kw)
   metrics = dict(metrics)
@@ -149,14 +182,16 @@ def _finish(pg: jax.Array, kl: jax.Array, kl_active: bool, beta, mask: jax.Array
 def ppo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
              *, ref_logp: jax.Array | None = None, beta: float = 0.0, clip_eps: float = 0.2,
              clip_eps_high: float | None = None, dual_clip: float | None = None,
-             aggregation: str = "token_mean", **kw) -> tuple[jax.Array, dict]:
+             kl_estimator: str = "k3", kl_clamp: float = 0.0, direct: jax.Array | None = None,
+             direct_mask: jax.Array | None = None, aggregation: str = "token_mean",
+             **kw) -> tuple[jax.Array, dict]:
   """Clipped-surrogate policy loss (PPO/GRPO), optional clip-higher, dual clip and KL.
 
   Per valid token, with ρ_t = exp(new_t − old_t), ε_h = clip_eps_high or ε:
 
       L_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε_h) A_t)
       L_t = min(L_t, −c A_t)            if A_t < 0 and c = dual_clip is set
-      L_t += β KL_t,   KL_t = exp(ref_t − new_t) − (ref_t − new_t) − 1
+      L_t += β KL_t,   KL_t = exp(ref_t − new_t) − (ref_t − new_t) − 1   (k3, kl_estimator)
 
   (PPO, arXiv 1707.06347; GRPO, DeepSeekMath arXiv 2402.03300, eq. 3–4; dual
   clip, Ye et al. 2020 arXiv 1912.09729, used by Latent-GRPO arXiv 2604.27998
@@ -190,21 +225,24 @@ def ppo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, ma
     pg = jnp.where(adv < 0, jnp.minimum(pg, pg3), pg)
   else:
     dual = jnp.zeros_like(m)
-  kl, kl_active = _kl_term(new, ref_logp, m, beta)
+  kl, kl_active = _kl_term(new, ref_logp, m, beta, kl_estimator, kl_clamp)
   metrics = {
       "ratio_mean": _masked_mean(ratio, m),
       "clip_frac": _masked_mean(clipped.astype(jnp.float32), m),
       "dual_clip_frac": _masked_mean(dual.astype(jnp.float32), m),
       "approx_kl": _masked_mean(-log_ratio, m),
   }
-  return _finish(pg, kl, kl_active, beta, m, aggregation, kw, metrics)
+  return _finish(pg, kl, kl_active, beta, m, aggregation, kw, metrics, advantages, direct,
+                 direct_mask)
 
 
 @POLICY_LOSSES.register("reinforce_onpolicy")
 def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantages: jax.Array,
                        mask: jax.Array, *, ref_logp: jax.Array | None = None, beta: float = 0.0,
                        clip_eps: float = 0.2, clip_eps_high: float | None = None,
-                       dual_clip: float | None = None, aggregation: str = "token_mean",
+                       dual_clip: float | None = None, kl_estimator: str = "k3",
+                       kl_clamp: float = 0.0, direct: jax.Array | None = None,
+                       direct_mask: jax.Array | None = None, aggregation: str = "token_mean",
                        **kw) -> tuple[jax.Array, dict]:
   """HRPO's on-policy REINFORCE-style GRPO loss (no ratio, no clipping).
 
@@ -216,12 +254,14 @@ def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantag
   −A_t + β KL_t while the gradient w.r.t. new_t is −A_t + β (1 − exp(ref_t − new_t)).
   `old_logp` (may be None), `clip_eps*` and `dual_clip` are unused except for
   the `ratio_mean`/`approx_kl` metrics, which compare new with old when given.
+  It has no ratio, so it is only correct for one update per rollout batch
+  (`has_ratio = False`: the config refuses `rl.updates_per_batch > 1`).
   """
   del clip_eps, clip_eps_high, dual_clip
   new, adv, m = _prepare(new_logp, advantages, mask)
   one = jnp.exp(new - sg(new))  # B T, value 1, gradient 1 w.r.t. new
   pg = -one * adv  # B T
-  kl, kl_active = _kl_term(new, ref_logp, m, beta)
+  kl, kl_active = _kl_term(new, ref_logp, m, beta, kl_estimator, kl_clamp)
   if old_logp is None:
     log_ratio = jnp.zeros_like(new)
   else:
@@ -232,4 +272,8 @@ def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantag
       "dual_clip_frac": jnp.zeros((), jnp.float32),
       "approx_kl": _masked_mean(-log_ratio, m),
   }
-  return _finish(pg, kl, kl_active, beta, m, aggregation, kw, metrics)
+  return _finish(pg, kl, kl_active, beta, m, aggregation, kw, metrics, advantages, direct,
+                 direct_mask)
+
+
+reinforce_onpolicy.has_ratio = False  # on-policy only: one update per rollout batch

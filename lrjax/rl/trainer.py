@@ -1,12 +1,21 @@
-"""The RL phase: rollout -> rewards -> group advantages -> one policy update.
+"""The RL phase: rollout -> rewards -> advantages -> policy updates (`lrjax.rl.learner`).
 
 Starts from `run.params` (the SFT model of this workdir, or `config.init`),
 evaluates at RL step 0 before any update, then every `rl.eval_every` steps
-and at the end, and prints a before/after summary. Metrics (phase "rl"):
-train/reward, train/kl, train/loss, train/grad_norm (of the trainable parameters'
-gradients, before clipping; `rl.param_groups` with lr None freezes a group),
-train/tokens_per_sec, train/response_tokens, train/latent_steps, and the rule's
-own (hybrid: train/hybrid_ratio).
+and at the end, and prints a before/after summary. A step rolls out
+`rl.num_prompts` prompts × `rl.group_size` samples (more rounds with dynamic
+sampling, `lrjax.rl.dynamic`), fixes the old ratio terms, computes the
+advantages (`lrjax.rl.advantages.compute_advantages`) and makes
+`rl.updates_per_batch` optimizer updates on shuffled mini-batches of whole
+groups. The RL checkpoint's meta holds the data cursor (prompts drawn so far)
+and the number of rollout rounds, so a resumed run draws the same prompts.
+
+Metrics (phase "rl"): train/reward, train/kl, train/loss, train/grad_norm (of
+the trainable parameters' gradients, before clipping; `rl.param_groups` with lr
+None freezes a group; means over the mini-batches), train/clip_frac,
+train/tokens_per_sec, train/response_tokens, train/latent_steps, the rule's own
+(hybrid: train/hybrid_ratio), with dynamic sampling train/dynamic_tries (rounds
+this step) and train/groups_kept, and with auxiliary losses train/aux_<name>.
 """
 from __future__ import annotations
 
@@ -20,9 +29,11 @@ import numpy as np
 from lrjax import loop, metrics as metrics_lib
 from lrjax import rewards as rewards_lib
 from lrjax.evaluate import PROMPT_BUCKETS, encode_prompts, rule_aux
-from lrjax.latent import RULES, RuleContext, init_rule_params
+from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_of
 from lrjax.optim import ParamGroups
 from lrjax.rl import advantages as adv_lib
+from lrjax.rl import dynamic
+from lrjax.rl import learner
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
 from lrjax.rollout import Sampling, pad_prompts, rollout
 from lrjax.rollout.trajectory import bucket_length, decode
@@ -36,8 +47,10 @@ def train_context(run) -> RuleContext:
                                         top_p=c.rl.top_p))
 
 
-def prompt_suffix(run, ctx: RuleContext) -> tuple:
-  return (run.special["bot_id"],) if ctx.rule == "hidden" else ()
+def eval_budget(max_new: int, ctx: RuleContext) -> int:
+  """Response positions of an evaluation: the answer budget plus what the rule
+  spends before the answer (`hidden`: its latents and `<eot>`)."""
+  return max_new + rule_of(ctx).extra_positions(ctx.num_latent)
 
 
 def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
@@ -58,44 +71,63 @@ def check_param_groups(run) -> None:
 def run_rl(run) -> None:
   config, rl = run.config, run.config.rl
   ctx = train_context(run)
-  eval_ctx = loop.eval_context(run, ctx.rule, config.eval.max_new + ctx.num_latent,
+  eval_ctx = loop.eval_context(run, ctx.rule, eval_budget(config.eval.max_new, ctx),
                                num_latent=ctx.num_latent, temperature=rl.temperature)
-  suffix = prompt_suffix(run, ctx)
+  suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": {}}
   params = loop.place(run, params)
-  # a copy: the policy's buffers are donated to each update
-  ref_model = loop.place(run, jax.tree.map(jax.numpy.copy, run.params)) if rl.beta > 0 else None
+  # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
+  ref_params = loop.place(run, jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
   optimizer = make_rl_optimizer(rl, rl.steps)
-  spec = LossSpec(loss=rl.loss, aggregation=rl.aggregation, clip_eps=rl.clip_eps, beta=rl.beta,
-                  temperature=rl.temperature)
+  spec = LossSpec.from_config(rl)
+  adv_spec = adv_lib.AdvantageSpec.from_config(rl)
   update = make_update(ctx, spec, optimizer)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
   ckpt = loop.checkpointer(run, "rl")
-  state, start, _ = loop.try_resume(run, "rl", ckpt, state)
+  state, start, meta = loop.try_resume(run, "rl", ckpt, state)
   if start == 0:
     loop.run_eval(run, "rl", 0, state["params"], eval_ctx, suffix)
+  cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
   progress = metrics_lib.Progress("rl")
   g = rl.group_size
   for step in range(start, rl.steps):
     t0 = time.time()
-    idx = loop.data_indices(config.seed + 1, len(run.rl_train), step, rl.num_prompts)
-    problems = [run.rl_train[i] for i in idx]  # question + answer only
-    prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
-    ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
-                            ctx.pad_id)
-    traj = rollout(ctx, state["params"], ids, mask, jax.random.fold_in(key, 10_000 + step), aux)
-    texts = decode(run.tokenizer, traj, ctx)
-    answers = [p.answer for p in problems for _ in range(g)]
-    r = np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)], np.float32)
-    adv = adv_lib.ADVANTAGES.get(rl.advantage)(jax.numpy.asarray(r), g, eps=rl.adv_eps)
+    step_key = jax.random.fold_in(key, 10_000 + step)
+
+    def draw(at: int, attempt: int) -> dynamic.Round:
+      idx = loop.data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
+      problems = [run.rl_train[i] for i in idx]  # question + answer only
+      prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
+      ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
+                              ctx.pad_id)
+      k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
+      traj = rollout(ctx, state["params"], ids, mask, k, aux)
+      texts = decode(run.tokenizer, traj, ctx)
+      answers = [p.answer for p in problems for _ in range(g)]
+      return dynamic.Round(traj, np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)],
+                                            np.float32))
+
+    batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
+                               ctx.pad_id)
+    cursor, rounds = batch.cursor, rounds + batch.tries
+    traj, r = batch.traj, batch.rewards
+    old = learner.behaviour_logp(ctx, state["params"], traj, aux)
+    masks = learner.loss_masks(ctx, traj)
+    adv = adv_lib.compute_advantages(
+        adv_spec, jax.numpy.asarray(r), traj, traj.logp if old is None else old, masks.ratio,
+        learner.loss_mask(masks))
+    if rl.dynamic_sampling_tries:
+      adv = dynamic.zero_dropped(adv, batch.keep, g)
     extra = rule_metrics(ctx, state["params"], traj, aux)
-    state["params"], state["opt_state"], m = update(state["params"], state["opt_state"],
-                                                    ref_model, traj, adv, aux)
+    rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, config.seed, step)
+    state["params"], state["opt_state"], m = learner.learn_batch(
+        update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows,
+        jax.numpy.asarray(r))
     m = jax.device_get(m)
     lengths = np.asarray(traj.lengths)
     done = step + 1
@@ -105,13 +137,17 @@ def run_rl(run) -> None:
             "train/response_tokens": float(lengths.mean()),
             "train/latent_steps": float(np.asarray(traj.latent_mask).sum(-1).mean()),
             "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
+    if rl.dynamic_sampling_tries:
+      line.update({"train/dynamic_tries": float(batch.tries),
+                   "train/groups_kept": float(batch.keep.sum())})
+    line.update({f"train/{k}": float(v) for k, v in m.items() if k.startswith("aux_")})
     if done % rl.log_every == 0 or done == rl.steps or step == start:
       run.metrics.write("rl", done, line)
     progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
     if done % rl.eval_every == 0 or done == rl.steps:
       loop.run_eval(run, "rl", done, state["params"], eval_ctx, suffix)
     if done % config.checkpoint.every == 0 or done == rl.steps:
-      ckpt.save(done, state, {"phase": "rl", "step": done})
+      ckpt.save(done, state, dynamic.checkpoint_meta(done, cursor, rounds))
   progress.close()
   ckpt.wait()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]

@@ -4,10 +4,12 @@ The inputs are [E[prompt_ids] (P), x_1 .. x_{N-1}] with x_{t+1} rebuilt by the
 rule's `replay_inputs` from the stored records (stop_gradient on stored
 vectors; live rule params and embedding table), at positions prompt_len + t.
 The logits at sequence indices P-1 .. P+N-2 are l_0 .. l_{N-1}, the logits the
-rollout sampled y_0 .. y_{N-1} from (DESIGN.md section 4: the scan decode must
-match a full teacher-forced forward). The last input x_N is never read.
+rollout sampled y_0 .. y_{N-1} from (the scan decode must match a full
+teacher-forced forward; tests/test_replay.py checks it for every rule). The last input x_N is never read.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,13 @@ from lrjax.model.api import embed, forward, positions_from_mask
 from lrjax.rollout.sampling import token_logp
 from lrjax.rollout.trajectory import Trajectory
 
-__all__ = ["replay", "replay_inputs", "token_logp"]
+__all__ = ["ReplayOut", "replay", "replay_inputs", "token_logp"]
+
+
+class ReplayOut(NamedTuple):
+  """The replay of a trajectory: h_t and l_t for t = 0 .. N-1."""
+  hidden: jax.Array  # B N H, last hidden state (after the final norm)
+  logits: jax.Array  # B N V float32
 
 
 def replay_inputs(ctx: RuleContext, params: dict, traj: Trajectory, aux=None) -> jax.Array:
@@ -25,18 +33,21 @@ def replay_inputs(ctx: RuleContext, params: dict, traj: Trajectory, aux=None) ->
   return rule_of(ctx).replay_inputs(ctx, params, traj, aux)
 
 
-def replay(ctx: RuleContext, params: dict, traj: Trajectory,
-           aux=None) -> tuple[jax.Array, jax.Array]:
-  """(hidden [B, N, H], logits [B, N, V] float32): h_t and l_t for t = 0 .. N-1.
+def replay(ctx: RuleContext, params: dict, traj: Trajectory, aux=None,
+           inputs: jax.Array | None = None) -> ReplayOut:
+  """`ReplayOut(hidden [B, N, H], logits [B, N, V] float32)`: h_t and l_t, t = 0 .. N-1.
 
   The attention mask is the prompt mask, then 1 where the input was produced by
   a live step (span of y_t != DONE); later DONE positions are never attended by
-  live ones, so masking them changes no live logit.
+  live ones, so masking them changes no live logit. `inputs` [B, N, H] replaces
+  the rule's x_1 .. x_N (e.g. plain token embeddings for a reference model).
   """
   cfg = ctx.model_cfg
   b, p = traj.prompt_ids.shape
   n = traj.ids.shape[1]
-  xs = replay_inputs(ctx, params, traj, aux)[:, :n - 1]  # B N-1 H
+  if inputs is None:
+    inputs = replay_inputs(ctx, params, traj, aux)
+  xs = inputs[:, :n - 1]  # B N-1 H
   emb = jnp.concatenate([embed(cfg, params["model"], traj.prompt_ids),
                          xs.astype(cfg.jnp_dtype)], axis=1)  # B P+N-1 H
   pmask = traj.prompt_mask.astype(bool)  # B P
@@ -45,4 +56,4 @@ def replay(ctx: RuleContext, params: dict, traj: Trajectory,
   pos = jnp.concatenate([positions_from_mask(pmask),
                          plen[:, None] + jnp.arange(n - 1, dtype=jnp.int32)[None]], axis=1)
   out = forward(cfg, params["model"], emb, pos, mask)
-  return out.hidden[:, p - 1:], out.logits[:, p - 1:]  # B N H, B N V
+  return ReplayOut(out.hidden[:, p - 1:], out.logits[:, p - 1:])  # B N H, B N V

@@ -9,7 +9,10 @@ are tokenized **separately** and concatenated, exactly as at generation time
     mode 'nocot'    prompt_text(p) | nocot_text(p) eos           ('#### answer')
     mode 'coconut'  prompt_text(p) <bot> <latent>*(k*c) <eot> | cot_text(p, skip) eos
 
-(`|` marks where the loss starts.) Coconut (Hao et al., arXiv 2412.06769;
+(`|` marks where the loss starts.) Each mode is an `SFTMethod` registered in
+`SFT_METHODS` (`sft.method`): its row encoder and what the rest of lrjax needs
+to know about it (latent rows, special tokens, the thought rule its models are
+evaluated with). Coconut (Hao et al., arXiv 2412.06769;
 facebookresearch/coconut `dataset.py`) at curriculum stage s replaces the
 first k reasoning steps by k*c latent thoughts, per row:
 
@@ -32,14 +35,34 @@ Coconut). The last column has no target (loss_mask 0).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from lrjax.data.tasks import Problem, cot_text, nocot_text, prompt_text
+from lrjax.registry import Registry
 
-MODES = ("cot", "nocot", "coconut")
 LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
+
+
+class SFTMethod(NamedTuple):
+  """An SFT method (`sft.method`).
+
+  encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage, pad_latents)
+      -> (ids, response start column, `<bot>` column or 0, number of latents).
+  latent: rows hold latent thoughts (the Coconut curriculum, the latent forward,
+      `LatentIds`).
+  special_tokens: tokens the method needs in the vocabulary.
+  eval_rule: the thought rule its models are evaluated with (a name in
+      `lrjax.latent.RULES`), with the stage's latent count.
+  """
+  encode: Callable[..., tuple[list[int], int, int, int]]
+  latent: bool = False
+  special_tokens: tuple[str, ...] = ()
+  eval_rule: str = "token"
+
+
+SFT_METHODS: Registry[SFTMethod] = Registry("SFT method")
 
 
 class LatentIds(NamedTuple):
@@ -111,25 +134,48 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
   return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _encode_text(text_fn: Callable[[Problem], str]) -> Callable:
+  def encode(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1, latent_ids=None,
+             max_latent_stage=None, pad_latents=False):
+    prompt = _encode(tokenizer, prompt_text(problem))
+    ids = prompt + _encode(tokenizer, text_fn(problem)) + [tokenizer.eos_token_id]
+    return ids, len(prompt), 0, 0
+  return encode
+
+
+def _encode_coconut(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
+                    latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
+                    pad_latents: bool = False) -> tuple[list[int], int, int, int]:
+  if latent_ids is None:
+    raise ValueError("mode 'coconut' needs latent_ids")
+  prompt = _encode(tokenizer, prompt_text(problem))
+  skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
+  n = k * c
+  head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
+  ids = head + _encode(tokenizer, cot_text(problem, skip)) + [tokenizer.eos_token_id]
+  return ids, len(head), len(prompt), n
+
+
+SFT_METHODS.register("cot")(SFTMethod(_encode_text(cot_text)))
+SFT_METHODS.register("nocot")(SFTMethod(_encode_text(nocot_text)))
+SFT_METHODS.register("coconut")(SFTMethod(_encode_coconut, latent=True,
+                                          special_tokens=LATENT_TOKENS, eval_rule="hidden"))
+MODES = ("cot", "nocot", "coconut")  # the registered methods, in this order
+
+
+def sft_method(mode: str) -> SFTMethod:
+  """The registered `SFTMethod`; ValueError naming the known ones otherwise."""
+  if mode not in SFT_METHODS:
+    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {tuple(SFT_METHODS.names())}")
+  return SFT_METHODS.get(mode)
+
+
 def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, c: int = 1,
                    latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
                    pad_latents: bool = False) -> tuple[list[int], int, int, int]:
   """One row: (ids, response start column, `<bot>` column or 0, number of latents)."""
-  eos = tokenizer.eos_token_id
-  prompt = _encode(tokenizer, prompt_text(problem))
-  if mode == "cot":
-    return prompt + _encode(tokenizer, cot_text(problem)) + [eos], len(prompt), 0, 0
-  if mode == "nocot":
-    return prompt + _encode(tokenizer, nocot_text(problem)) + [eos], len(prompt), 0, 0
-  if mode != "coconut":
-    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
-  if latent_ids is None:
-    raise ValueError("mode 'coconut' needs latent_ids")
-  skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
-  n = k * c
-  head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
-  ids = head + _encode(tokenizer, cot_text(problem, skip)) + [eos]
-  return ids, len(head), len(prompt), n
+  return sft_method(mode).encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage,
+                                 pad_latents)
 
 
 def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: int = 0,
@@ -154,14 +200,13 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
     an `SFTBatch` with n_latent_max = `nominal_latents(stage, c, max_latent_stage)`
     in coconut mode (0 otherwise), so every batch of a stage has one shape.
   """
-  if mode not in MODES:
-    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+  method = sft_method(mode)
   if not problems:
     raise ValueError("build_batch needs at least one problem")
   if c < 1:
     raise ValueError(f"c (latents per step) must be >= 1, got {c}")
-  lat = resolve_latent_ids(tokenizer, latent_ids) if mode == "coconut" else None
-  n_max = nominal_latents(stage, c, max_latent_stage) if mode == "coconut" else 0
+  lat = resolve_latent_ids(tokenizer, latent_ids) if method.latent else None
+  n_max = nominal_latents(stage, c, max_latent_stage) if method.latent else 0
   pad = tokenizer.pad_token_id
   if pad is None:
     raise ValueError("the tokenizer has no pad_token_id")

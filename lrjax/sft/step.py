@@ -28,7 +28,7 @@ import optax
 
 from lrjax.model import ModelConfig
 from lrjax.sft.coconut import coconut_forward
-from lrjax.sft.sequences import MODES, SFTBatch
+from lrjax.sft.sequences import SFTBatch, sft_method
 
 _STEP_IDS = itertools.count()
 
@@ -49,12 +49,10 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
 def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str) -> tuple[jax.Array, dict]:
   """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
 
-  mode 'cot'/'nocot' require a batch without latents; 'coconut' runs the
-  Coconut forward (plain forward at stage 0).
+  modes without latent rows ('cot'/'nocot') require a batch without latents;
+  'coconut' runs the Coconut forward (plain forward at stage 0).
   """
-  if mode not in MODES:
-    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
-  if mode != "coconut" and batch.n_latent_max:
+  if not sft_method(mode).latent and batch.n_latent_max:
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
   _, logits = coconut_forward(cfg, params, batch)  # B T V
   return masked_cross_entropy(logits, jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask))
@@ -76,8 +74,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
   """jit(fn(params, opt_state, batch) -> (params, opt_state, metrics)), params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
   `max_traces` makes a further retrace fail (`chex.assert_max_traces`)."""
-  if mode not in MODES:
-    raise ValueError(f"unknown SFT mode {mode!r}; expected one of {MODES}")
+  sft_method(mode)  # ValueError for an unknown mode
 
   def step(params, opt_state, batch):
     return train_step(cfg, optimizer, mode, params, opt_state, batch)

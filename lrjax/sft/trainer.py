@@ -22,6 +22,7 @@ import numpy as np
 from lrjax import config_utils, loop, optim
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
+from lrjax.latent import RULES, prompt_suffix
 from lrjax.metrics import Progress
 from lrjax.model import load_hf
 from lrjax.sft import sequences, step as step_lib
@@ -36,7 +37,7 @@ class _Curriculum:
 
   def __init__(self, config):
     s = config.sft
-    self.coconut = s.method == "coconut"
+    self.coconut = sequences.SFT_METHODS.get(s.method).latent
     self.c = s.latents_per_step
     self.num_stages = s.num_stages if self.coconut else 0
     self.stage_steps = list(s.stage_steps)
@@ -60,13 +61,10 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
   every evaluation with `sft.sample_every_eval` (the costly part:
   eval.num_samples rollouts per problem)."""
   e = run.config.eval
-  if cur.coconut:
-    ctx = loop.eval_context(run, "hidden", e.max_new + cur.num_latent(stage) + 1,
-                            num_latent=cur.num_latent(stage), temperature=e.temperature)
-    suffix = (run.special["bot_id"],)
-  else:
-    ctx = loop.eval_context(run, "token", e.max_new, temperature=e.temperature)
-    suffix = ()
+  rule, n = sequences.SFT_METHODS.get(run.config.sft.method).eval_rule, cur.num_latent(stage)
+  ctx = loop.eval_context(run, rule, e.max_new + RULES.get(rule).extra_positions(n),
+                          num_latent=n, temperature=e.temperature)
+  suffix = prompt_suffix(ctx)
   sampled = step == run.config.sft.steps or run.config.sft.sample_every_eval
   return loop.run_eval(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx, suffix,
                        sampled=sampled)

@@ -1,0 +1,76 @@
+"""What the learner scores at each response position: a thought rule's `Objective`.
+
+Methods differ in the per-position quantity their policy loss uses, so the
+thought rule declares it (`ThoughtRule.objective`), not the learner:
+
+    masks = objective.masks(ctx, traj)                          # from the trajectory alone
+    terms = objective.terms(ctx, params, traj, replay_out, aux)  # from the replayed logits/hidden
+
+Two kinds of terms, each with its [B, N] mask:
+
+* `ratio` terms s_t go inside the importance ratio ρ_t = exp(s_t − s^old_t) of
+  the policy loss (PPO clip; value 1 in HRPO's on-policy form) and into the KL
+  to the reference. `token`/`hybrid`: s_t = log_softmax(l_t/τ)[y_t] at the
+  sampled positions. `hidden` (LatR, arXiv 2512.11816): the same at the forced
+  `<eot>` and every language token after it, nothing at the latent positions.
+* `direct` terms d_t enter the per-position loss as −A_t · d_t, with no ratio
+  and no clip (e.g. LEPO's soft cross-entropy, arXiv 2604.17892, as
+  d_t = Σ_k z_k log_softmax(l_t)[v_k]).
+
+The policy loss aggregates both together over the union of the two masks with
+the configured aggregation (`rl.aggregation`).
+
+`stored_old` marks the ratio positions whose old (behaviour) term is the
+sampler's stored `traj.logp`; at every other ratio position the learner
+recomputes the old term with the parameters before the first update, on the
+same stored inputs (`lrjax.rl.learner.behaviour_logp`). A rule that wants all
+old terms recomputed (Latent-GRPO, arXiv 2604.27998) returns an all-False
+`stored_old`.
+
+Shape legend: B rows, N response positions.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from lrjax.rollout.sampling import token_logp
+
+
+class Masks(NamedTuple):
+  """Where the learner scores a trajectory (bool [B, N] each)."""
+  ratio: jax.Array  # positions whose term goes inside the ratio (and the KL)
+  stored_old: jax.Array  # ratio positions whose old term is traj.logp (else recomputed)
+  direct: jax.Array | None = None  # positions whose term is used directly, weighted by A
+
+
+class Terms(NamedTuple):
+  """Per-position terms (float32 [B, N] each), differentiable in params."""
+  ratio: jax.Array  # s_t, e.g. log_softmax(l_t/τ)[y_t]
+  direct: jax.Array | None = None  # d_t, the loss is −A_t · d_t
+
+
+class Objective(NamedTuple):
+  """masks(ctx, traj) -> Masks;  terms(ctx, params, traj, replay_out, aux) -> Terms.
+
+  `replay_out` is the teacher-forced replay of the trajectory
+  (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
+  index t is the distribution y_t was drawn from). `masks` must not depend on
+  parameters: the learner evaluates it outside the differentiated function too.
+  """
+  masks: Callable[[Any, Any], Masks]
+  terms: Callable[..., Terms]
+
+
+def token_masks(ctx, traj) -> Masks:
+  """Every sampled position, its old term stored by the sampler."""
+  return Masks(ratio=traj.sampled, stored_old=traj.sampled)
+
+
+def token_terms(ctx, params: dict, traj, replay_out, aux=None) -> Terms:
+  """s_t = log_softmax(l_t / τ)[y_t] with the sampler's τ (the quantity it stored)."""
+  return Terms(ratio=token_logp(replay_out.logits, traj.ids, ctx.sampling.temperature))
+
+
+TOKEN_OBJECTIVE = Objective(masks=token_masks, terms=token_terms)
