@@ -1,7 +1,7 @@
 """Config validation before any phase: registry names, param_groups, out-of-range values."""
 import pytest
 
-from configs import base, coconut, grpo, hrpo, nocot, sft
+from configs import base, coconut, grpo, hrpo, nocot, sft, sft_control
 from lrjax.config_utils import ConfigError
 from lrjax.phases import PHASES
 from lrjax.validate import ROWS, Row, positive, validate_config
@@ -28,7 +28,9 @@ def _error(c) -> str:
 
 @pytest.mark.parametrize("module, arg", [(base, None), (sft, None), (nocot, None),
                                          (coconut, None), (grpo, None), (hrpo, None),
-                                         (hrpo, "qwen2.5-1.5b")])
+                                         (hrpo, "qwen2.5-1.5b"), (sft_control, None),
+                                         (grpo, "prosqa"), (hrpo, "prosqa"),
+                                         (sft_control, "prosqa")])
 def test_shipped_configs_pass(module, arg):
   c = module.get_config(arg)
   assert validate_config(c, PHASES) == c.mode.split(",")
