@@ -52,10 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = default_data_config()
   # The CPU default: 3-4 chained additions/subtractions with operands <= 20 and
-  # back-references. Calibrated (GPU sweep of 16 SFT variants, 2026-11-22) so that
-  # the tiny model reaches ~0.6-0.7 greedy accuracy after 800 CoT steps at
-  # batch 32, with headroom left for RL (multiplication made SFT too slow to
-  # learn on 2 cores; 2-step problems saturate).
+  # back-references (a GPU sweep of 16 SFT variants, 2026-11-22: multiplication made
+  # SFT too slow to learn on 2 cores; 2-step problems saturate). The data regime
+  # (how many worked solutions, how long the warm-up) is in the task presets below.
   c.data.arith.ops = "+-"
 
   c.mesh = ml_collections.ConfigDict()
