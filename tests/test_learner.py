@@ -23,7 +23,8 @@ from lrjax import loop
 from lrjax.latent import (ANSWER, DONE, LATENT, RULES, RuleContext, ThoughtRule, prompt_suffix,
                           rule_config)
 from lrjax.latent import hidden as hidden_rule
-from lrjax.model import abstract_params, preset
+from lrjax.model import preset
+from tests import test_replay as replay_tests
 from lrjax.rl import dynamic
 from lrjax.rl import learner as L
 from lrjax.rl.advantages import AdvantageSpec, compute_advantages
@@ -56,17 +57,8 @@ ppo_fn = fast_jit(ppo_clip, static_argnames=("aggregation", "kl_estimator", "kl_
 
 
 def random_params(seed: int = 0, std: float = 0.05) -> dict:
-  """Backbone with N(0, std) weights, unit norms, zero biases (no init compile)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return jnp.ones(s.shape, s.dtype)
-    if "bias" in name:
-      return jnp.zeros(s.shape, s.dtype)
-    return jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype)
-  return jax.tree_util.tree_map_with_path(fill, abstract_params(CFG))
+  """test_replay's random backbone, at this file's 1-layer shape."""
+  return replay_tests.random_params(CFG, seed, std)
 
 
 def contexts() -> dict:
