@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.rl.aggregation = "seq_mean"
   c.rl.beta = 0.005
   c.rl.kl_reference = "token_inputs"  # the paper's reference: the starting model on tokens
-  c.rl.param_groups = hrpo_groups(backbone=1e-4, gate=3e-3, lam=3e-2)
+  c.rl.param_groups = hrpo_groups(backbone=3e-5, gate=1e-3, lam=1e-2)
   if arg == "qwen2.5-1.5b":
     _paper(c)
   return c
