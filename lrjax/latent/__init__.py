@@ -2,7 +2,6 @@
 
 Importing this package registers `token`, `hidden` and `hybrid` in `RULES`.
 """
-import lrjax.rollout  # noqa: F401  (import order: the rules use lrjax.rollout.sampling)
 from lrjax.latent import hidden, hybrid, token  # noqa: F401  (registers the rules)
 from lrjax.latent.base import (ANSWER, DONE, LATENT, PROMPT, RULES, SPAN_DTYPE, RuleContext,
                                StepOut, ThoughtRule, embedding_table, freeze, init_rule_params,

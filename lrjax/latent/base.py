@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from lrjax.latent.objective import TOKEN_OBJECTIVE, Objective
 from lrjax.model.config import ModelConfig
 from lrjax.registry import Registry
-from lrjax.rollout.sampling import Sampling
+from lrjax.sampling import Sampling
 
 # Per-position kinds (int8). PROMPT never appears in a response buffer.
 PROMPT, LATENT, ANSWER, DONE = 0, 1, 2, 3
