@@ -1,4 +1,4 @@
-"""`--config.mode=eval --config.init=<workdir or HF folder>`: evaluate a model.
+"""The eval phase (`--config.mode=eval --config.init=<workdir or HF folder>`): evaluate a model.
 
 Writes the `eval/*` metrics at ("eval", step 0) in `<workdir>/metrics.jsonl`.
 The thought rule is `config.rule.name`; its parameters come from the export's
@@ -13,7 +13,7 @@ from lrjax.latent import RULES, init_rule_params, prompt_suffix
 from lrjax.run import load_sidecar, resolve_init_folder
 
 
-def run_eval_phase(run) -> dict:
+def run_eval(run) -> dict:
   c = run.config
   budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(c.rule.num_latent)
   ctx = loop.eval_context(run, c.rule.name, budget, num_latent=c.rule.num_latent,
