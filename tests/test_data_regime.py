@@ -55,7 +55,7 @@ class _Sealed:
 
 def test_rl_phase_cannot_reach_the_worked_solutions(tmp_path):
   from lrjax.phases.rl import run_rl
-  from lrjax.run import Run
+  from lrjax.phases.run import Run
   c = _config(rl__steps=2, rl__num_prompts=2, rl__group_size=4, rl__max_new=16,
               rl__eval_every=2, rl__log_every=1)
   c.mode = "rl"
@@ -76,7 +76,7 @@ def _export(workdir):
 
 def _sft_run(workdir, **fields):
   """SFT on 48 worked solutions, cosine decay to 0.1 lr over 8 steps (then flat)."""
-  from lrjax.run import Run
+  from lrjax.phases.run import Run
   from lrjax.phases.sft import run_sft
   fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, **fields), str(workdir))
@@ -132,7 +132,7 @@ def test_start_from_continues_a_warmup_exactly(warm, tmp_path):
     ({"sft__steps": 16, "sft__decay_steps": 16}, "decays over 8 steps"),
 ])
 def test_start_from_refuses_a_different_warmup(warm, tmp_path, fields, message):
-  from lrjax.run import Run
+  from lrjax.phases.run import Run
   from lrjax.phases.sft import run_sft
   fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, sft__start_from=warm[0].workdir, **fields),

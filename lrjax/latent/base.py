@@ -185,6 +185,12 @@ def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
   return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
 
 
+def rule_aux(rule: str, tokenizer: Any) -> Any:
+  """The rule's array pytree (e.g. hybrid's '####' tables), or None."""
+  make = getattr(RULES.get(rule), "make_aux", None)
+  return make(tokenizer) if make is not None else None
+
+
 def embedding_table(params: dict) -> jax.Array:
   """E [V, H] from the full parameter tree."""
   return params["model"]["embed"]["embedding"]
