@@ -28,11 +28,12 @@ def main(argv) -> None:
   if not flags.FLAGS["verbosity"].present:  # keep the console to lrjax's own lines
     absl_logging.set_verbosity(absl_logging.WARNING)
   from lrjax.config_utils import CONFIG_FILE, ConfigError, ConfigMismatchError
-  from lrjax.run import Run, validate_config
+  from lrjax.validate import validate_config
   config = _CONFIG.value
   if config is None:
     sys.exit("lrjax: --config is required (e.g. --config=configs/hrpo.py)")
   from lrjax.phases import PHASES, PRECHECKS
+  from lrjax.phases.run import Run
   workdir = _WORKDIR.value or default_workdir(config)
   stored = os.path.join(workdir, CONFIG_FILE)
   fresh = not os.path.exists(stored)

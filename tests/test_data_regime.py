@@ -54,8 +54,8 @@ class _Sealed:
 
 
 def test_rl_phase_cannot_reach_the_worked_solutions(tmp_path):
-  from lrjax.rl.trainer import run_rl
-  from lrjax.run import Run
+  from lrjax.phases.rl import run_rl
+  from lrjax.phases.run import Run
   c = _config(rl__steps=2, rl__num_prompts=2, rl__group_size=4, rl__max_new=16,
               rl__eval_every=2, rl__log_every=1)
   c.mode = "rl"
@@ -76,8 +76,8 @@ def _export(workdir):
 
 def _sft_run(workdir, **fields):
   """SFT on 48 worked solutions, cosine decay to 0.1 lr over 8 steps (then flat)."""
-  from lrjax.run import Run
-  from lrjax.sft.trainer import run_sft
+  from lrjax.phases.run import Run
+  from lrjax.phases.sft import run_sft
   fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, **fields), str(workdir))
   run_sft(run)
@@ -88,15 +88,15 @@ def _sft_run(workdir, **fields):
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
   """An 8-step warm-up on 48 worked solutions, recording the problems SFT read."""
-  from lrjax.sft import trainer
+  from lrjax.phases import sft as sft_phase
   seen = []
-  build = trainer.sequences.build_batch
-  trainer.sequences.build_batch = lambda problems, *a, **k: seen.extend(problems) or build(
+  build = sft_phase.sequences.build_batch
+  sft_phase.sequences.build_batch = lambda problems, *a, **k: seen.extend(problems) or build(
       problems, *a, **k)
   try:
     run = _sft_run(tmp_path_factory.mktemp("warm"), sft__steps=8)
   finally:
-    trainer.sequences.build_batch = build
+    sft_phase.sequences.build_batch = build
   return run, seen
 
 
@@ -132,8 +132,8 @@ def test_start_from_continues_a_warmup_exactly(warm, tmp_path):
     ({"sft__steps": 16, "sft__decay_steps": 16}, "decays over 8 steps"),
 ])
 def test_start_from_refuses_a_different_warmup(warm, tmp_path, fields, message):
-  from lrjax.run import Run
-  from lrjax.sft.trainer import run_sft
+  from lrjax.phases.run import Run
+  from lrjax.phases.sft import run_sft
   fields = {"sft__schedule": "cosine", "sft__end_lr_frac": 0.1, "sft__decay_steps": 8, **fields}
   run = Run.create(_config(data__sft_size=48, sft__start_from=warm[0].workdir, **fields),
                    str(tmp_path / "c"))
@@ -150,7 +150,7 @@ def test_the_control_continues_the_rl_configs_warmup(task, method):
   import importlib
   from configs import sft_control
   from lrjax import config_utils
-  from lrjax.sft.trainer import _CONTINUATION_FIELDS, _TRAJECTORY_FIELDS
+  from lrjax.phases.sft import _CONTINUATION_FIELDS, _TRAJECTORY_FIELDS
   rl = importlib.import_module(f"configs.{method}").get_config(task)
   control = sft_control.get_config(task)
   keep = lambda c: {k: v for k, v in config_utils.flatten(config_utils.to_dict(c)).items()

@@ -9,7 +9,6 @@ semantics, compiles ~2x faster) and share compiled programs where they can.
 from __future__ import annotations
 
 import math
-import types
 
 import chex
 import jax
@@ -19,11 +18,11 @@ import optax
 import pytest
 
 from configs import base
-from lrjax import loop
 from lrjax.latent import (ANSWER, DONE, LATENT, RULES, RuleContext, ThoughtRule, prompt_suffix,
                           rule_config)
 from lrjax.latent import hidden as hidden_rule
 from lrjax.model import preset
+from lrjax.phases.run import Run, needs_latent_tokens
 from tests import test_replay as replay_tests
 from lrjax.rl import dynamic
 from lrjax.rl import learner as L
@@ -237,11 +236,10 @@ def test_rule_declarations_replace_name_branches(monkeypatch):
       step=None, replay_inputs=None, prompt_suffix=lambda ctx: (ctx.eot_id, 5),
       special_tokens=("<bot>",), config_fields=(("k", "top_k"),),
       extra_positions=lambda n: 2 * n))
-  run = types.SimpleNamespace(config=c, model_cfg=CFG, special={"eos_id": 1, "pad_id": 0,
-                                                                  "eot_id": EOT})
-  ctx = loop.eval_context(run, "test_declared", 10, num_latent=2)
+  run = Run(config=c, workdir="", mesh=None, task=None, tokenizer=None, model_cfg=CFG,
+            special={"eos_id": 1, "pad_id": 0, "eot_id": EOT}, metrics=None)
+  ctx = run.rule_context("test_declared", 10, num_latent=2)
   assert ctx.rule_cfg == (("k", 7),) and prompt_suffix(ctx) == (EOT, 5)
-  from lrjax.run import needs_latent_tokens
   assert not needs_latent_tokens(c)
   c.rule.name = "test_declared"
   assert needs_latent_tokens(c)

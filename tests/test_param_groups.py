@@ -324,9 +324,11 @@ def test_sft_optimizer_is_the_old_construction():
 def test_rl_precheck_refuses_an_unmatched_parameter_before_any_phase():
   """lrjax.main runs this (PRECHECKS['rl']) right after building the model."""
   from lrjax.phases import PRECHECKS
+  from lrjax.phases.run import Run
   cfg = preset("tiny")
-  run = types.SimpleNamespace(config=hrpo.get_config(), model_cfg=cfg,
-                              special={"eos_id": 1, "pad_id": 0}, params=init(cfg, jax.random.key(0)))
+  run = Run(config=hrpo.get_config(), workdir="", mesh=None, task=None, tokenizer=None,
+            model_cfg=cfg, special={"eos_id": 1, "pad_id": 0}, metrics=None,
+            params=init(cfg, jax.random.key(0)))
   PRECHECKS.get("rl")(run)  # HRPO's groups cover the hybrid rule
   run.config.rl.param_groups = (("model/.*", 1e-4), ("rule/gate.*", 1e-3))
   with pytest.raises(ConfigError, match="parameter 'rule/lambda' matches none of the patterns"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrjax.rollout.sampling import (Sampling, first_argmax, gumbel, kth_largest, process_logits,
+from lrjax.sampling import (Sampling, first_argmax, gumbel, kth_largest, process_logits,
                                    sample, token_logp)
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

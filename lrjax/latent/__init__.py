@@ -2,16 +2,15 @@
 
 Importing this package registers `token`, `hidden` and `hybrid` in `RULES`.
 """
-import lrjax.rollout  # noqa: F401  (import order: the rules use lrjax.rollout.sampling)
 from lrjax.latent import hidden, hybrid, token  # noqa: F401  (registers the rules)
 from lrjax.latent.base import (ANSWER, DONE, LATENT, PROMPT, RULES, SPAN_DTYPE, RuleContext,
                                StepOut, ThoughtRule, embedding_table, freeze, init_rule_params,
-                               prompt_suffix, rule_config, rule_of)
+                               prompt_suffix, rule_aux, rule_config, rule_of)
 from lrjax.latent.hybrid import hybrid_ratio
 from lrjax.latent.objective import TOKEN_OBJECTIVE, Masks, Objective, Terms
 
 __all__ = [
     "ANSWER", "DONE", "LATENT", "PROMPT", "RULES", "SPAN_DTYPE", "TOKEN_OBJECTIVE", "Masks",
     "Objective", "RuleContext", "StepOut", "Terms", "ThoughtRule", "embedding_table", "freeze",
-    "hybrid_ratio", "init_rule_params", "prompt_suffix", "rule_config", "rule_of",
+    "hybrid_ratio", "init_rule_params", "prompt_suffix", "rule_aux", "rule_config", "rule_of",
 ]

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from lrjax.latent.objective import TOKEN_OBJECTIVE, Objective
 from lrjax.model.config import ModelConfig
 from lrjax.registry import Registry
-from lrjax.rollout.sampling import Sampling
+from lrjax.sampling import Sampling
 
 # Per-position kinds (int8). PROMPT never appears in a response buffer.
 PROMPT, LATENT, ANSWER, DONE = 0, 1, 2, 3
@@ -183,6 +183,12 @@ def rule_config(rule: str, config_rule: Any) -> dict:
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
   """params["rule"] for ctx's rule."""
   return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
+
+
+def rule_aux(rule: str, tokenizer: Any) -> Any:
+  """The rule's array pytree (e.g. hybrid's '####' tables), or None."""
+  make = getattr(RULES.get(rule), "make_aux", None)
+  return make(tokenizer) if make is not None else None
 
 
 def embedding_table(params: dict) -> jax.Array:

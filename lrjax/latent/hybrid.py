@@ -36,7 +36,7 @@ from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, Thou
                                embedding_table)
 from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.model.config import ModelConfig
-from lrjax.rollout.sampling import gumbel_max, process_logits, token_logp
+from lrjax.sampling import gumbel_max, process_logits, token_logp
 
 DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}
 EPS = 1e-8

@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from lrjax.rollout.sampling import token_logp
+from lrjax.sampling import token_logp
 
 
 class Masks(NamedTuple):

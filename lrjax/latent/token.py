@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from lrjax.latent.base import (ANSWER, RULES, RuleContext, StepOut, ThoughtRule, embedding_table,
                                spans)
 from lrjax.latent.objective import TOKEN_OBJECTIVE
-from lrjax.rollout.sampling import sample, token_logp
+from lrjax.sampling import sample, token_logp
 
 
 def sample_token(ctx: RuleContext, logits: jax.Array,

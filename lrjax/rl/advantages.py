@@ -30,7 +30,7 @@ validation (`lrjax.validate`) refuses a smaller `rl.group_size`.
 `first_token_selection` and `first_token_advantages` implement Latent-GRPO's
 optimal correct-path first-token selection on top of any estimator.
 
-`compute_advantages(spec, rewards, ...)` is what the RL trainer calls: the
+`compute_advantages(spec, rewards, ...)` is what the RL phase calls: the
 estimator of `rl.advantage` with the config's switches (`AdvantageSpec`):
 `rl.mask_truncated` (valid = not truncated), `rl.truncated_in_stats` (False:
 exclude_invalid_from_stats) and `rl.first_token_selection`.

@@ -11,11 +11,11 @@ dilutes the batch. With `rl.dynamic_sampling_tries = T > 0` a step
 and trains on the first P kept groups in the order they were drawn. When the
 tries run out first, the batch is completed with dropped (all-equal) groups in
 the order they were drawn, and those get A = 0 (`keep` False). Every round
-advances the data cursor by P prompts; the trainer stores the cursor and the
+advances the data cursor by P prompts; the RL phase stores the cursor and the
 total number of rounds in the RL checkpoint's meta, so a resumed run draws the
 same prompts. T = 0 turns it off: one round, every group kept, the cursor
 advances by P per step (the prompts of step s are then those of
-`loop.data_indices(seed, n, s, P)`).
+`lrjax.data.order.data_indices(seed, n, s, P)`).
 
 Shape legend: B = P·G rows, P prompts (groups), G group size.
 """

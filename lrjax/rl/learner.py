@@ -1,6 +1,6 @@
 """The RL learner: rule-declared objectives, a registered policy loss, mini-batch updates.
 
-One rollout batch is learned from as follows (`lrjax.rl.trainer` drives it):
+One rollout batch is learned from as follows (`lrjax.phases.rl` drives it):
 
     old   = behaviour_logp(ctx, params, traj, aux)   # old ratio terms, fixed before any update
     A     = compute_advantages(...)                   # lrjax.rl.advantages, sees traj and old

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from lrjax.latent.base import DONE, RuleContext, rule_of
 from lrjax.model.api import embed, forward, positions_from_mask
-from lrjax.rollout.sampling import token_logp
+from lrjax.sampling import token_logp
 from lrjax.rollout.trajectory import Trajectory
 
 __all__ = ["ReplayOut", "replay", "replay_inputs", "token_logp"]

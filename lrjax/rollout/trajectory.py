@@ -1,4 +1,4 @@
-"""The rollout output (`Trajectory`), prompt bucketing and text decoding.
+"""The rollout output (`Trajectory`), prompt encoding and bucketing, text decoding.
 
 Response index t holds the emitted id y_t, its span kind, whether it was
 sampled (its behaviour log-prob belongs in the policy loss), that log-prob and
@@ -16,7 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrjax.data.tasks import Problem, prompt_text
 from lrjax.latent.base import DONE, LATENT, RuleContext
+
+# prompt lengths the rollout is compiled for (`bucket_length`): training and evaluation
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 @flax.struct.dataclass
@@ -56,6 +60,12 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     if length <= b:
       return b
   return buckets[-1] * math.ceil(length / buckets[-1])
+
+
+def encode_prompts(tokenizer: Any, problems: Sequence[Problem], suffix_ids: Sequence[int] = ()):
+  """Each problem's prompt text as ids, then the rule's prompt suffix (`prompt_suffix`)."""
+  return [tokenizer.encode(prompt_text(p), add_special_tokens=False) + list(suffix_ids)
+          for p in problems]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int,

@@ -1,5 +1,5 @@
 """Supervised fine-tuning: CoT / No-CoT sequences, the Coconut curriculum and forward,
-the SFT loss and a jitted train step (the trainer loop lives elsewhere)."""
+the SFT loss and a jitted train step (the SFT phase that runs them is `lrjax.phases.sft`)."""
 from lrjax.sft.coconut import coconut_forward, latent_inputs, substitute_latents
 from lrjax.sft.sequences import (LATENT_TOKENS, MODES, LatentIds, SFTBatch, build_batch,
                                  coconut_counts, encode_example, nominal_latents,

@@ -8,7 +8,7 @@ The loss is the token-mean next-token cross-entropy over the response
 with the logits of a teacher-forced forward (CoT, No-CoT) or of the Coconut
 forward (continuous thoughts, `lrjax.sft.coconut`). Coconut (Hao et al.,
 arXiv 2412.06769) trains with AdamW (lr 1e-4, wd 0.01) and resets the
-optimizer state at every curriculum stage switch: the trainer calls
+optimizer state at every curriculum stage switch: the SFT phase calls
 `optimizer.init(params)` again when `stage_switched(step, ...)` is true (or
 uses `reset_on_stage_switch`). The optimizer itself (AdamW after a global-norm
 clip, constant or cosine schedule) is `lrjax.optim.make_optimizer`, shared with RL.

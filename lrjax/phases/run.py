@@ -10,8 +10,9 @@ the mesh, loads the task, and resolves the tokenizer and the model config:
   workdir of an earlier run, whose latest export is used.
 
 Phases hand parameters to each other through `run.params` (backbone) and
-`run.rule_params`; each phase keeps its checkpoints apart in
-`<workdir>/<phase>/`.
+`run.rule_params`; each phase keeps its files apart in `<workdir>/<phase>/`
+(`lrjax.phases.workdir`). `run.place` puts a parameter tree on the mesh and
+`run.rule_context` makes a thought rule's context from the config.
 """
 from __future__ import annotations
 
@@ -25,33 +26,21 @@ import jax
 import ml_collections
 
 from lrjax import config_utils, parallel
-from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
+from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter
-from lrjax.model import ModelConfig, init, load_hf, preset, save_hf
-from lrjax.validate import validate_config  # noqa: F401  (lrjax.main validates through here)
+from lrjax.model import ModelConfig, init, load_hf, preset
+from lrjax.phases.workdir import resolve_init_folder
+from lrjax.sampling import Sampling
+from lrjax.sft.sequences import SFT_METHODS
+
 
 def needs_latent_tokens(config) -> bool:
   """Whether the thought rule or the SFT method declares special tokens (`<bot>`,
   `<latent>`, `<eot>`) that the vocabulary must hold."""
-  from lrjax.latent import RULES
-  from lrjax.sft.sequences import SFT_METHODS
   return bool(RULES.get(config.rule.name).special_tokens
               or SFT_METHODS.get(config.sft.method).special_tokens)
-
-
-def resolve_init_folder(path: str) -> str:
-  """An HF folder, or a workdir whose newest export (rl, then sft) is returned."""
-  if os.path.exists(os.path.join(path, "config.json")) and (
-      os.path.exists(os.path.join(path, "model.safetensors"))
-      or os.path.exists(os.path.join(path, "model.safetensors.index.json"))):
-    return path
-  for phase in ("rl", "sft"):
-    export = os.path.join(path, phase, "export")
-    if os.path.exists(os.path.join(export, "config.json")):
-      return export
-  raise ConfigError(f"config.init={path!r} is neither an HF model folder nor a workdir with an export")
 
 
 @dataclasses.dataclass
@@ -100,42 +89,21 @@ class Run:
   def close(self) -> None:
     self.metrics.close()
 
-  def export(self, phase: str, params: dict, rule_params: dict | None = None) -> str:
-    """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar)."""
-    path = os.path.join(self.workdir, phase, "export")
-    if jax.process_index() == 0:
-      save_hf(self.model_cfg, params, path)
-      tok_lib.save_tokenizer(self.tokenizer, path)
-      if rule_params:
-        save_sidecar(path, self.config.rule.name, rule_params)
-    return path
+  def place(self, tree: Any) -> Any:
+    """Puts a parameter-like tree on the mesh with lrjax's partition rules."""
+    return jax.device_put(tree, parallel.param_shardings(tree, self.mesh))
 
-
-SIDECAR = "lrjax_rule.safetensors"
-
-
-def save_sidecar(path: str, rule: str, rule_params: dict) -> None:
-  """Thought-rule parameters beside an HF export (transformers ignores the file)."""
-  from flax import traverse_util
-  from safetensors.numpy import save_file
-  import numpy as np
-  flat = traverse_util.flatten_dict(jax.device_get(rule_params), sep="/")
-  save_file({k: np.asarray(v) for k, v in flat.items()}, os.path.join(path, SIDECAR),
-            metadata={"rule": rule})
-
-
-def load_sidecar(path: str) -> tuple[str, dict] | None:
-  """(rule name, params) from an export's sidecar, or None when there is none."""
-  from flax import traverse_util
-  from safetensors import safe_open
-  import jax.numpy as jnp
-  f = os.path.join(path, SIDECAR)
-  if not os.path.exists(f):
-    return None
-  with safe_open(f, framework="np") as h:
-    rule = (h.metadata() or {}).get("rule", "")
-    flat = {k: jnp.asarray(h.get_tensor(k)) for k in h.keys()}
-  return rule, traverse_util.unflatten_dict(flat, sep="/")
+  def rule_context(self, rule: str, max_new: int, num_latent: int = 0,
+                   temperature: float = 1.0) -> RuleContext:
+    """Rule `rule`'s context for this run: its declared `config.rule` fields, the special ids."""
+    c = self.config
+    rule_cfg = rule_config(rule, c.rule)
+    return RuleContext(
+        model_cfg=self.model_cfg, rule=rule, rule_cfg=rule_cfg,
+        sampling=Sampling(temperature=temperature), eos_id=self.special["eos_id"],
+        pad_id=self.special["pad_id"], bot_id=self.special.get("bot_id", -1),
+        latent_id=self.special.get("latent_id", -1), eot_id=self.special.get("eot_id", -1),
+        num_latent=num_latent, max_new=max_new)
 
 
 def _task_texts(task: TaskData) -> list[str]:

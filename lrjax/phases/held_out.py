@@ -1,4 +1,9 @@
-"""Held-out evaluation: greedy accuracy, unbiased pass@k, format rate, lengths.
+"""Held-out evaluation, which every phase runs: greedy accuracy, unbiased pass@k,
+format rate, lengths.
+
+`evaluate_at(run, phase, step, params, ctx)` evaluates `params` on the first
+`eval.num_problems` held-out problems and logs the metrics at (phase, step);
+`evaluate` computes them for any parameters, rule context and problems.
 
 Metric keys (one JSON line per evaluation, see lrjax/metrics.py):
 
@@ -20,12 +25,10 @@ import jax
 import numpy as np
 
 from lrjax import rewards as rewards_lib
-from lrjax.data.tasks import Problem, prompt_text
-from lrjax.latent import RULES, RuleContext
-from lrjax.rollout import Sampling, pad_prompts, rollout
-from lrjax.rollout.trajectory import bucket_length, decode
-
-PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
+from lrjax.data.tasks import Problem
+from lrjax.latent import RuleContext, rule_aux
+from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
+                           pad_prompts, rollout)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,17 +38,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   if n - c < k:
     return 1.0
   return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def rule_aux(rule: str, tokenizer: Any) -> Any:
-  """The rule's array pytree (e.g. hybrid's '####' tables), or None."""
-  make = getattr(RULES.get(rule), "make_aux", None)
-  return make(tokenizer) if make is not None else None
-
-
-def encode_prompts(tokenizer: Any, problems: Sequence[Problem], suffix_ids: Sequence[int] = ()):
-  return [tokenizer.encode(prompt_text(p), add_special_tokens=False) + list(suffix_ids)
-          for p in problems]
 
 
 def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.Array,
@@ -111,3 +103,23 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
         metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(num_samples, int(ci), k) for ci in c]))
   metrics["eval/seconds"] = time.time() - t0
   return {k: float(v) for k, v in metrics.items()}
+
+
+def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
+                prompt_suffix=(), sampled: bool = True) -> dict:
+  """Evaluates on the held-out set, logs `eval/*` at (phase, step), returns the metrics."""
+  e = run.config.eval
+  # the same shardings at every evaluation: a jit output's sharding differs
+  # from a placed one's, which would recompile the rollout each time
+  params = run.place(params)
+  problems = run.task.eval[:e.num_problems] if e.num_problems else run.task.eval
+  reward = run.config.rl.reward or run.task.reward
+  metrics = evaluate(ctx, params, run.tokenizer, problems, reward,
+                     jax.random.fold_in(jax.random.key(run.config.seed + 7919), step),
+                     batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
+                     temperature=e.temperature, sampled=e.sampled and sampled,
+                     aux=rule_aux(ctx.rule, run.tokenizer), prompt_suffix=prompt_suffix)
+  run.metrics.write(phase, step, metrics)
+  shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
+  print(f"[lrjax] {phase} step {step} eval: {shown}", flush=True)
+  return metrics

@@ -19,12 +19,14 @@ import time
 import jax
 import numpy as np
 
-from lrjax import config_utils, loop, optim
+from lrjax import config_utils, optim
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.latent import RULES, prompt_suffix
 from lrjax.metrics import Progress
+from lrjax.data.order import data_indices
 from lrjax.model import load_hf
+from lrjax.phases import held_out, workdir
 from lrjax.sft import sequences, step as step_lib
 
 
@@ -62,12 +64,12 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
   eval.num_samples rollouts per problem)."""
   e = run.config.eval
   rule, n = sequences.SFT_METHODS.get(run.config.sft.method).eval_rule, cur.num_latent(stage)
-  ctx = loop.eval_context(run, rule, e.max_new + RULES.get(rule).extra_positions(n),
-                          num_latent=n, temperature=e.temperature)
+  ctx = run.rule_context(rule, e.max_new + RULES.get(rule).extra_positions(n),
+                         num_latent=n, temperature=e.temperature)
   suffix = prompt_suffix(ctx)
   sampled = step == run.config.sft.steps or run.config.sft.sample_every_eval
-  return loop.run_eval(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx, suffix,
-                       sampled=sampled)
+  return held_out.evaluate_at(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx,
+                              suffix, sampled=sampled)
 
 
 # Fields a continued run may change; every other field of the config's sft,
@@ -140,21 +142,21 @@ def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
 def run_sft(run) -> None:
   """Trains (or reuses, when `<workdir>/sft/DONE` exists) the SFT model into run.params."""
   config, s = run.config, run.config.sft
-  if loop.is_done(run, "sft"):
-    _, run.params = load_hf(os.path.join(loop.phase_dir(run, "sft"), "export"),
+  if workdir.is_done(run, "sft"):
+    _, run.params = load_hf(os.path.join(workdir.phase_dir(run, "sft"), "export"),
                             dtype=config.model.dtype)
-    print(f"[lrjax] reusing the finished SFT model in {loop.phase_dir(run, 'sft')}", flush=True)
+    print(f"[lrjax] reusing the finished SFT model in {workdir.phase_dir(run, 'sft')}", flush=True)
     return
   cur = _Curriculum(config)
   # the decay horizon is its own field, so a continuation (more steps) keeps the schedule
   optimizer = optim.make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.decay_steps or s.steps,
                                    s.schedule, s.clip_norm, field="sft.schedule",
                                    end_lr_frac=s.end_lr_frac)
-  params = loop.place(run, run.params)
+  params = run.place(run.params)
   # placed as a whole: a restored optimizer state then lands on the mesh too
-  state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
-  ckpt = loop.checkpointer(run, "sft")
-  state, start, _ = loop.try_resume(run, "sft", ckpt, state)
+  state = run.place({"params": params, "opt_state": optimizer.init(params)})
+  ckpt = workdir.checkpointer(run, "sft")
+  state, start, _ = workdir.try_resume(run, "sft", ckpt, state)
   # a continuation evaluates every eval_every steps counted from where it starts
   eval_base = _finished_steps(s.start_from) if s.start_from else 0
   if start == 0 and s.start_from:  # its final evaluation is copied: same params, key and step
@@ -168,7 +170,7 @@ def run_sft(run) -> None:
     stage = cur.stage(step)
     if cur.switched(step):  # Coconut: a fresh optimizer per stage
       state["opt_state"] = optimizer.init(state["params"])
-    idx = loop.data_indices(config.seed, len(run.sft_train), step, s.batch_size)
+    idx = data_indices(config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch(
         [run.sft_train[i] for i in idx], run.tokenizer, s.method, stage=stage, c=cur.c,
         max_len=s.max_len, latent_ids=_latent_ids(run) if cur.coconut else None,
@@ -192,5 +194,5 @@ def run_sft(run) -> None:
   progress.close()
   ckpt.wait()
   run.params = state["params"]
-  run.export("sft", run.params)
-  loop.mark_done(run, "sft", {"steps": s.steps, "method": s.method})
+  workdir.export(run, "sft", run.params)
+  workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})

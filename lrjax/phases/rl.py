@@ -19,30 +19,27 @@ this step) and train/groups_kept, and with auxiliary losses train/aux_<name>.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 import numpy as np
 
-from lrjax import loop, metrics as metrics_lib
+from lrjax import metrics as metrics_lib
 from lrjax import rewards as rewards_lib
-from lrjax.evaluate import PROMPT_BUCKETS, encode_prompts, rule_aux
-from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_of
+from lrjax.data.order import data_window
+from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_aux, rule_of
 from lrjax.optim import ParamGroups
-from lrjax.rl import advantages as adv_lib
-from lrjax.rl import dynamic
-from lrjax.rl import learner
+from lrjax.phases import held_out, workdir
+from lrjax.rl import advantages as adv_lib, dynamic, learner
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
-from lrjax.rollout import Sampling, pad_prompts, rollout
-from lrjax.rollout.trajectory import bucket_length, decode
+from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
+                           pad_prompts, rollout)
 
 
 def train_context(run) -> RuleContext:
   c = run.config
-  base = loop.eval_context(run, c.rule.name, c.rl.max_new, num_latent=c.rule.num_latent,
-                           temperature=c.rl.temperature)
+  base = run.rule_context(c.rule.name, c.rl.max_new, num_latent=c.rule.num_latent,
+                          temperature=c.rl.temperature)
   return base.replace(sampling=Sampling(temperature=c.rl.temperature, top_k=c.rl.top_k,
                                         top_p=c.rl.top_p))
 
@@ -71,27 +68,27 @@ def check_param_groups(run) -> None:
 def run_rl(run) -> None:
   config, rl = run.config, run.config.rl
   ctx = train_context(run)
-  eval_ctx = loop.eval_context(run, ctx.rule, eval_budget(config.eval.max_new, ctx),
-                               num_latent=ctx.num_latent, temperature=rl.temperature)
+  eval_ctx = run.rule_context(ctx.rule, eval_budget(config.eval.max_new, ctx),
+                              num_latent=ctx.num_latent, temperature=rl.temperature)
   suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": {}}
-  params = loop.place(run, params)
+  params = run.place(params)
   # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
-  ref_params = loop.place(run, jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
+  ref_params = run.place(jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec.from_config(rl)
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)
   update = make_update(ctx, spec, optimizer)
   # placed as a whole: a restored optimizer state then lands on the mesh too
-  state = loop.place(run, {"params": params, "opt_state": optimizer.init(params)})
-  ckpt = loop.checkpointer(run, "rl")
-  state, start, meta = loop.try_resume(run, "rl", ckpt, state)
+  state = run.place({"params": params, "opt_state": optimizer.init(params)})
+  ckpt = workdir.checkpointer(run, "rl")
+  state, start, meta = workdir.try_resume(run, "rl", ckpt, state)
   if start == 0:
-    loop.run_eval(run, "rl", 0, state["params"], eval_ctx, suffix)
+    held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
   progress = metrics_lib.Progress("rl")
   g = rl.group_size
@@ -100,7 +97,7 @@ def run_rl(run) -> None:
     step_key = jax.random.fold_in(key, 10_000 + step)
 
     def draw(at: int, attempt: int) -> dynamic.Round:
-      idx = loop.data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
+      idx = data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
       prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
       ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
@@ -145,14 +142,14 @@ def run_rl(run) -> None:
       run.metrics.write("rl", done, line)
     progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
     if done % rl.eval_every == 0 or done == rl.steps:
-      loop.run_eval(run, "rl", done, state["params"], eval_ctx, suffix)
+      held_out.evaluate_at(run, "rl", done, state["params"], eval_ctx, suffix)
     if done % config.checkpoint.every == 0 or done == rl.steps:
       ckpt.save(done, state, dynamic.checkpoint_meta(done, cursor, rounds))
   progress.close()
   ckpt.wait()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
-  run.export("rl", run.params, run.rule_params)
-  loop.mark_done(run, "rl", summary(run))
+  workdir.export(run, "rl", run.params, run.rule_params)
+  workdir.mark_done(run, "rl", summary(run))
   print(format_summary(summary(run)), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""`--config.mode=eval --config.init=<workdir or HF folder>`: evaluate a model.
+"""The eval phase (`--config.mode=eval --config.init=<workdir or HF folder>`): evaluate a model.
 
 Writes the `eval/*` metrics at ("eval", step 0) in `<workdir>/metrics.jsonl`.
 The thought rule is `config.rule.name`; its parameters come from the export's
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import jax
 
-from lrjax import loop
 from lrjax.latent import RULES, init_rule_params, prompt_suffix
-from lrjax.run import load_sidecar, resolve_init_folder
+from lrjax.phases import held_out
+from lrjax.phases.workdir import load_sidecar, resolve_init_folder
 
 
-def run_eval_phase(run) -> dict:
+def run_eval(run) -> dict:
   c = run.config
   budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(c.rule.num_latent)
-  ctx = loop.eval_context(run, c.rule.name, budget, num_latent=c.rule.num_latent,
-                          temperature=c.rl.temperature)
+  ctx = run.rule_context(c.rule.name, budget, num_latent=c.rule.num_latent,
+                         temperature=c.rl.temperature)
   rule_params = init_rule_params(ctx, jax.random.key(c.seed))
   sidecar = load_sidecar(resolve_init_folder(c.init)) if c.init else None
   if sidecar is not None:
@@ -26,5 +26,5 @@ def run_eval_phase(run) -> dict:
       raise ValueError(f"{c.init} holds parameters of rule {name!r}, but config.rule.name="
                        f"{c.rule.name!r}")
     rule_params = stored
-  params = loop.place(run, {"model": run.params, "rule": rule_params, "heads": {}})
-  return loop.run_eval(run, "eval", 0, params, ctx, prompt_suffix(ctx))
+  params = run.place({"model": run.params, "rule": rule_params, "heads": {}})
+  return held_out.evaluate_at(run, "eval", 0, params, ctx, prompt_suffix(ctx))

@@ -1,0 +1,107 @@
+"""A run's files: each phase keeps its own in `<workdir>/<phase>/`.
+
+    <workdir>/config.json      the run's config (resume safety, `lrjax.config_utils`)
+    <workdir>/metrics.jsonl    every phase's metrics (`lrjax.metrics`)
+    <workdir>/tokenizer/       the character tokenizer of a randomly initialised model
+    <workdir>/<phase>/ckpt/    Orbax checkpoints of the phase's state (resume)
+    <workdir>/<phase>/export/  HF weights + tokenizer (+ the rule sidecar), when the phase completes
+    <workdir>/<phase>/DONE     the phase's summary, written last
+
+`config.init=<workdir>` starts from the newest export of another run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+
+from lrjax.checkpoint import Checkpointer, abstract_state
+from lrjax.config_utils import ConfigError
+from lrjax.data import tokenizer as tok_lib
+from lrjax.model import save_hf
+
+
+def phase_dir(run, phase: str) -> str:
+  return os.path.join(run.workdir, phase)
+
+
+def is_done(run, phase: str) -> bool:
+  return os.path.exists(os.path.join(phase_dir(run, phase), "DONE"))
+
+
+def mark_done(run, phase: str, summary: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(phase_dir(run, phase), "DONE"), "w") as f:
+      json.dump(summary, f, indent=2)
+
+
+def checkpointer(run, phase: str) -> Checkpointer:
+  return Checkpointer(os.path.join(phase_dir(run, phase), "ckpt"),
+                      max_to_keep=run.config.checkpoint.max_to_keep)
+
+
+def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, int, dict]:
+  """(state, next step, meta): restored when the phase has a checkpoint."""
+  latest = ckpt.latest_step()
+  if latest is None:
+    return state, 0, {}
+  target = abstract_state(state)
+  restored, meta = ckpt.restore(target, latest)
+  run.metrics.truncate(phase, latest)
+  logging.info("resuming %s at step %d", phase, latest)
+  print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}", flush=True)
+  return restored, latest, meta
+
+
+def export(run, phase: str, params: dict, rule_params: dict | None = None) -> str:
+  """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar)."""
+  path = os.path.join(phase_dir(run, phase), "export")
+  if jax.process_index() == 0:
+    save_hf(run.model_cfg, params, path)
+    tok_lib.save_tokenizer(run.tokenizer, path)
+    if rule_params:
+      save_sidecar(path, run.config.rule.name, rule_params)
+  return path
+
+
+def resolve_init_folder(path: str) -> str:
+  """An HF folder, or a workdir whose newest export (rl, then sft) is returned."""
+  if os.path.exists(os.path.join(path, "config.json")) and (
+      os.path.exists(os.path.join(path, "model.safetensors"))
+      or os.path.exists(os.path.join(path, "model.safetensors.index.json"))):
+    return path
+  for phase in ("rl", "sft"):
+    export_dir = os.path.join(path, phase, "export")
+    if os.path.exists(os.path.join(export_dir, "config.json")):
+      return export_dir
+  raise ConfigError(f"config.init={path!r} is neither an HF model folder nor a workdir with an export")
+
+
+SIDECAR = "lrjax_rule.safetensors"
+
+
+def save_sidecar(path: str, rule: str, rule_params: dict) -> None:
+  """Thought-rule parameters beside an HF export (transformers ignores the file)."""
+  from flax import traverse_util
+  from safetensors.numpy import save_file
+  import numpy as np
+  flat = traverse_util.flatten_dict(jax.device_get(rule_params), sep="/")
+  save_file({k: np.asarray(v) for k, v in flat.items()}, os.path.join(path, SIDECAR),
+            metadata={"rule": rule})
+
+
+def load_sidecar(path: str) -> tuple[str, dict] | None:
+  """(rule name, params) from an export's sidecar, or None when there is none."""
+  from flax import traverse_util
+  from safetensors import safe_open
+  import jax.numpy as jnp
+  f = os.path.join(path, SIDECAR)
+  if not os.path.exists(f):
+    return None
+  with safe_open(f, framework="np") as h:
+    rule = (h.metadata() or {}).get("rule", "")
+    flat = {k: jnp.asarray(h.get_tensor(k)) for k in h.keys()}
+  return rule, traverse_util.unflatten_dict(flat, sep="/")
