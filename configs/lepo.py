@@ -60,10 +60,12 @@ def _paper(c):
   c.rule.top_p = 0.95
   c.rl.temperature = 1.0
   c.rl.group_size = 8
-  c.rl.num_prompts = 32  # 256 completions per optimizer step (gradient accumulation 256)
+  # 8 GPUs x gradient accumulation 256 at batch 1, each completion seen twice
+  # (num_iterations 2): 1024 distinct completions per optimizer step, all on-policy
+  c.rl.num_prompts = 128
   c.rl.max_new = 2048
-  c.rl.steps = 500
-  c.rl.warmup_steps = 15  # 3 % of rl.steps
+  c.rl.steps = 100  # the official script runs one epoch: set rl.steps to fit the data
+  c.rl.warmup_steps = 3  # 3 % of rl.steps
   c.rl.param_groups = ((".*", 1e-6),)
   c.rl.b1, c.rl.b2 = 0.9, 0.99
   c.rl.weight_decay = 0.1
