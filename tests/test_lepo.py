@@ -20,6 +20,7 @@ from lrjax.model import preset
 from lrjax.phases import PHASES
 from lrjax.rl import learner
 from lrjax.rollout import Sampling, pad_prompts, token_logp
+from lrjax.rollout.sampling import process_logits
 from lrjax.rollout.trajectory import Trajectory
 from lrjax.validate import validate_config
 from tests.test_replay import (BUCKET, CFG, EOS, FAST, N, PROMPTS, fast_jit, full_params,
@@ -100,12 +101,31 @@ def test_processing_order_hand_example():
   np.testing.assert_array_equal(np.asarray(out.record["ids"][0]), [0, 1, 2])
   np.testing.assert_allclose(np.asarray(out.record["z"][0]), [z0, 1 - z0, 0.0], rtol=1e-6, atol=0)
   assert int(out.token[0]) == 0 and int(out.span[0]) == LATENT and not bool(out.sampled[0])
-  s = lepo.process(logits, 2.0, 3, 0.7)
-  np.testing.assert_array_equal(np.asarray(s[0]), [2.0, 1.25] + [-np.inf] * 6)
+  ids, s = lepo.candidates(logits, 2.0, 3, 0.7)
+  np.testing.assert_array_equal(np.asarray(ids[0]), [0, 1, 2])
+  np.testing.assert_array_equal(np.asarray(s[0]), [2.0, 1.25, -np.inf])
+  # the shared sampler's processing over the whole vocabulary agrees
+  np.testing.assert_array_equal(np.asarray(process_logits(logits, 2.0, 3, 0.7)[0]),
+                                [2.0, 1.25] + [-np.inf] * 6)
   # with noise g: z = softmax((s + g) / τ) over the kept set; the cut entry stays 0
-  _, z = lepo.mixture(s, 3, 0.5, jnp.asarray([[0.3, -0.2, 5.0]]))
+  z = lepo.mixture(s, 0.5, jnp.asarray([[0.3, -0.2, 5.0]]))
   g0 = 1.0 / (1.0 + math.exp(-(2.3 - 1.05) / 0.5))
   np.testing.assert_allclose(np.asarray(z[0]), [g0, 1 - g0, 0.0], rtol=1e-6, atol=0)
+
+
+def test_top_k_ids_ties_and_leading_axes():
+  """k ids per row, ties at the k-th value broken towards lower ids, in id order;
+  the same set as lax.top_k (which breaks ties the same way)."""
+  x = jnp.asarray([[[3.0, 1.0, 2.0, 2.0, 2.0, 0.0]], [[2.0, 2.0, 5.0, 5.0, 4.0, 2.0]]])  # 2 1 6
+  ids = lepo.top_k_ids(x, 3)
+  assert ids.shape == (2, 1, 3) and ids.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(ids), [[[0, 2, 3]], [[2, 3, 4]]])
+  np.testing.assert_array_equal(np.asarray(lepo.top_k_ids(x, 4)), [[[0, 2, 3, 4]], [[0, 2, 3, 4]]])
+  rng = np.random.default_rng(0)
+  y = jnp.asarray(rng.integers(0, 10, (16, 40)), jnp.float32)  # many ties
+  for k in (1, 5, 12, 40):
+    np.testing.assert_array_equal(np.sort(np.asarray(lepo.top_k_ids(y, k)), -1),
+                                  np.sort(np.asarray(jax.lax.top_k(y, k)[1]), -1))
 
 
 def test_record_reproduces_next_input():
@@ -121,8 +141,7 @@ def test_record_reproduces_next_input():
   out = STEP(ctx, params, logits, None, jax.random.key(1),
                                              lepo.init_state(ctx, b))
   ids, z = np.asarray(out.record["ids"]), np.asarray(out.record["z"], np.float64)
-  s = np.asarray(lepo.process(logits, 1.0, K, 0.9))
-  kept = np.isfinite(s)
+  kept = np.isfinite(np.asarray(process_logits(logits, 1.0, K, 0.9)))  # the sampler's processing
   assert (kept.sum(-1) < K).any()  # top-p cut inside the top-k somewhere
   dense = np.zeros((b, v))
   np.add.at(dense, (np.arange(b)[:, None], ids), z)
@@ -156,9 +175,10 @@ def test_greedy_evaluation_is_deterministic(setup):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # g = 0: z = softmax(s / τ) of the rollout's own logits
   latent = np.asarray(a.span) == LATENT
-  _, z = lepo.mixture(lepo.process(a.logits, 1.0, K, 0.95), K, RULE["tau"])
-  np.testing.assert_allclose(np.asarray(a.records["z"])[latent], np.asarray(z)[latent],
-                             atol=1e-6)
+  cand, s = lepo.candidates(a.logits, 1.0, K, 0.95)
+  np.testing.assert_array_equal(np.asarray(a.records["ids"])[latent], np.asarray(cand)[latent])
+  np.testing.assert_allclose(np.asarray(a.records["z"])[latent],
+                             np.asarray(lepo.mixture(s, RULE["tau"]))[latent], atol=1e-6)
   # sampled rollouts keep the noise: another key, other mixtures
   other = rollout_fast(SAMPLED, params, ids, mask, jax.random.key(KEY + 1), None)
   z1, z2 = np.asarray(sampled.records["z"]), np.asarray(other.records["z"])

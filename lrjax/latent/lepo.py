@@ -2,23 +2,25 @@
 (Latent Reasoning Policy Optimization, arXiv 2604.17892; official code
 YuyanZhou/lepo); docs/lepo.md.
 
-With s_t = process(l_t) (temperature T = ctx.sampling.temperature, then top-k,
-then top-p; −inf outside the kept set) and L = `latent_len`:
+With x_t = l_t / T (T = ctx.sampling.temperature), the candidates v_t = the
+top-k ids of x_t and s_t = x_t[v_t], −inf where top-p of their renormalised
+distribution cuts (`candidates`: HF's warper order, temperature then top-k then
+top-p; every other id has probability 0), and L = `latent_len`:
 
     t <  L (latent):  z_t = softmax((s_t + g_t) / τ),  g_t ~ Gumbel(0, 1) iid  (g = 0 greedy)
-                      y_t = argmax s_t  (shown, not sampled),  x_{t+1} = z_tᵀ E
+                      y_t = argmax s_t  (shown, not sampled),  x_{t+1} = Σ_k z_{t,k} E[v_{t,k}]
     t >= L (text):    y_t ~ softmax(s_t)  (argmax l_t greedy),  x_{t+1} = E[y_t]
 
-z_t is exactly zero outside the top-k of s_t, so the record, the top-k ids of
-s_t and their weights z (`ids`, `z` [B, K] at latent positions, zeros after),
-rebuilds x_{t+1} = Σ_k z_k E[ids_k] exactly: the rollout makes its next input
-from the record with the same function the replay uses (`mix_inputs`). A row
-may end with eos inside its latent positions.
+z_t over the whole vocabulary is exactly zero outside v_t, so the record
+(`ids` v_t and `z` z_t, [B, K] at latent positions, zeros after) rebuilds
+x_{t+1} exactly: the rollout makes its next input from the record with the
+same function the replay uses (`mix_inputs`). A row may end with eos inside
+its latent positions.
 
 What the learner scores (`objective`), on one teacher-forced replay of the
 stored inputs (l^θ the replayed logits, A the advantage):
 
-    t <  L:  −A · CE_t,  CE_t = −Σ_k z_k log_softmax(l^θ_t)[ids_k]     (direct term:
+    t <  L:  A · CE_t,  CE_t = −Σ_k z_{t,k} log_softmax(l^θ_t)[v_{t,k}]  (direct term:
              raw logits, no temperature, no truncation, no ratio, no clip)
     t >= L:  log_softmax(l^θ_t / T)[y_t] inside the policy loss's ratio (and its KL)
 
@@ -40,7 +42,7 @@ from lrjax import validate
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
 from lrjax.latent.objective import Masks, Objective, Terms
-from lrjax.rollout.sampling import first_argmax, gumbel, gumbel_max, process_logits, token_logp
+from lrjax.rollout.sampling import first_argmax, gumbel, kth_largest, token_logp
 
 NAME = "gumbel_soft"
 DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}
@@ -55,23 +57,56 @@ def record_width(ctx: RuleContext) -> int:
   return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
 
 
-def process(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-  """s = float32 l / T with −inf outside top-k, then outside top-p of the renormalised
-  top-k (HF's warper order). [..., V] -> [..., V]"""
-  return process_logits(logits, temperature, top_k, top_p)
+def top_k_ids(x: jax.Array, k: int) -> jax.Array:
+  """The ids of the k largest entries of x [..., V] (ties: lower id first), in id
+  order, int32 [..., k].
 
-
-def mixture(s: jax.Array, k: int, tau: float,
-            noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """(ids [..., K] int32, z [..., K] float32): the top-k ids of s [..., V] and
-  z = softmax((s_ids + g) / τ) over them, g = `noise` [..., K] (None: 0).
-
-  Entries of s at −inf (cut by top-k ties or top-p) get z = 0 exactly; z over the
-  whole vocabulary is zero outside `ids`.
+  Sort-free: `kth_largest` gives the k-th value θ; every entry above θ is taken,
+  then the first entries equal to θ until there are k, and a scatter packs them.
+  (`lax.top_k` lowers to a full sort on CPU, which more than doubled the compile
+  time of the rollout's step.)
   """
-  top, ids = jax.lax.top_k(s, k)  # ... K, descending
-  x = top if noise is None else top + noise
-  return ids.astype(jnp.int32), jax.nn.softmax(x / tau, axis=-1)
+  *lead, v = x.shape
+  x = x.reshape(-1, v)  # R V
+  theta = kth_largest(x, k)  # R 1
+  above, tied = x > theta, x == theta  # R V
+  need = k - jnp.sum(above, axis=-1, keepdims=True)  # R 1
+  take = above | (tied & (jnp.cumsum(tied, axis=-1) <= need))  # R V, k per row
+  pos = jnp.where(take, jnp.cumsum(take, axis=-1) - 1, k)  # R V, k: dropped
+  rows = jnp.arange(x.shape[0])[:, None]  # R 1
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)  # R V
+  ids = jnp.zeros((x.shape[0], k), jnp.int32).at[rows, pos].set(iota, mode="drop")  # R k
+  return ids.reshape(*lead, k)
+
+
+def candidates(logits: jax.Array, temperature: float, top_k: int,
+               top_p: float) -> tuple[jax.Array, jax.Array]:
+  """The processed logits on the top-k: (ids [..., K] int32, s [..., K] float32).
+
+  HF's warper order: x = l / T; the K = top_k largest x (`top_k_ids`); top-p on
+  their renormalised distribution: s_i = x_i where the mass of the strictly
+  larger candidates is < top_p (the largest is always kept), else −inf. Every
+  id outside `ids` has s = −inf. This is `lrjax.rollout.sampling.process_logits`
+  restricted to the top-k, except that a tie at the k-th value keeps exactly k
+  entries (lower ids first) where process_logits keeps all tied ones.
+  """
+  x = logits.astype(jnp.float32) / temperature  # ... V
+  ids = top_k_ids(x, top_k)  # ... K
+  s = jnp.take_along_axis(x, ids, axis=-1)  # ... K
+  if top_p < 1.0:
+    p = jax.nn.softmax(s, axis=-1)  # ... K
+    larger = s[..., None, :] > s[..., :, None]  # ... K K: [i, j] = s_j > s_i
+    before = jnp.sum(jnp.where(larger, p[..., None, :], 0.0), axis=-1)  # ... K
+    s = jnp.where(before < top_p, s, -jnp.inf)
+  return ids, s
+
+
+def mixture(s: jax.Array, tau: float, noise: jax.Array | None = None) -> jax.Array:
+  """z = softmax((s + g) / τ) over the candidates, g = `noise` (None: 0). [..., K]
+
+  Candidates at −inf (cut by top-p) get z = 0 exactly.
+  """
+  return jax.nn.softmax((s if noise is None else s + noise) / tau, axis=-1)
 
 
 def mix_inputs(emb: jax.Array, ids: jax.Array, z: jax.Array) -> jax.Array:
@@ -106,14 +141,13 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   emb = embedding_table(params)  # V H
   temperature, greedy = ctx.sampling.temperature, ctx.sampling.greedy
   k = record_width(ctx)
-  b = logits.shape[0]
-  k_noise, k_token = jax.random.split(key)
-  s = process(logits, temperature, k, o["top_p"])  # B V
-  noise = None if greedy else gumbel(k_noise, (b, k))  # B K
-  ids, z = mixture(s, k, o["tau"], noise)  # B K, B K
+  ids, s = candidates(logits, temperature, k, o["top_p"])  # B K, B K
+  g = None if greedy else gumbel(key, s.shape)  # B K, one draw for either branch
+  z = mixture(s, o["tau"], g)  # B K
   latent = state["t"] < o["latent_len"]  # B
-  shown = first_argmax(s)  # B, argmax s_t (= argmax l_t)
-  y = jnp.where(latent, shown, shown if greedy else gumbel_max(k_token, s)).astype(jnp.int32)
+  pick = lambda c: jnp.take_along_axis(ids, c[:, None], axis=-1)[:, 0]  # B
+  shown = pick(first_argmax(s))  # B, argmax s_t (= argmax l_t, lowest id on ties)
+  y = jnp.where(latent, shown, shown if greedy else pick(first_argmax(s + g)))  # B
   soft = mix_inputs(emb, ids, z)  # B H
   next_embed = jnp.where(latent[:, None], soft, emb[y].astype(jnp.float32)).astype(emb.dtype)
   record = {"ids": jnp.where(latent[:, None], ids, 0), "z": jnp.where(latent[:, None], z, 0.0)}
