@@ -86,11 +86,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.start_from = ""
 
   c.rule = ml_collections.ConfigDict()
-  c.rule.name = "token"  # a thought rule: token | hidden | hybrid
+  c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft
   c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = from the curriculum)
   c.rule.gate_c = 8.0  # hybrid: a = exp(-c * softplus(-Lambda) * r)
   c.rule.r_min = 0.99  # hybrid: Lambda init from u ~ U[r_min, 0.999]
-  c.rule.top_k = 50  # hybrid: top-k of the soft-embedding distribution
+  # hybrid: top-k of the soft-embedding distribution; gumbel_soft: top-k of every
+  # position's processing and of the latent record
+  c.rule.top_k = 50
+  # gumbel_soft (LEPO): z = softmax((s + g) / tau) over the first latent_len positions,
+  # s the logits after temperature (rl.temperature), rule.top_k and rule.top_p
+  c.rule.tau = 0.3
+  c.rule.latent_len = 64
+  c.rule.top_p = 1.0  # 1.0 = off
 
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 200

@@ -156,7 +156,7 @@ def test_param_groups_accepts_frozen_groups_and_lists():
 def test_a_method_adds_its_own_rows(monkeypatch):
   c = _config(**{"mode": "sft"})
   c.rl.my_coef = -1.0
-  monkeypatch.setattr("lrjax.validate.ROWS", [*ROWS, Row("rl.my_coef", positive, phases=("rl",))])
+  monkeypatch.setattr("lrjax.config_checks.ROWS", [*ROWS, Row("rl.my_coef", positive, phases=("rl",))])
   validate_config(c, PHASES)  # rl does not run
   c.mode = "sft,rl"
   assert _error(c) == "config.rl.my_coef=-1.0 must be > 0 (the rl phase runs)"

@@ -6,11 +6,12 @@
       h_{t+1}, l_{t+1} = decode.step(x_{t+1} at position prompt_len + t, cache)
 
 All buffers are preallocated ([B, N, ...], N = max_new) and written at column
-t; a row is done after it emits eos in an ANSWER span or any sampled eos, and
-finished rows stop changing (ids pad, span DONE, logp 0, records 0, rule state
-frozen). The loop stops early when every row is done. The KV cache is built
-inside the program and carried by the loop, so XLA updates it in place (there
-is nothing to donate at the jit boundary; `params` must not be donated, the
+t; a row is done after it emits eos in any span (a `gumbel_soft` row may end
+inside its latent positions, whose shown token is not sampled), and finished
+rows stop changing (ids pad, span DONE, logp 0, records 0, rule state frozen).
+The loop stops early when every row is done. The KV cache is built inside the
+program and carried by the loop, so XLA updates it in place (there is nothing
+to donate at the jit boundary; `params` must not be donated, the
 learner reuses them). The steps use `lrjax.model.decode`: per-layer cache
 buffers and weights split out of the layer stack once, before the loop (the
 generic `forward` copied a layer's cache slice and weights every step).
@@ -22,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent.base import ANSWER, DONE, RuleContext, rule_of
+from lrjax.latent.base import DONE, RuleContext, rule_of
 from lrjax.model import decode
 from lrjax.model.api import embed, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
@@ -94,7 +95,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
                         for k, v in old["records"].items()}}
     if ctx.return_logits:
       bufs["logits"] = _write(old["logits"], t, c["logits"])
-    eos = live & (token == ctx.eos_id) & ((span == ANSWER) | sampled)  # B
+    eos = live & (token == ctx.eos_id)  # B
     x = so.next_embed.astype(cfg.jnp_dtype)  # B H
     hidden, logits, cache = decode.step(cfg, dparams, x, prompt_len + t, c["cache"])
     return dict(t=t + 1, cache=cache, logits=logits, hidden=hidden,

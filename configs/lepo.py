@@ -1,0 +1,79 @@
+"""LEPO: Gumbel-softmax latent reasoning policy optimization (arXiv 2604.17892).
+
+The first `rule.latent_len` response positions of every rollout are latent:
+the next input is a Gumbel-softmax mixture z^T E of the top-k token embeddings
+(temperature rule.tau), the shown token is the noise-free argmax; after them
+ordinary sampling. One teacher-forced pass trains the latent positions with
+A * soft cross-entropy (no ratio) and the text with the clipped GRPO term,
+averaged per sequence over both (docs/lepo.md). This default runs a CoT-SFT
+warm-up of the tiny model on `arith` and then LEPO, on a CPU, with no flags:
+
+    python -m lrjax.main --config=configs/lepo.py --workdir=runs/lepo
+
+Tiny default, not calibrated yet: tau 0.3 (the paper's Qwen2.5-3B value; the
+paper uses 0.3-0.5) and L = 16 latent positions, about a third of an arith
+response (37-62 characters, two of its three or four `<<a+b=c>>` steps'
+worth), so latent positions are a real part of every rollout. The sampling
+temperature is the shared RL default (`rl.temperature` 1.0, as in the
+paper).
+
+`--config=configs/lepo.py:paper` gives the paper's hyper-parameters
+(Qwen2.5-3B base shape, L 64, tau 0.3, top-k 30, top-p 0.95, lr 1e-6, group 8;
+set --config.init to the local checkpoint).
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  base.check_arg(arg, "configs/lepo.py", own=("paper",))
+  c = base.get_config(arg)
+  c.name = "lepo"
+  c.mode = "sft,rl"
+  c.sft.method = "cot"
+  c.rule.name = "gumbel_soft"
+  c.rule.tau = 0.3
+  c.rule.latent_len = 16
+  c.rule.top_k = 30
+  c.rule.top_p = 0.95
+  c.rl.loss = "ppo_clip"  # the text positions; the latent ones are direct terms (no ratio)
+  c.rl.aggregation = "seq_mean"  # per-sequence mean over latent + text positions
+  c.rl.beta = 0.0
+  if arg == "paper":
+    _paper(c)
+  return c
+
+
+def _paper(c):
+  """LEPO's Qwen2.5-3B setting (configs/lepo/qwen2_3b_latent64_gumbel030.yaml of
+  the official code). The paper trains on DAPO-Math and evaluates on MATH500 /
+  AIME with math-verify on `\\boxed{}`; lrjax has no DAPO-Math loader, so the
+  preset reads MATH (`data.task = "math"`, reward `boxed_math`)."""
+  c.name = "lepo-paper"
+  c.mode = "rl"  # from the base model: no latent SFT
+  c.model.preset = "qwen2.5-3b"
+  c.model.dtype = "bfloat16"
+  c.data.task = "math"
+  c.data.sft_size = 0  # every worked solution (only used by an SFT phase)
+  c.rule.tau = 0.3
+  c.rule.latent_len = 64
+  c.rule.top_k = 30
+  c.rule.top_p = 0.95
+  c.rl.temperature = 1.0
+  c.rl.group_size = 8
+  # 8 GPUs x gradient accumulation 256 at batch 1, each completion seen twice
+  # (num_iterations 2): 1024 distinct completions per optimizer step, all on-policy
+  c.rl.num_prompts = 128
+  c.rl.max_new = 2048
+  c.rl.steps = 100  # the official script runs one epoch: set rl.steps to fit the data
+  c.rl.warmup_steps = 3  # 3 % of rl.steps
+  c.rl.param_groups = ((".*", 1e-6),)
+  c.rl.b1, c.rl.b2 = 0.9, 0.99
+  c.rl.weight_decay = 0.1
+  c.rl.schedule = "cosine"
+  c.rl.clip_norm = 1.0
+  c.rl.clip_eps = 0.2
+  c.eval.max_new = 2048
+  c.eval.batch_size = 64
+  c.eval.num_samples = 8  # avg@8 with the noise on = pass@1 over 8 samples
+  c.eval.pass_k = (1, 8)
+  c.eval.temperature = 1.0

@@ -1,0 +1,219 @@
+"""`gumbel_soft`: LEPO's Gumbel-softmax latent rollout and its unified objective
+(Latent Reasoning Policy Optimization, arXiv 2604.17892; official code
+YuyanZhou/lepo); docs/lepo.md.
+
+With x_t = l_t / T (T = ctx.sampling.temperature), the candidates v_t = the
+top-k ids of x_t and s_t = x_t[v_t], −inf where top-p of their renormalised
+distribution cuts (`candidates`: HF's warper order, temperature then top-k then
+top-p; every other id has probability 0), and L = `latent_len`:
+
+    t <  L (latent):  z_t = softmax((s_t + g_t) / τ),  g_t ~ Gumbel(0, 1) iid  (g = 0 greedy)
+                      y_t = argmax s_t  (shown, not sampled),  x_{t+1} = Σ_k z_{t,k} E[v_{t,k}]
+    t >= L (text):    y_t ~ softmax(s_t)  (argmax l_t greedy),  x_{t+1} = E[y_t]
+
+z_t over the whole vocabulary is exactly zero outside v_t, so the record
+(`ids` v_t and `z` z_t, [B, K] at latent positions, zeros after) rebuilds
+x_{t+1} exactly: the rollout makes its next input from the record with the
+same function the replay uses (`mix_inputs`). A row may end with eos inside
+its latent positions.
+
+What the learner scores (`objective`), on one teacher-forced replay of the
+stored inputs (l^θ the replayed logits, A the advantage):
+
+    t <  L:  A · CE_t,  CE_t = −Σ_k z_{t,k} log_softmax(l^θ_t)[v_{t,k}]  (direct term:
+             raw logits, no temperature, no truncation, no ratio, no clip)
+    t >= L:  log_softmax(l^θ_t / T)[y_t] inside the policy loss's ratio (and its KL)
+
+with the configured aggregation over both (LEPO: `seq_mean`). Every term,
+old and reference ones included, is computed on the same stored inputs.
+
+Rule hyper-parameters (ctx.rule_cfg, from `config.rule`): tau (τ, 0.3),
+latent_len (L, 64), top_k (K, 30), top_p (0.95); they set the processing of
+every position, so ctx.sampling.top_k / top_p are not read by this rule.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lrjax import config_checks as checks
+from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+                               embedding_table)
+from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.sampling import first_argmax, gumbel, kth_largest, token_logp
+
+NAME = "gumbel_soft"
+DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}
+
+
+def options(rule_cfg: Mapping | tuple) -> dict:
+  return {**DEFAULTS, **dict(rule_cfg)}
+
+
+def record_width(ctx: RuleContext) -> int:
+  """K: the top-k entries recorded per latent position (at most the vocabulary)."""
+  return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
+
+
+def top_k_ids(x: jax.Array, k: int) -> jax.Array:
+  """The ids of the k largest entries of x [..., V] (ties: lower id first), in id
+  order, int32 [..., k].
+
+  Sort-free: `kth_largest` gives the k-th value θ; every entry above θ is taken,
+  then the first entries equal to θ until there are k, and a scatter packs them.
+  (`lax.top_k` lowers to a full sort on CPU, which more than doubled the compile
+  time of the rollout's step.)
+  """
+  *lead, v = x.shape
+  x = x.reshape(-1, v)  # R V
+  theta = kth_largest(x, k)  # R 1
+  above, tied = x > theta, x == theta  # R V
+  need = k - jnp.sum(above, axis=-1, keepdims=True)  # R 1
+  take = above | (tied & (jnp.cumsum(tied, axis=-1) <= need))  # R V, k per row
+  pos = jnp.where(take, jnp.cumsum(take, axis=-1) - 1, k)  # R V, k: dropped
+  rows = jnp.arange(x.shape[0])[:, None]  # R 1
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)  # R V
+  ids = jnp.zeros((x.shape[0], k), jnp.int32).at[rows, pos].set(iota, mode="drop")  # R k
+  return ids.reshape(*lead, k)
+
+
+def candidates(logits: jax.Array, temperature: float, top_k: int,
+               top_p: float) -> tuple[jax.Array, jax.Array]:
+  """The processed logits on the top-k: (ids [..., K] int32, s [..., K] float32).
+
+  HF's warper order: x = l / T; the K = top_k largest x (`top_k_ids`); top-p on
+  their renormalised distribution: s_i = x_i where the mass of the strictly
+  larger candidates is < top_p (the largest is always kept), else −inf. Every
+  id outside `ids` has s = −inf. This is `lrjax.sampling.process_logits`
+  restricted to the top-k, except that a tie at the k-th value keeps exactly k
+  entries (lower ids first) where process_logits keeps all tied ones.
+  """
+  x = logits.astype(jnp.float32) / temperature  # ... V
+  ids = top_k_ids(x, top_k)  # ... K
+  s = jnp.take_along_axis(x, ids, axis=-1)  # ... K
+  if top_p < 1.0:
+    p = jax.nn.softmax(s, axis=-1)  # ... K
+    larger = s[..., None, :] > s[..., :, None]  # ... K K: [i, j] = s_j > s_i
+    before = jnp.sum(jnp.where(larger, p[..., None, :], 0.0), axis=-1)  # ... K
+    s = jnp.where(before < top_p, s, -jnp.inf)
+  return ids, s
+
+
+def mixture(s: jax.Array, tau: float, noise: jax.Array | None = None) -> jax.Array:
+  """z = softmax((s + g) / τ) over the candidates, g = `noise` (None: 0). [..., K]
+
+  Candidates at −inf (cut by top-p) get z = 0 exactly.
+  """
+  return jax.nn.softmax((s if noise is None else s + noise) / tau, axis=-1)
+
+
+def mix_inputs(emb: jax.Array, ids: jax.Array, z: jax.Array) -> jax.Array:
+  """Σ_k z_k E[ids_k]: E [V, H], ids / z [..., K] -> float32 [..., H]."""
+  return jnp.sum(z[..., None].astype(jnp.float32) * emb[ids].astype(jnp.float32), axis=-2)
+
+
+def soft_cross_entropy(logits: jax.Array, ids: jax.Array, weights: jax.Array) -> jax.Array:
+  """CE = −Σ_k weights_k · log_softmax(logits)[ids_k] on the raw logits.
+
+  logits [B, N, V]; ids, weights [B, N, K] -> float32 [B, N]. No temperature, no
+  truncation (LEPO's latent-position loss, arXiv 2604.17892). Repeated ids add up.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # B N V
+  picked = jnp.take_along_axis(logp, ids.astype(jnp.int32), axis=-1)  # B N K
+  return -jnp.sum(weights.astype(jnp.float32) * picked, axis=-1)
+
+
+def init_state(ctx: RuleContext, batch: int) -> dict:
+  return {"t": jnp.zeros((batch,), jnp.int32)}  # B, steps taken
+
+
+def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
+  k = record_width(ctx)
+  return {"ids": jax.ShapeDtypeStruct((batch, max_new, k), jnp.int32),
+          "z": jax.ShapeDtypeStruct((batch, max_new, k), jnp.float32)}
+
+
+def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
+         state: dict, aux=None) -> StepOut:
+  o = options(ctx.rule_cfg)
+  emb = embedding_table(params)  # V H
+  temperature, greedy = ctx.sampling.temperature, ctx.sampling.greedy
+  k = record_width(ctx)
+  ids, s = candidates(logits, temperature, k, o["top_p"])  # B K, B K
+  g = None if greedy else gumbel(key, s.shape)  # B K, one draw for either branch
+  z = mixture(s, o["tau"], g)  # B K
+  latent = state["t"] < o["latent_len"]  # B
+  pick = lambda c: jnp.take_along_axis(ids, c[:, None], axis=-1)[:, 0]  # B
+  shown = pick(first_argmax(s))  # B, argmax s_t (= argmax l_t, lowest id on ties)
+  y = jnp.where(latent, shown, shown if greedy else pick(first_argmax(s + g)))  # B
+  soft = mix_inputs(emb, ids, z)  # B H
+  next_embed = jnp.where(latent[:, None], soft, emb[y].astype(jnp.float32)).astype(emb.dtype)
+  record = {"ids": jnp.where(latent[:, None], ids, 0), "z": jnp.where(latent[:, None], z, 0.0)}
+  span = jnp.where(latent, LATENT, ANSWER).astype(jnp.int8)  # B
+  return StepOut(y, token_logp(logits, y, temperature), ~latent, span, next_embed, record,
+                 {"t": state["t"] + 1})
+
+
+def _latent_cols(ctx: RuleContext, n: int) -> int:
+  """Response columns that can be latent: min(L, N)."""
+  return min(int(options(ctx.rule_cfg)["latent_len"]), n)
+
+
+def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
+  """x_1..x_N: Σ_k z_k E[ids_k] (stored z, no gradient; live E) at latent positions,
+  E[y_t] after them."""
+  emb = embedding_table(params)  # V H
+  n = traj.ids.shape[1]
+  m = _latent_cols(ctx, n)
+  x = emb[traj.ids].astype(jnp.float32)  # B N H
+  z = jax.lax.stop_gradient(traj.records["z"][:, :m])  # B m K
+  soft = mix_inputs(emb, traj.records["ids"][:, :m], z)  # B m H
+  latent = (traj.span[:, :m] == LATENT)[..., None]  # B m 1
+  x = x.at[:, :m].set(jnp.where(latent, soft, x[:, :m]))
+  return x.astype(emb.dtype)  # B N H
+
+
+def objective_masks(ctx: RuleContext, traj) -> Masks:
+  """Direct (soft CE) terms at the latent positions, ratio terms at the sampled text."""
+  return Masks(ratio=traj.sampled, stored_old=traj.sampled, direct=traj.span == LATENT)
+
+
+def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None) -> Terms:
+  """ratio: log_softmax(l_t / T)[y_t];  direct: −CE_t = Σ_k z_k log_softmax(l_t)[ids_k]
+  (0 past the latent columns). [B, N] each."""
+  logits = replay_out.logits  # B N V
+  b, n = traj.ids.shape
+  m = _latent_cols(ctx, n)
+  soft = -soft_cross_entropy(logits[:, :m], traj.records["ids"][:, :m],
+                             jax.lax.stop_gradient(traj.records["z"][:, :m]))  # B m
+  direct = jnp.concatenate([soft, jnp.zeros((b, n - m), jnp.float32)], axis=1)  # B N
+  return Terms(ratio=token_logp(logits, traj.ids, ctx.sampling.temperature), direct=direct)
+
+
+def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
+  """latent_top_weight: mean over latent positions of max_k z (1 = one-hot inputs)."""
+  latent = traj.span == LATENT  # B N
+  top = jnp.max(traj.records["z"], axis=-1)  # B N
+  return {"latent_top_weight": jnp.sum(jnp.where(latent, top, 0.0))
+          / jnp.maximum(jnp.sum(latent), 1)}
+
+
+GUMBEL_SOFT = RULES.register(NAME)(ThoughtRule(
+    step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
+    metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms),
+    config_fields=(("tau", "tau"), ("latent_len", "latent_len"), ("top_k", "top_k"),
+                   ("top_p", "top_p"))))
+
+
+def _selected(config) -> bool:
+  return config.rule.name == NAME
+
+
+checks.ROWS.extend([
+    checks.Row("rule.tau", checks.positive, when=_selected),
+    checks.Row("rule.latent_len", checks.positive_int, when=_selected),
+    checks.Row("rule.top_k", checks.positive_int, when=_selected),
+    checks.Row("rule.top_p", checks.in_unit_interval(False, True), when=_selected),
+])
