@@ -71,7 +71,7 @@ def run_rl(run) -> None:
   eval_ctx = run.rule_context(ctx.rule, eval_budget(config.eval.max_new, ctx),
                               num_latent=ctx.num_latent, temperature=rl.temperature)
   suffix = prompt_suffix(ctx)
-  aux = rule_aux(ctx.rule, run.tokenizer)
+  aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
