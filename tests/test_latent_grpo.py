@@ -315,3 +315,16 @@ def test_config_validation_names_the_field(field, bad, expect):
     validate_config(_latent_grpo(**{field: bad}), PHASES)
   assert str(e.value) == f"config.{field}={bad!r} {expect}"
   validate_config(_latent_grpo(**{field: bad, "rule.name": "token"}), PHASES)
+
+
+def test_first_token_groups_metric_hand_example():
+  """Groups of 2: [first zeroed on a positive row | no positive | one positive kept]."""
+  from lrjax.phases.rl import first_token_groups
+  adv = np.asarray([[0.0, 1.0, 1.0], [-1.0, -1.0, -1.0],    # row 0 positive, zeroed at first
+                    [0.0, 0.0, 0.0], [0.0, 0.0, 0.0],       # all-equal group
+                    [0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]])   # the positive kept its first A
+  mask = np.ones_like(adv, bool)
+  mask[0, 0] = False  # row 0's first loss position is column 1: its A there is 1, not zeroed
+  assert first_token_groups(adv, mask, 2) == pytest.approx(0.0)
+  mask[0, 0] = True
+  assert first_token_groups(adv, mask, 2) == pytest.approx(1 / 3)
