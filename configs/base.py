@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.start_from = ""
 
   c.rule = ml_collections.ConfigDict()
-  c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft
+  c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel
   c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = from the curriculum)
   c.rule.gate_c = 8.0  # hybrid: a = exp(-c * softplus(-Lambda) * r)
   c.rule.r_min = 0.99  # hybrid: Lambda init from u ~ U[r_min, 0.999]
@@ -98,6 +98,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rule.tau = 0.3
   c.rule.latent_len = 64
   c.rule.top_p = 1.0  # 1.0 = off
+  # topk_gumbel (Latent-GRPO): one-sided noise (clip(Gumbel, -1.5, 3) + 1.5) * noise_scale
+  # on the log-probs of the top_p nucleus (at least top_k tokens), w = softmax(top-k / tau);
+  # latent until the shown token is the first token of end_token
+  c.rule.noise_scale = 1.0
+  c.rule.end_token = "####"
 
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 200

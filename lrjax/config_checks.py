@@ -71,6 +71,10 @@ positive_int = _compare(">", 0, integer=True)
 non_negative_int = _compare(">=", 0, integer=True)
 
 
+def non_empty_str(value, config) -> str | None:
+  return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
 def in_unit_interval(closed_low: bool, closed_high: bool) -> Check:
   lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
 

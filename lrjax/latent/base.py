@@ -133,7 +133,7 @@ class ThoughtRule(NamedTuple):
   init_state(ctx, batch) -> per-row carry pytree.
   init_params(model_cfg, rule_cfg, key) -> params["rule"] subtree ({} if none).
   record_spec(ctx, batch, max_new) -> {name: ShapeDtypeStruct [B, N, ...]}.
-  make_aux(tokenizer) -> the rule's `aux` pytree (None: the rule needs none).
+  make_aux(tokenizer, rule_cfg) -> the rule's `aux` pytree (None: the rule needs none).
   metrics(ctx, params, traj, aux) -> {name: scalar} training metrics (None: none).
   objective: what the learner scores per position (`Objective`; default: the
       sampled token's log_softmax(l/τ)[y] inside the ratio).
@@ -185,15 +185,20 @@ def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
   return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
 
 
-def rule_aux(rule: str, tokenizer: Any) -> Any:
-  """The rule's array pytree (e.g. hybrid's '####' tables), or None."""
+def rule_aux(rule: str, tokenizer: Any, rule_cfg: Mapping | tuple = ()) -> Any:
+  """The rule's array pytree (e.g. hybrid's '####' tables, Latent-GRPO's end id), or None."""
   make = getattr(RULES.get(rule), "make_aux", None)
-  return make(tokenizer) if make is not None else None
+  return make(tokenizer, dict(rule_cfg)) if make is not None else None
 
 
 def embedding_table(params: dict) -> jax.Array:
   """E [V, H] from the full parameter tree."""
   return params["model"]["embed"]["embedding"]
+
+
+def mix_inputs(emb: jax.Array, ids: jax.Array, z: jax.Array) -> jax.Array:
+  """Σ_k z_k E[ids_k]: E [V, H], ids / z [..., K] -> float32 [..., H]."""
+  return jnp.sum(z[..., None].astype(jnp.float32) * emb[ids].astype(jnp.float32), axis=-2)
 
 
 def spans(batch: int, kind: int) -> jax.Array:

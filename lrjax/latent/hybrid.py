@@ -169,5 +169,6 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
 
 HYBRID = RULES.register("hybrid")(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
-    record_spec=record_spec, make_aux=delimiter_aux, metrics=metrics, objective=TOKEN_OBJECTIVE,
+    record_spec=record_spec, make_aux=lambda tokenizer, rule_cfg: delimiter_aux(tokenizer),
+    metrics=metrics, objective=TOKEN_OBJECTIVE,
     config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k"))))

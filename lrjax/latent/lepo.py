@@ -40,9 +40,9 @@ import jax.numpy as jnp
 
 from lrjax import config_checks as checks
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table)
+                               embedding_table, mix_inputs)
 from lrjax.latent.objective import Masks, Objective, Terms
-from lrjax.sampling import first_argmax, gumbel, kth_largest, token_logp
+from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
 
 NAME = "gumbel_soft"
 DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}
@@ -55,28 +55,6 @@ def options(rule_cfg: Mapping | tuple) -> dict:
 def record_width(ctx: RuleContext) -> int:
   """K: the top-k entries recorded per latent position (at most the vocabulary)."""
   return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
-
-
-def top_k_ids(x: jax.Array, k: int) -> jax.Array:
-  """The ids of the k largest entries of x [..., V] (ties: lower id first), in id
-  order, int32 [..., k].
-
-  Sort-free: `kth_largest` gives the k-th value θ; every entry above θ is taken,
-  then the first entries equal to θ until there are k, and a scatter packs them.
-  (`lax.top_k` lowers to a full sort on CPU, which more than doubled the compile
-  time of the rollout's step.)
-  """
-  *lead, v = x.shape
-  x = x.reshape(-1, v)  # R V
-  theta = kth_largest(x, k)  # R 1
-  above, tied = x > theta, x == theta  # R V
-  need = k - jnp.sum(above, axis=-1, keepdims=True)  # R 1
-  take = above | (tied & (jnp.cumsum(tied, axis=-1) <= need))  # R V, k per row
-  pos = jnp.where(take, jnp.cumsum(take, axis=-1) - 1, k)  # R V, k: dropped
-  rows = jnp.arange(x.shape[0])[:, None]  # R 1
-  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)  # R V
-  ids = jnp.zeros((x.shape[0], k), jnp.int32).at[rows, pos].set(iota, mode="drop")  # R k
-  return ids.reshape(*lead, k)
 
 
 def candidates(logits: jax.Array, temperature: float, top_k: int,
@@ -107,11 +85,6 @@ def mixture(s: jax.Array, tau: float, noise: jax.Array | None = None) -> jax.Arr
   Candidates at −inf (cut by top-p) get z = 0 exactly.
   """
   return jax.nn.softmax((s if noise is None else s + noise) / tau, axis=-1)
-
-
-def mix_inputs(emb: jax.Array, ids: jax.Array, z: jax.Array) -> jax.Array:
-  """Σ_k z_k E[ids_k]: E [V, H], ids / z [..., K] -> float32 [..., H]."""
-  return jnp.sum(z[..., None].astype(jnp.float32) * emb[ids].astype(jnp.float32), axis=-2)
 
 
 def soft_cross_entropy(logits: jax.Array, ids: jax.Array, weights: jax.Array) -> jax.Array:

@@ -54,6 +54,12 @@ class Terms(NamedTuple):
 class Objective(NamedTuple):
   """masks(ctx, traj) -> Masks;  terms(ctx, params, traj, replay_out, aux) -> Terms.
 
+  With `uses_advantages`, the learner calls terms(..., advantages=A) with the
+  batch's advantages ([B] or [B, N]) when it differentiates the policy terms,
+  and without them (advantages=None) where it only needs their values (old and
+  reference terms): a rule may shape a term's gradient by the sign of A, never
+  its value (Latent-GRPO's conditional straight-through, arXiv 2604.27998).
+
   `replay_out` is the teacher-forced replay of the trajectory
   (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
   index t is the distribution y_t was drawn from). `masks` must not depend on
@@ -61,6 +67,7 @@ class Objective(NamedTuple):
   """
   masks: Callable[[Any, Any], Masks]
   terms: Callable[..., Terms]
+  uses_advantages: bool = False
 
 
 def token_masks(ctx, traj) -> Masks:

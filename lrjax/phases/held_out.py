@@ -118,7 +118,7 @@ def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
                      jax.random.fold_in(jax.random.key(run.config.seed + 7919), step),
                      batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
                      temperature=e.temperature, sampled=e.sampled and sampled,
-                     aux=rule_aux(ctx.rule, run.tokenizer), prompt_suffix=prompt_suffix)
+                     aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix)
   run.metrics.write(phase, step, metrics)
   shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
   print(f"[lrjax] {phase} step {step} eval: {shown}", flush=True)

@@ -14,7 +14,10 @@ Metrics (phase "rl"): train/reward, train/kl, train/loss, train/grad_norm (of
 the trainable parameters' gradients, before clipping; `rl.param_groups` with lr
 None freezes a group; means over the mini-batches), train/clip_frac,
 train/tokens_per_sec, train/response_tokens, train/latent_steps, the rule's own
-(hybrid: train/hybrid_ratio), with dynamic sampling train/dynamic_tries (rounds
+(hybrid: train/hybrid_ratio), with rl.mask_truncated train/truncated (share of
+rows that hit rl.max_new), with rl.first_token_selection train/first_token_groups
+(share of groups where it zeroed a positive row's first position), with dynamic
+sampling train/dynamic_tries (rounds
 this step) and train/groups_kept, and with auxiliary losses train/aux_<name>.
 """
 from __future__ import annotations
@@ -71,7 +74,7 @@ def run_rl(run) -> None:
   eval_ctx = run.rule_context(ctx.rule, eval_budget(config.eval.max_new, ctx),
                               num_latent=ctx.num_latent, temperature=rl.temperature)
   suffix = prompt_suffix(ctx)
-  aux = rule_aux(ctx.rule, run.tokenizer)
+  aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
@@ -134,6 +137,10 @@ def run_rl(run) -> None:
             "train/response_tokens": float(lengths.mean()),
             "train/latent_steps": float(np.asarray(traj.latent_mask).sum(-1).mean()),
             "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
+    if rl.mask_truncated:
+      line["train/truncated"] = float(np.asarray(traj.truncated).mean())
+    if rl.first_token_selection:
+      line["train/first_token_groups"] = first_token_groups(adv, learner.loss_mask(masks), g)
     if rl.dynamic_sampling_tries:
       line.update({"train/dynamic_tries": float(batch.tries),
                    "train/groups_kept": float(batch.keep.sum())})
@@ -151,6 +158,16 @@ def run_rl(run) -> None:
   workdir.export(run, "rl", run.params, run.rule_params)
   workdir.mark_done(run, "rl", summary(run))
   print(format_summary(summary(run)), flush=True)
+
+
+def first_token_groups(adv, loss_mask, group_size: int) -> float:
+  """Share of groups where first-token selection zeroed a positive row's first-position
+  advantage. adv [B, T] (the row's A everywhere but at its first loss position)."""
+  adv, m = np.asarray(adv), np.asarray(loss_mask).astype(bool)  # B T
+  first = adv[np.arange(adv.shape[0]), m.argmax(-1)]  # B
+  positive = np.where(m, adv, -np.inf).max(-1) > 0  # B, A > 0 somewhere on the row
+  zeroed = positive & (first == 0)  # B
+  return float(zeroed.reshape(-1, group_size).any(-1).mean())
 
 
 def summary(run) -> dict:

@@ -161,7 +161,8 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
   obj = rule_of(ctx).objective
   out = replay(ctx, params, traj, aux)  # B N H, B N V
   masks = obj.masks(ctx, traj)
-  terms = obj.terms(ctx, params, traj, out, aux)
+  terms = obj.terms(ctx, params, traj, out, aux,
+                    **({"advantages": advantages} if obj.uses_advantages else {}))
   ref_logp = None
   if spec.beta > 0 and ref_params is not None:
     ref_out = KL_REFERENCES.get(spec.kl_reference)(ctx, ref_params, traj, aux)

@@ -1,0 +1,227 @@
+"""`topk_gumbel`: Latent-GRPO's noisy top-K latent rollout and its Gumbel-density
+surrogate (Latent-GRPO, arXiv 2604.27998; official code DJC-GO-SOLO/Latent-GRPO);
+docs/latent_grpo.md.
+
+Latent mode runs from the first response position until the emitted token is
+the end-of-thinking token e (the first token of `rule.end_token`). In latent
+mode, with ℓ_t = log_softmax(l_t) at temperature 1 in float32:
+
+    M_t   = the smallest top set of ℓ_t with mass >= top_p, at least K tokens   (nucleus)
+    g_v   = (clip(G_v, −1.5, 3) + 1.5) · noise_scale,  G_v ~ Gumbel(0, 1)       (one-sided, g >= 0)
+    y_v   = ℓ_{t,v} + g_v on M_t  (−inf elsewhere);  S_t = top-K of y             (g = 0 greedy)
+    w_t   = softmax(y_{S_t} / τ_gs);  x_{t+1} = Σ_k w_{t,k} E[v_{t,k}]
+    shown token = v_1 = argmax y  (the top noisy score)
+
+The step that shows e is latent (it is scored by the surrogate) but its next
+input is E[e]; after it, answer tokens are sampled with the rollout's own
+sampling settings (temperature / top-k / top-p of ctx.sampling), x_{t+1} = E[y_t].
+The record holds S_t (`ids`), y_{S_t} (`scores`) and `soft` (x_{t+1} is the
+mixture), enough to rebuild every input exactly (`replay_inputs`).
+
+What the learner scores, both inside the PPO ratio (old terms recomputed by
+the learner before the first update, on the same stored inputs):
+
+    latent:  log p_θ = (1/K) Σ_k f(y_k − ℓ^θ_{v_k}),  f(g) = −g − e^{−g}     (`gumbel_surrogate`)
+    answer:  log_softmax(l^θ_t / T)[y_t]
+
+f is the log-density of the standard Gumbel: at the rollout's parameters
+g' = y − ℓ = g is the noise that was drawn. Where A <= 0 and g' < 0 the
+gradient is that of g ↦ f(−g) (conditional straight-through): same sign,
+magnitude capped at 1/K, so an update that pushed ℓ above a stored score
+cannot blow up on a negative sample.
+
+Rule hyper-parameters (ctx.rule_cfg, from `config.rule`): top_k (K, 10),
+top_p (0.95), tau (τ_gs, 1.0), noise_scale (1.0), end_token ("####").
+aux: {"end_id": int32 []}, the id of e (`make_aux`).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lrjax import config_checks as checks
+from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+                               embedding_table, mix_inputs)
+from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
+
+NAME = "topk_gumbel"
+DEFAULTS = {"top_k": 10, "top_p": 0.95, "tau": 1.0, "noise_scale": 1.0, "end_token": "####"}
+NOISE_LOW, NOISE_HIGH = -1.5, 3.0  # the clamp of the Gumbel draw; g = (clip + 1.5) * scale
+
+
+def options(rule_cfg: Mapping | tuple) -> dict:
+  return {**DEFAULTS, **dict(rule_cfg)}
+
+
+def record_width(ctx: RuleContext) -> int:
+  """K: the top-K entries mixed and recorded per latent position (at most the vocabulary)."""
+  return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
+
+
+def one_sided_noise(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
+  """g = (clip(G, −1.5, 3) + 1.5) · scale, G ~ Gumbel(0, 1): in [0, 4.5 · scale]."""
+  return (jnp.clip(gumbel(key, shape), NOISE_LOW, NOISE_HIGH) - NOISE_LOW) * scale
+
+
+def nucleus(logp: jax.Array, top_p: float, min_keep: int) -> jax.Array:
+  """bool [..., V]: the smallest top set of log-probs `logp` whose mass reaches
+  top_p, and at least the `min_keep` largest (ties at the cut are kept)."""
+  v = logp.shape[-1]
+  if top_p >= 1.0 or min_keep >= v:
+    return jnp.ones(logp.shape, bool)
+  desc = jnp.sort(logp, axis=-1)[..., ::-1]  # ... V
+  p = jnp.exp(desc)
+  before = jnp.cumsum(p, axis=-1) - p  # ... V, mass strictly before
+  n_keep = jnp.maximum(jnp.sum(before < top_p, axis=-1, keepdims=True), min_keep)  # ... 1
+  cut = jnp.take_along_axis(desc, n_keep - 1, axis=-1)  # ... 1
+  return logp >= cut
+
+
+def noisy_top_k(logits: jax.Array, k: int, top_p: float, noise: jax.Array | None
+                ) -> tuple[jax.Array, jax.Array]:
+  """(S [..., K] int32 in id order, y_S [..., K] float32): the top-K of
+  y = ℓ + noise on the nucleus, ℓ = log_softmax(logits) (noise None: y = ℓ, and
+  the nucleus does not matter, it always holds the top K)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # ... V
+  if noise is None:
+    y = logp
+  else:
+    y = jnp.where(nucleus(logp, top_p, k), logp + noise, -jnp.inf)  # ... V
+  ids = top_k_ids(y, k)  # ... K
+  return ids, jnp.take_along_axis(y, ids, axis=-1)
+
+
+def weights(scores: jax.Array, tau: float) -> jax.Array:
+  """w = softmax(y_S / τ_gs) [..., K]."""
+  return jax.nn.softmax(scores / tau, axis=-1)
+
+
+def gumbel_surrogate(logp: jax.Array, scores: jax.Array, advantages: Any = None) -> jax.Array:
+  """Latent-GRPO's latent-step log-likelihood (arXiv 2604.27998), [B, N].
+
+      g'_k = scores_k − logp_k,   value = (1/K) Σ_k f(g'_k),   f(g) = −g − e^{−g}
+
+  logp [B, N, K]: log_softmax(l) at temperature 1 of the recorded ids; scores
+  [B, N, K]: the stored noisy scores y; advantages: broadcastable to [B, N]
+  ([B] or [B, N]; None = no straight-through). Gradient w.r.t. logp_k:
+  (1 − e^{−g'_k}) / K, except where A <= 0 and g'_k < 0, where it is
+  (e^{g'_k} − 1) / K (the gradient of g ↦ f(−g); the value is unchanged).
+  """
+  logp = logp.astype(jnp.float32)
+  g = scores.astype(jnp.float32) - logp  # B N K
+  f = -g - jnp.exp(-g)  # B N K
+  if advantages is not None:
+    a = jnp.asarray(advantages, jnp.float32)
+    a = a[:, None] if a.ndim == 1 else a
+    capped = (jnp.broadcast_to(a, g.shape[:-1])[..., None] <= 0) & (g < 0)  # B N K
+    gc = jnp.minimum(g, 0.0)  # the capped branch only reads g < 0 (no overflow elsewhere)
+    h = gc - jnp.exp(gc)  # f(−g)
+    f = jnp.where(capped, jax.lax.stop_gradient(f) + h - jax.lax.stop_gradient(h), f)
+  return jnp.mean(f, axis=-1)
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def make_aux(tokenizer: Any, rule_cfg: Mapping) -> dict:
+  """{"end_id": the first token of rule.end_token} (as the official code takes the
+  first sub-token of `</think>`)."""
+  text = options(rule_cfg)["end_token"]
+  ids = tokenizer.encode(text, add_special_tokens=False)
+  if not ids:
+    raise ValueError(f"config.rule.end_token={text!r} encodes to no token")
+  return {"end_id": jnp.asarray(ids[0], jnp.int32)}
+
+
+def init_state(ctx: RuleContext, batch: int) -> dict:
+  return {"thinking": jnp.ones((batch,), bool)}  # B, still in latent mode
+
+
+def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
+  k = record_width(ctx)
+  return {"ids": jax.ShapeDtypeStruct((batch, max_new, k), jnp.int32),
+          "scores": jax.ShapeDtypeStruct((batch, max_new, k), jnp.float32),
+          "soft": jax.ShapeDtypeStruct((batch, max_new), bool)}
+
+
+def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
+         state: dict, aux=None) -> StepOut:
+  o = options(ctx.rule_cfg)
+  emb = embedding_table(params)  # V H
+  k = record_width(ctx)
+  greedy = ctx.sampling.greedy
+  k_noise, k_token = jax.random.split(key)
+  noise = None if greedy else one_sided_noise(k_noise, logits.shape, o["noise_scale"])  # B V
+  ids, scores = noisy_top_k(logits, k, o["top_p"], noise)  # B K, B K
+  shown = jnp.take_along_axis(ids, first_argmax(scores)[:, None], axis=-1)[:, 0]  # B, v_1
+  drawn = sample(k_token, logits, ctx.sampling)  # B, the answer token
+  latent = state["thinking"]  # B
+  y = jnp.where(latent, shown, drawn)  # B
+  soft = latent & (y != aux["end_id"])  # B, x_{t+1} is the mixture
+  mix = mix_inputs(emb, ids, weights(scores, o["tau"]))  # B H
+  next_embed = jnp.where(soft[:, None], mix, emb[y].astype(jnp.float32)).astype(emb.dtype)
+  record = {"ids": jnp.where(latent[:, None], ids, 0),
+            "scores": jnp.where(latent[:, None], scores, 0.0), "soft": soft}
+  span = jnp.where(latent, LATENT, ANSWER).astype(jnp.int8)  # B
+  return StepOut(y, token_logp(logits, y, ctx.sampling.temperature), ~latent, span, next_embed,
+                 record, {"thinking": soft})
+
+
+def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
+  """x_1..x_N: Σ_k w_k E[v_k] (w from the stored scores, no gradient; live E) where
+  the record says `soft`, E[y_t] elsewhere."""
+  emb = embedding_table(params)  # V H
+  w = jax.lax.stop_gradient(weights(traj.records["scores"], options(ctx.rule_cfg)["tau"]))
+  mix = mix_inputs(emb, traj.records["ids"], w)  # B N H
+  x = jnp.where(traj.records["soft"][..., None], mix, emb[traj.ids].astype(jnp.float32))
+  return x.astype(emb.dtype)  # B N H
+
+
+def objective_masks(ctx: RuleContext, traj) -> Masks:
+  """Every latent and sampled answer position inside the ratio; all old terms recomputed."""
+  ratio = (traj.span == LATENT) | traj.sampled  # B N
+  return Masks(ratio=ratio, stored_old=jnp.zeros_like(ratio))
+
+
+def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None,
+                    advantages=None) -> Terms:
+  """latent: `gumbel_surrogate` of the recorded ids; answer: log_softmax(l_t / T)[y_t]. [B, N]"""
+  logits = replay_out.logits  # B N V
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # B N V
+  picked = jnp.take_along_axis(logp, traj.records["ids"], axis=-1)  # B N K
+  latent = gumbel_surrogate(picked, jax.lax.stop_gradient(traj.records["scores"]), advantages)
+  text = token_logp(logits, traj.ids, ctx.sampling.temperature)  # B N
+  return Terms(ratio=jnp.where(traj.span == LATENT, latent, text))
+
+
+def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
+  """latent_top_weight: mean over latent positions of max_k w (1 = one-hot inputs)."""
+  latent = traj.span == LATENT  # B N
+  w = weights(traj.records["scores"], options(ctx.rule_cfg)["tau"])
+  top = jnp.max(w, axis=-1)  # B N
+  return {"latent_top_weight": jnp.sum(jnp.where(latent, top, 0.0))
+          / jnp.maximum(jnp.sum(latent), 1)}
+
+
+TOPK_GUMBEL = RULES.register(NAME)(ThoughtRule(
+    step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
+    make_aux=make_aux, metrics=metrics,
+    objective=Objective(masks=objective_masks, terms=objective_terms, uses_advantages=True),
+    config_fields=(("top_k", "top_k"), ("top_p", "top_p"), ("tau", "tau"),
+                   ("noise_scale", "noise_scale"), ("end_token", "end_token"))))
+
+
+def _selected(config) -> bool:
+  return config.rule.name == NAME
+
+
+checks.ROWS.extend([
+    checks.Row("rule.top_k", checks.positive_int, when=_selected),
+    checks.Row("rule.top_p", checks.in_unit_interval(False, True), when=_selected),
+    checks.Row("rule.tau", checks.positive, when=_selected),
+    checks.Row("rule.noise_scale", checks.non_negative, when=_selected),
+    checks.Row("rule.end_token", checks.non_empty_str, when=_selected),
+])
