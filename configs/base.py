@@ -78,6 +78,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.latents_per_step = 1  # c
   c.sft.num_stages = 4  # stages 0..num_stages-1 replace k steps; stage num_stages is all-latent
   c.sft.stage_steps = (200, 200, 200, 200)  # durations of stages 0..num_stages-1; then all-latent
+  # LatR's variant (arXiv 2512.11816): max_latents > 0 gives stage s
+  # min(start_latents + s*c, max_latents) latents, replacing (latents // c) steps, all
+  # steps at max_latents; latent_grad False feeds the thoughts as constants (no gradient
+  # through the chain); label_markers makes <bot> and <eot> targets.
+  c.sft.start_latents = 0
+  c.sft.max_latents = 0  # 0 = Coconut's schedule
+  c.sft.latent_grad = True
+  c.sft.label_markers = False
   c.sft.eval_every = 500
   c.sft.log_every = 50
   c.sft.sample_every_eval = False  # sampled pass@k at every evaluation (default: the last only)
@@ -87,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.rule = ml_collections.ConfigDict()
   c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel
-  c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = from the curriculum)
+  c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = the model's own, stored with it)
   c.rule.gate_c = 8.0  # hybrid: a = exp(-c * softplus(-Lambda) * r)
   c.rule.r_min = 0.99  # hybrid: Lambda init from u ~ U[r_min, 0.999]
   # hybrid: top-k of the soft-embedding distribution; gumbel_soft: top-k of every

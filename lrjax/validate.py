@@ -128,6 +128,17 @@ def _registry(module: str, name: str, extra: tuple[str, ...] = ()):
   return names
 
 
+def _latr_schedule(value, config) -> str | None:
+  """LatR's curriculum must start below its maximum and reach it by the last stage."""
+  s = config.sft
+  if s.start_latents > value:
+    return f"must be >= sft.start_latents={s.start_latents}"
+  if s.start_latents + s.num_stages * s.latents_per_step < value:
+    return (f"is not reached: sft.start_latents + sft.num_stages * sft.latents_per_step = "
+            f"{s.start_latents + s.num_stages * s.latents_per_step}")
+  return None
+
+
 _SAMPLED = lambda c: c.eval.sampled  # noqa: E731
 _TRAIN = ("sft", "rl")
 
@@ -164,6 +175,11 @@ ROWS.extend([
     Row("data.sft_size", non_negative_int),
     Row("sft.decay_steps", non_negative_int, phases=("sft",)),
     Row("sft.end_lr_frac", in_unit_interval(True, True), phases=("sft",)),
+    Row("sft.latent_grad", boolean, phases=("sft",)),
+    Row("sft.label_markers", boolean, phases=("sft",)),
+    Row("sft.start_latents", non_negative_int, phases=("sft",)),
+    Row("sft.max_latents", non_negative_int, phases=("sft",)),
+    Row("sft.max_latents", _latr_schedule, phases=("sft",), when=lambda c: c.sft.max_latents),
     # RL
     Row("rl.steps", positive_int, phases=("rl",)),
     Row("rl.num_prompts", positive_int, phases=("rl",)),

@@ -15,9 +15,9 @@ from lrjax.phases.workdir import load_sidecar, resolve_init_folder
 
 def run_eval(run) -> dict:
   c = run.config
-  budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(c.rule.num_latent)
-  ctx = run.rule_context(c.rule.name, budget, num_latent=c.rule.num_latent,
-                         temperature=c.rl.temperature)
+  n = run.num_latent()  # rule.num_latent, or 0: the chain length stored with the model
+  budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(n)
+  ctx = run.rule_context(c.rule.name, budget, num_latent=n, temperature=c.rl.temperature)
   rule_params = init_rule_params(ctx, jax.random.key(c.seed))
   sidecar = load_sidecar(resolve_init_folder(c.init)) if c.init else None
   if sidecar is not None:

@@ -30,6 +30,7 @@ import numpy as np
 from lrjax import metrics as metrics_lib
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
+from lrjax.config_utils import ConfigError
 from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_aux, rule_of
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, workdir
@@ -41,7 +42,7 @@ from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, enco
 
 def train_context(run) -> RuleContext:
   c = run.config
-  base = run.rule_context(c.rule.name, c.rl.max_new, num_latent=c.rule.num_latent,
+  base = run.rule_context(c.rule.name, c.rl.max_new, num_latent=run.num_latent(),
                           temperature=c.rl.temperature)
   return base.replace(sampling=Sampling(temperature=c.rl.temperature, top_k=c.rl.top_k,
                                         top_p=c.rl.top_p))
@@ -90,6 +91,10 @@ def run_rl(run) -> None:
   state = run.place({"params": params, "opt_state": optimizer.init(params)})
   ckpt = workdir.checkpointer(run, "rl")
   state, start, meta = workdir.try_resume(run, "rl", ckpt, state)
+  if meta.get("num_latent", ctx.num_latent) != ctx.num_latent:
+    raise ConfigError(f"the RL checkpoint in {workdir.phase_dir(run, 'rl')} was trained with "
+                      f"{meta['num_latent']} latent steps, this run would use {ctx.num_latent} "
+                      "(config.rule.num_latent)")
   if start == 0:
     held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
@@ -151,11 +156,13 @@ def run_rl(run) -> None:
     if done % rl.eval_every == 0 or done == rl.steps:
       held_out.evaluate_at(run, "rl", done, state["params"], eval_ctx, suffix)
     if done % config.checkpoint.every == 0 or done == rl.steps:
-      ckpt.save(done, state, dynamic.checkpoint_meta(done, cursor, rounds))
+      ckpt.save(done, state, {**dynamic.checkpoint_meta(done, cursor, rounds),
+                              "num_latent": ctx.num_latent})
   progress.close()
   ckpt.wait()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
-  workdir.export(run, "rl", run.params, run.rule_params)
+  run.model_num_latent = ctx.num_latent
+  workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent)
   workdir.mark_done(run, "rl", summary(run))
   print(format_summary(summary(run)), flush=True)
 

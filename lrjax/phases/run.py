@@ -31,7 +31,7 @@ from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_
 from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter
 from lrjax.model import ModelConfig, init, load_hf, preset
-from lrjax.phases.workdir import resolve_init_folder
+from lrjax.phases.workdir import load_model_meta, resolve_init_folder
 from lrjax.sampling import Sampling
 from lrjax.sft.sequences import SFT_METHODS
 
@@ -55,6 +55,9 @@ class Run:
   metrics: MetricsWriter
   params: dict | None = None  # backbone parameters handed between phases
   rule_params: dict | None = None
+  # the latent chain length the current params were trained with (None: unknown,
+  # e.g. an HF folder without lrjax_model.json); `num_latent()` resolves it
+  model_num_latent: int | None = None
 
   @classmethod
   def create(cls, config, workdir: str) -> "Run":
@@ -74,7 +77,23 @@ class Run:
         special[name.strip("<>") + "_id"] = tid
     run = cls(config, workdir, mesh, task, tokenizer, model_cfg, special, MetricsWriter(workdir))
     run.params = params
+    if config.init:
+      run.model_num_latent = load_model_meta(resolve_init_folder(config.init)).get("num_latent")
     return run
+
+  def num_latent(self) -> int:
+    """The `hidden` chain length to run: `rule.num_latent`, or with 0 the model's own
+    (stored with its export); a non-zero value that differs from the model's wins,
+    with a warning."""
+    asked, own = int(self.config.rule.num_latent), self.model_num_latent
+    if asked == 0:
+      return own or 0
+    if own is not None and own != asked:
+      msg = (f"config.rule.num_latent={asked} overrides the {own} latent steps the model "
+             "was trained with")
+      logging.warning(msg)
+      print(f"[lrjax] warning: {msg}", flush=True)
+    return asked
 
   @functools.cached_property
   def sft_train(self) -> list[Problem]:

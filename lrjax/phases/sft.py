@@ -41,6 +41,8 @@ class _Curriculum:
     s = config.sft
     self.coconut = sequences.SFT_METHODS.get(s.method).latent
     self.c = s.latents_per_step
+    # max_latents > 0: LatR's schedule, min(start + stage*c, max) latents per row
+    self.start_latents, self.max_latents = s.start_latents, s.max_latents
     self.num_stages = s.num_stages if self.coconut else 0
     self.stage_steps = list(s.stage_steps)
     # stages 0 .. num_stages-1 replace k steps; stage num_stages is all-latent
@@ -55,7 +57,18 @@ class _Curriculum:
     return self.coconut and step_lib.stage_switched(step, self.stage_steps, self.num_stages)
 
   def num_latent(self, stage: int) -> int:
-    return sequences.nominal_latents(stage, self.c, self.max_latent_stage) if self.coconut else 0
+    if not self.coconut:
+      return 0
+    return sequences.nominal_latents(stage, self.c, self.max_latent_stage, self.start_latents,
+                                     self.max_latents)
+
+  def batch_kwargs(self, run) -> dict:
+    """`sequences.build_batch`'s curriculum and label arguments for this config."""
+    if not self.coconut:
+      return {}
+    return dict(c=self.c, latent_ids=_latent_ids(run), max_latent_stage=self.max_latent_stage,
+                start_latents=self.start_latents, max_latents=self.max_latents,
+                label_markers=bool(run.config.sft.label_markers))
 
 
 def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
@@ -143,8 +156,9 @@ def run_sft(run) -> None:
   """Trains (or reuses, when `<workdir>/sft/DONE` exists) the SFT model into run.params."""
   config, s = run.config, run.config.sft
   if workdir.is_done(run, "sft"):
-    _, run.params = load_hf(os.path.join(workdir.phase_dir(run, "sft"), "export"),
-                            dtype=config.model.dtype)
+    export_dir = os.path.join(workdir.phase_dir(run, "sft"), "export")
+    _, run.params = load_hf(export_dir, dtype=config.model.dtype)
+    run.model_num_latent = workdir.load_model_meta(export_dir).get("num_latent")
     print(f"[lrjax] reusing the finished SFT model in {workdir.phase_dir(run, 'sft')}", flush=True)
     return
   cur = _Curriculum(config)
@@ -163,7 +177,8 @@ def run_sft(run) -> None:
     state, start = continue_from(run, s.start_from, state)
   elif start == 0:
     evaluate_sft(run, state["params"], 0, cur, 0)
-  train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method)
+  train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method,
+                                        latent_grad=bool(s.latent_grad))
   progress = Progress("sft")
   tokens, t0 = 0, time.time()
   for step in range(start, s.steps):
@@ -171,10 +186,9 @@ def run_sft(run) -> None:
     if cur.switched(step):  # Coconut: a fresh optimizer per stage
       state["opt_state"] = optimizer.init(state["params"])
     idx = data_indices(config.seed, len(run.sft_train), step, s.batch_size)
-    batch = sequences.build_batch(
-        [run.sft_train[i] for i in idx], run.tokenizer, s.method, stage=stage, c=cur.c,
-        max_len=s.max_len, latent_ids=_latent_ids(run) if cur.coconut else None,
-        max_latent_stage=cur.max_latent_stage if cur.coconut else None, pad_to_multiple=16)
+    batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
+                                  stage=stage, max_len=s.max_len, pad_to_multiple=16,
+                                  **cur.batch_kwargs(run))
     state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     tokens += int(np.asarray(batch.mask).sum())
     done = step + 1
@@ -190,9 +204,11 @@ def run_sft(run) -> None:
     if (done - eval_base) % s.eval_every == 0 or done == s.steps:
       evaluate_sft(run, state["params"], done, cur, cur.stage(done - 1))
     if done % config.checkpoint.every == 0 or done == s.steps:
-      ckpt.save(done, state, {"phase": "sft", "step": done, "stage": stage})
+      ckpt.save(done, state, {"phase": "sft", "step": done, "stage": stage,
+                              "num_latent": cur.num_latent(stage)})
   progress.close()
   ckpt.wait()
   run.params = state["params"]
-  workdir.export(run, "sft", run.params)
+  run.model_num_latent = cur.num_latent(cur.stage(s.steps - 1))
+  workdir.export(run, "sft", run.params, num_latent=run.model_num_latent)
   workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})

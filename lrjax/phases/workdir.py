@@ -56,15 +56,45 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
   return restored, latest, meta
 
 
-def export(run, phase: str, params: dict, rule_params: dict | None = None) -> str:
-  """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar)."""
+def export(run, phase: str, params: dict, rule_params: dict | None = None,
+           num_latent: int = 0) -> str:
+  """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar) and
+  `lrjax_model.json` (the model's latent chain length, `num_latent`)."""
   path = os.path.join(phase_dir(run, phase), "export")
   if jax.process_index() == 0:
     save_hf(run.model_cfg, params, path)
     tok_lib.save_tokenizer(run.tokenizer, path)
     if rule_params:
       save_sidecar(path, run.config.rule.name, rule_params)
+    save_model_meta(path, num_latent)
   return path
+
+
+MODEL_META = "lrjax_model.json"
+
+
+def save_model_meta(path: str, num_latent: int) -> None:
+  """What evaluating or continuing the model needs beyond its weights: the number
+  of latent thoughts its `hidden` chain was trained with (0: none)."""
+  with open(os.path.join(path, MODEL_META), "w") as f:
+    json.dump({"num_latent": int(num_latent)}, f, indent=2)
+
+
+def load_model_meta(path: str) -> dict:
+  """The export's `lrjax_model.json` ({} for an HF folder without one); a file that
+  is not a JSON object with an integer `num_latent` >= 0 is an error naming it."""
+  f = os.path.join(path, MODEL_META)
+  if not os.path.exists(f):
+    return {}
+  try:
+    with open(f) as h:
+      meta = json.load(h)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{f}: not readable as JSON ({e})") from e
+  n = meta.get("num_latent") if isinstance(meta, dict) else None
+  if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    raise ConfigError(f"{f}: 'num_latent' must be an integer >= 0, got {n!r}")
+  return meta
 
 
 def resolve_init_folder(path: str) -> str:

@@ -82,12 +82,15 @@ def substitute_latents(tok: jax.Array, latents: jax.Array, latent_mask: jax.Arra
   return jnp.where(latent_mask[..., None], gathered.astype(tok.dtype), tok)  # B T H
 
 
-def coconut_forward(cfg: ModelConfig, params: dict, batch: SFTBatch) -> tuple[jax.Array, jax.Array]:
+def coconut_forward(cfg: ModelConfig, params: dict, batch: SFTBatch,
+                    latent_grad: bool = True) -> tuple[jax.Array, jax.Array]:
   """(hidden [B, T, H], logits f32 [B, T, V]) of a batch with continuous thoughts.
 
   `params` is the backbone tree (what `lrjax.model.init` returns, i.e.
-  `params["model"]` of the full tree). Differentiable w.r.t. params through
-  the whole thought chain.
+  `params["model"]` of the full tree). With `latent_grad` (Coconut) it is
+  differentiable w.r.t. params through the whole thought chain; without it
+  (LatR, arXiv 2512.11816) the thoughts are computed, then fed as constants
+  (stop_gradient): the loss reaches params only through the final forward.
   """
   mask = jnp.asarray(batch.mask)
   positions = positions_from_mask(mask)  # B T
@@ -97,6 +100,8 @@ def coconut_forward(cfg: ModelConfig, params: dict, batch: SFTBatch) -> tuple[ja
   if n > 0:
     bot_pos = jnp.asarray(batch.bot_pos)
     latents = latent_inputs(cfg, params, tok, positions, mask, bot_pos, n)  # B n H
+    if not latent_grad:
+      latents = jax.lax.stop_gradient(latents)
     x = substitute_latents(tok, latents, jnp.asarray(batch.latent_mask), bot_pos)  # B T H
   out = forward(cfg, params, x, positions, mask)
   return out.hidden, out.logits

@@ -124,8 +124,24 @@ def coconut_counts(n_steps: int, stage: int, max_latent_stage: int | None = None
   return min(stage, n_steps), (stage if pad_latents else min(stage, n_steps))
 
 
-def nominal_latents(stage: int, c: int, max_latent_stage: int | None = None) -> int:
-  """n_latent_max of every batch at this stage: the most latents any row can have."""
+def latr_counts(n_steps: int, stage: int, c: int, start_latents: int,
+                max_latents: int) -> tuple[int, int]:
+  """(steps skipped, latents) of one problem in LatR's curriculum (arXiv 2512.11816;
+  `process_data.py` of its official code): stage s has n = min(start + s*c, max)
+  latents in every row; they replace the first n // c reasoning steps, and at
+  n = max every step (the all-latent stage)."""
+  if stage < 0:
+    raise ValueError(f"stage must be >= 0, got {stage}")
+  n = min(start_latents + stage * c, max_latents)
+  return (n_steps if n >= max_latents else min(n // c, n_steps)), n
+
+
+def nominal_latents(stage: int, c: int, max_latent_stage: int | None = None,
+                    start_latents: int = 0, max_latents: int = 0) -> int:
+  """n_latent_max of every batch at this stage: the most latents any row can have
+  (max_latents > 0: LatR's curriculum, `latr_counts`)."""
+  if max_latents > 0:
+    return min(start_latents + stage * c, max_latents)
   k = stage if max_latent_stage is None else min(stage, max_latent_stage)
   return k * c
 
@@ -136,7 +152,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 def _encode_text(text_fn: Callable[[Problem], str]) -> Callable:
   def encode(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1, latent_ids=None,
-             max_latent_stage=None, pad_latents=False):
+             max_latent_stage=None, pad_latents=False, start_latents=0, max_latents=0):
     prompt = _encode(tokenizer, prompt_text(problem))
     ids = prompt + _encode(tokenizer, text_fn(problem)) + [tokenizer.eos_token_id]
     return ids, len(prompt), 0, 0
@@ -145,12 +161,16 @@ def _encode_text(text_fn: Callable[[Problem], str]) -> Callable:
 
 def _encode_coconut(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
                     latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
-                    pad_latents: bool = False) -> tuple[list[int], int, int, int]:
+                    pad_latents: bool = False, start_latents: int = 0,
+                    max_latents: int = 0) -> tuple[list[int], int, int, int]:
   if latent_ids is None:
     raise ValueError("mode 'coconut' needs latent_ids")
   prompt = _encode(tokenizer, prompt_text(problem))
-  skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
-  n = k * c
+  if max_latents > 0:
+    skip, n = latr_counts(len(problem.steps), stage, c, start_latents, max_latents)
+  else:
+    skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
+    n = k * c
   head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
   ids = head + _encode(tokenizer, cot_text(problem, skip)) + [tokenizer.eos_token_id]
   return ids, len(head), len(prompt), n
@@ -172,16 +192,18 @@ def sft_method(mode: str) -> SFTMethod:
 
 def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, c: int = 1,
                    latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
-                   pad_latents: bool = False) -> tuple[list[int], int, int, int]:
+                   pad_latents: bool = False, start_latents: int = 0,
+                   max_latents: int = 0) -> tuple[list[int], int, int, int]:
   """One row: (ids, response start column, `<bot>` column or 0, number of latents)."""
   return sft_method(mode).encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage,
-                                 pad_latents)
+                                 pad_latents, start_latents, max_latents)
 
 
 def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: int = 0,
                 c: int = 1, max_len: int = 256, latent_ids: Any = None,
                 max_latent_stage: int | None = None, pad_latents: bool = False,
-                pad_to_multiple: int | None = None) -> SFTBatch:
+                pad_to_multiple: int | None = None, start_latents: int = 0,
+                max_latents: int = 0, label_markers: bool = False) -> SFTBatch:
   """Tokenizes `problems` into a right-padded `SFTBatch` of fixed shape.
 
   Args:
@@ -195,6 +217,11 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
     pad_to_multiple: if set, T is the longest row rounded up to a multiple of
       it (capped at max_len) instead of max_len: a few length buckets, one
       compile each.
+    start_latents, max_latents: max_latents > 0 selects LatR's curriculum
+      (`latr_counts`: min(start + stage*c, max) latents per row) instead of
+      Coconut's.
+    label_markers: `<bot>` and `<eot>` are targets too (LatR's labels; Coconut
+      never predicts them). The latent positions are never targets.
 
   Returns:
     an `SFTBatch` with n_latent_max = `nominal_latents(stage, c, max_latent_stage)`
@@ -206,12 +233,13 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
   if c < 1:
     raise ValueError(f"c (latents per step) must be >= 1, got {c}")
   lat = resolve_latent_ids(tokenizer, latent_ids) if method.latent else None
-  n_max = nominal_latents(stage, c, max_latent_stage) if method.latent else 0
+  n_max = (nominal_latents(stage, c, max_latent_stage, start_latents, max_latents)
+           if method.latent else 0)
   pad = tokenizer.pad_token_id
   if pad is None:
     raise ValueError("the tokenizer has no pad_token_id")
-  rows = [encode_example(p, tokenizer, mode, stage, c, lat, max_latent_stage, pad_latents)
-          for p in problems]
+  rows = [encode_example(p, tokenizer, mode, stage, c, lat, max_latent_stage, pad_latents,
+                         start_latents, max_latents) for p in problems]
   for i, (row, *_) in enumerate(rows):
     if len(row) > max_len:
       raise ValueError(f"problem {i} is {len(row)} tokens long in mode {mode!r} "
@@ -232,6 +260,9 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
     ids[i, :len(row)] = row
     mask[i, :len(row)] = 1
     loss_mask[i, start - 1:len(row) - 1] = 1.0  # targets ids[start:len(row)]
+    if label_markers and method.latent:
+      loss_mask[i, bot - 1] = 1.0  # target ids[bot] = <bot>
+      loss_mask[i, start - 2] = 1.0  # target ids[start - 1] = <eot>
     bot_pos[i], n_latents[i] = bot, n
     latent_mask[i, bot + 1:bot + 1 + n] = True
     latent_pos[i, :n] = np.arange(bot + 1, bot + 1 + n)

@@ -46,23 +46,26 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
   return loss, {"loss": loss, "accuracy": (correct * m).sum() / denom, "num_tokens": count}
 
 
-def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str) -> tuple[jax.Array, dict]:
+def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
+             latent_grad: bool = True) -> tuple[jax.Array, dict]:
   """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
 
   modes without latent rows ('cot'/'nocot') require a batch without latents;
-  'coconut' runs the Coconut forward (plain forward at stage 0).
+  'coconut' runs the Coconut forward (plain forward at stage 0), through the
+  thought chain with `latent_grad` (Coconut) or on its detached thoughts (LatR).
   """
   if not sft_method(mode).latent and batch.n_latent_max:
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
-  _, logits = coconut_forward(cfg, params, batch)  # B T V
+  _, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T V
   return masked_cross_entropy(logits, jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask))
 
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
-               params: dict, opt_state: optax.OptState,
-               batch: SFTBatch) -> tuple[dict, optax.OptState, dict]:
+               params: dict, opt_state: optax.OptState, batch: SFTBatch,
+               latent_grad: bool = True) -> tuple[dict, optax.OptState, dict]:
   """One AdamW update on the SFT loss; metrics: loss, accuracy, num_tokens, grad_norm."""
-  grad_fn = jax.value_and_grad(lambda p: sft_loss(cfg, p, batch, mode), has_aux=True)
+  grad_fn = jax.value_and_grad(lambda p: sft_loss(cfg, p, batch, mode, latent_grad),
+                               has_aux=True)
   (_, aux), grads = grad_fn(params)
   updates, opt_state = optimizer.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
@@ -70,14 +73,15 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: 
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
-                    max_traces: int | None = None) -> Callable:
+                    max_traces: int | None = None, latent_grad: bool = True) -> Callable:
   """jit(fn(params, opt_state, batch) -> (params, opt_state, metrics)), params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
-  `max_traces` makes a further retrace fail (`chex.assert_max_traces`)."""
+  `max_traces` makes a further retrace fail (`chex.assert_max_traces`);
+  `latent_grad`: see `sft_loss`."""
   sft_method(mode)  # ValueError for an unknown mode
 
   def step(params, opt_state, batch):
-    return train_step(cfg, optimizer, mode, params, opt_state, batch)
+    return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad)
 
   if max_traces is not None:
     # chex counts traces per (definition stack, source, __name__): a unique name
