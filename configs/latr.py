@@ -10,6 +10,11 @@ thoughts; one update per batch (ratio 1), clip 0.1, beta 0, token mean, group
 (configs/latr_sft.py), then 200 GRPO steps:
 
     python -m lrjax.main --config=configs/latr.py --workdir=runs/latr
+
+Measured (seeds 0/1/2, greedy on 1000 held-out arith problems): the LatR SFT
+model reaches 0.068 / 0.066 / 0.086 with 3 thoughts; 200 GRPO steps at the
+shared lr 3e-5 end at 0.089 / 0.067 / 0.099 (lr 1e-4, seed 0: 0.068); 14 min
+for the whole run beside another one (docs/latr.md).
 """
 from configs import base
 from configs.latr_sft import set_latr_sft
