@@ -149,6 +149,9 @@ def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
 
 def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
          state: dict, aux=None) -> StepOut:
+  if aux is None or "end_id" not in aux:
+    raise ValueError("the topk_gumbel rule needs aux={'end_id': ...}: pass "
+                     "lrjax.latent.rule_aux('topk_gumbel', tokenizer, rule_cfg)")
   o = options(ctx.rule_cfg)
   emb = embedding_table(params)  # V H
   k = record_width(ctx)
