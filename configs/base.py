@@ -123,6 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.temperature = 1.0
   c.rl.top_k = 0  # 0 = off
   c.rl.top_p = 1.0
+  c.rl.greedy = False  # argmax rollouts (Latent RL: one greedy rollout per prompt)
   c.rl.advantage = "grpo"
   c.rl.adv_eps = 1e-4
   c.rl.loss = "ppo_clip"  # a name in lrjax.rl.losses.POLICY_LOSSES
@@ -148,6 +149,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # groups (must divide num_prompts; 1 with a loss that has no ratio).
   c.rl.updates_per_batch = 1
   c.rl.aux_losses = ()  # (name in lrjax.rl.aux_losses.AUX_LOSSES, weight) pairs
+  # What the learner scores: '' = the thought rule's own objective, or a name in
+  # lrjax.latent.OBJECTIVES (Latent RL's "latent_value").
+  c.rl.objective = ""
+  # Log train/param_change = ||theta - theta_0|| / ||theta_0|| of the backbone (keeps a host
+  # copy of the starting backbone).
+  c.rl.log_param_change = False
   # Learning rate per parameter group: (regex, lr) pairs; a parameter's path in
   # {"model", "rule", "heads"} joined by '/' (e.g. 'model/layers/attn/q/kernel',
   # 'rule/lambda') takes the lr of the first pattern that re.fullmatch-es it;
@@ -167,6 +174,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.reward = ""  # '' = the task's default reward
   c.rl.eval_every = 100
   c.rl.log_every = 10
+
+  # Latent RL's value head (configs/latent_rl.py; read by the `value` phase and by
+  # rl.objective = "latent_value" / the "value_bce" auxiliary loss).
+  c.latent_rl = ml_collections.ConfigDict()
+  c.latent_rl.widths = (128, 32, 8)  # hidden widths of V: H -> 128 -> 32 -> 8 -> 1
+  c.latent_rl.dropout = 0.1
+  c.latent_rl.pos_weight = 0.0  # BCE weight of the positives; 0 = n_neg / n_pos of the data
+  c.latent_rl.prompts = 512  # problems rolled out to pre-train the head
+  c.latent_rl.samples = 4  # sampled responses per problem (at rl.temperature / top_k / top_p)
+  c.latent_rl.holdout = 0.2  # share of those problems held out (the split is by problem)
+  c.latent_rl.epochs = 30
+  c.latent_rl.batch_size = 256  # latent states per head update
+  c.latent_rl.lr = 5e-4  # Adam, pre-training; stage 2 uses the head's rl.param_groups lr
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_problems = 1000  # held-out problems (0 = the whole eval split)

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lrjax.config_checks import (ROWS, Check, Row, _is_int, _is_number, boolean,  # noqa: F401
-                                  check_rows, in_unit_interval, non_negative, non_negative_int,
-                                  off_or_above_one, off_or_non_negative, one_of, param_groups,
-                                  positive, positive_int)
+from lrjax.config_checks import (ROWS, Check, Row, _compare, _is_int, _is_number,  # noqa: F401
+                                  boolean, check_rows, in_unit_interval, non_negative,
+                                  non_negative_int, off_or_above_one, off_or_non_negative, one_of,
+                                  param_groups, positive, positive_int)
 from lrjax.config_utils import ConfigError, get_field
 
 def _aux_losses(value, config) -> str | None:
@@ -82,6 +82,24 @@ def _pass_k(value, config) -> str | None:
     if k > n:
       return f"has k={k} > eval.num_samples={n} (pass@k needs k <= n samples)"
   return None
+
+
+def _objective_heads(value, config) -> str | None:
+  """An objective that reads a head needs the phase that trains it in config.mode."""
+  from lrjax.latent import OBJECTIVES
+  heads = OBJECTIVES.get(value).heads if value else ()
+  phases = [p.strip() for p in config.mode.split(",")]
+  if "value" in heads and "value" not in phases:
+    return ("reads the value head: run the 'value' phase before 'rl' (config.mode "
+            "'sft,value,rl', or 'value,rl' with config.init)")
+  return None
+
+
+def _positive_ints(value, config) -> str | None:
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+    return "must be a non-empty tuple of integers >= 1, e.g. (128, 32, 8)"
+  bad = [w for w in value if not _is_int(w) or w < 1]
+  return f"has entries that are not integers >= 1: {bad}" if bad else None
 
 
 def _warmup_below_steps(phase: str) -> Check:
@@ -158,6 +176,8 @@ ROWS.extend([
     Row("rl.kl_estimator", one_of(_registry("lrjax.rl.kl", "KL_ESTIMATORS"))),
     Row("rl.kl_reference", one_of(_registry("lrjax.rl.learner", "KL_REFERENCES"))),
     Row("rl.aux_losses", _aux_losses),
+    Row("rl.objective", one_of(_registry("lrjax.latent", "OBJECTIVES", extra=("",)))),
+    Row("rl.objective", _objective_heads, phases=("rl",)),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),
     # SFT
@@ -208,8 +228,20 @@ ROWS.extend([
     Row("rl.warmup_steps", non_negative_int, phases=("rl",)),
     Row("rl.warmup_steps", _warmup_below_steps("rl"), phases=("rl",),
         when=lambda c: c.rl.schedule == "cosine"),
+    Row("rl.greedy", boolean, phases=("rl",)),
+    Row("rl.log_param_change", boolean, phases=("rl",)),
     Row("rl.eval_every", positive_int, phases=("rl",)),
     Row("rl.log_every", positive_int, phases=("rl",)),
+    # Latent RL's value head (the value phase)
+    Row("latent_rl.widths", _positive_ints, phases=("value",)),
+    Row("latent_rl.dropout", in_unit_interval(True, False), phases=("value", "rl")),
+    Row("latent_rl.pos_weight", non_negative, phases=("value",)),
+    Row("latent_rl.prompts", _compare(">=", 2, integer=True), phases=("value",)),
+    Row("latent_rl.samples", positive_int, phases=("value",)),
+    Row("latent_rl.holdout", in_unit_interval(False, False), phases=("value",)),
+    Row("latent_rl.epochs", positive_int, phases=("value",)),
+    Row("latent_rl.batch_size", positive_int, phases=("value",)),
+    Row("latent_rl.lr", positive, phases=("value",)),
     # evaluation (every phase evaluates) and checkpoints
     Row("eval.num_problems", non_negative_int),
     Row("eval.batch_size", positive_int),

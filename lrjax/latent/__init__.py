@@ -6,12 +6,13 @@ in `RULES`.
 from lrjax.latent import hidden, hybrid, latent_grpo, lepo, token  # noqa: F401  (registers the rules)
 from lrjax.latent.base import (ANSWER, DONE, LATENT, PROMPT, RULES, SPAN_DTYPE, RuleContext,
                                StepOut, ThoughtRule, embedding_table, freeze, init_rule_params,
-                               prompt_suffix, rule_aux, rule_config, rule_of)
+                               objective_of, prompt_suffix, rule_aux, rule_config, rule_of)
 from lrjax.latent.hybrid import hybrid_ratio
-from lrjax.latent.objective import TOKEN_OBJECTIVE, Masks, Objective, Terms
+from lrjax.latent.objective import OBJECTIVES, TOKEN_OBJECTIVE, Masks, Objective, Terms
 
 __all__ = [
-    "ANSWER", "DONE", "LATENT", "PROMPT", "RULES", "SPAN_DTYPE", "TOKEN_OBJECTIVE", "Masks",
-    "Objective", "RuleContext", "StepOut", "Terms", "ThoughtRule", "embedding_table", "freeze",
-    "hybrid_ratio", "init_rule_params", "prompt_suffix", "rule_aux", "rule_config", "rule_of",
+    "ANSWER", "DONE", "LATENT", "OBJECTIVES", "PROMPT", "RULES", "SPAN_DTYPE", "TOKEN_OBJECTIVE",
+    "Masks", "Objective", "RuleContext", "StepOut", "Terms", "ThoughtRule", "embedding_table",
+    "freeze", "hybrid_ratio", "init_rule_params", "objective_of", "prompt_suffix", "rule_aux",
+    "rule_config", "rule_of",
 ]

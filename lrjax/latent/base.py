@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent.objective import TOKEN_OBJECTIVE, Objective
+from lrjax.latent.objective import OBJECTIVES, TOKEN_OBJECTIVE, Objective
 from lrjax.model.config import ModelConfig
 from lrjax.registry import Registry
 from lrjax.sampling import Sampling
@@ -65,6 +65,9 @@ class RuleContext:
   num_latent: latent steps of the `hidden` rule.
   max_new: response buffer length N.
   return_logits: also keep l_0 .. l_{N-1} [B, N, V] in the trajectory (debug/tests).
+  objective: a name in `OBJECTIVES` the learner scores instead of the rule's own
+      objective ('' = the rule's, see `objective_of`).
+  objective_cfg: that objective's settings (frozen items, `objective_opt`).
   """
   model_cfg: ModelConfig
   rule: str = "token"
@@ -78,15 +81,22 @@ class RuleContext:
   num_latent: int = 0
   max_new: int = 32
   return_logits: bool = False
+  objective: str = ""
+  objective_cfg: tuple = ()
 
   def __post_init__(self):
     object.__setattr__(self, "rule_cfg", freeze(self.rule_cfg))
+    object.__setattr__(self, "objective_cfg", freeze(self.objective_cfg))
     if self.max_new < 1:
       raise ValueError(f"max_new must be >= 1, got {self.max_new}")
 
   def opt(self, name: str, default: Any = None) -> Any:
     """A rule hyper-parameter, or `default`."""
     return dict(self.rule_cfg).get(name, default)
+
+  def objective_opt(self, name: str, default: Any = None) -> Any:
+    """A setting of the chosen objective (`objective_cfg`), or `default`."""
+    return dict(self.objective_cfg).get(name, default)
 
   def replace(self, **kw) -> "RuleContext":
     return dataclasses.replace(self, **kw)
@@ -168,6 +178,11 @@ RULES: Registry[ThoughtRule] = Registry("thought rule")
 
 def rule_of(ctx: RuleContext) -> ThoughtRule:
   return RULES.get(ctx.rule)
+
+
+def objective_of(ctx: RuleContext) -> Objective:
+  """What the learner scores: the objective named by ctx.objective, else the rule's."""
+  return OBJECTIVES.get(ctx.objective) if ctx.objective else rule_of(ctx).objective
 
 
 def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:

@@ -27,6 +27,13 @@ same stored inputs (`lrjax.rl.learner.behaviour_logp`). A rule that wants all
 old terms recomputed (Latent-GRPO, arXiv 2604.27998) returns an all-False
 `stored_old`.
 
+An objective can also be chosen by name instead of the rule's own
+(`rl.objective`, a name in `OBJECTIVES`; '' = the rule's): Latent RL's
+value-guided objective (`lrjax.rl.latent_value`) scores the `hidden` rule's
+thoughts with a value head instead of scoring tokens. Such an objective names
+the heads it reads (`heads`, entries of params["heads"]) and the config section
+its settings come from (`config_section`, frozen into ctx.objective_cfg).
+
 Shape legend: B rows, N response positions.
 """
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from lrjax.registry import Registry
 from lrjax.sampling import token_logp
 
 
@@ -60,6 +68,11 @@ class Objective(NamedTuple):
   reference terms): a rule may shape a term's gradient by the sign of A, never
   its value (Latent-GRPO's conditional straight-through, arXiv 2604.27998).
 
+  `heads` names the entries of params["heads"] the objective reads (the RL phase
+  refuses to start without them); `config_section` the config section whose
+  fields become ctx.objective_cfg; `metrics` (optional) gives training metrics of a
+  rollout batch before its update, logged as train/<name>.
+
   `replay_out` is the teacher-forced replay of the trajectory
   (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
   index t is the distribution y_t was drawn from). `masks` must not depend on
@@ -68,6 +81,9 @@ class Objective(NamedTuple):
   masks: Callable[[Any, Any], Masks]
   terms: Callable[..., Terms]
   uses_advantages: bool = False
+  heads: tuple[str, ...] = ()  # params["heads"] entries the terms read
+  config_section: str = ""  # the config section frozen into ctx.objective_cfg
+  metrics: Callable[..., dict] | None = None  # (ctx, params, traj, aux) -> {name: scalar}
 
 
 def token_masks(ctx, traj) -> Masks:
@@ -81,3 +97,7 @@ def token_terms(ctx, params: dict, traj, replay_out, aux=None) -> Terms:
 
 
 TOKEN_OBJECTIVE = Objective(masks=token_masks, terms=token_terms)
+
+
+# name -> Objective chosen by `rl.objective` instead of the thought rule's own
+OBJECTIVES: Registry[Objective] = Registry("objective")

@@ -1,6 +1,7 @@
 """The pipeline: the phases `lrjax.main` runs, in the order `config.mode` lists them.
 
     sft   phases/sft.py   CoT / No-CoT / Coconut warm-up: run.params, <workdir>/sft/
+    value phases/value.py Latent RL's value head on thoughts: run.heads["value"], <workdir>/value/
     rl    phases/rl.py    rollout, rewards, advantages, updates: run.params, <workdir>/rl/
     eval  phases/eval.py  held-out metrics of `config.init` (and its rule sidecar)
 
@@ -12,7 +13,7 @@ and what the phases share:
 
 A phase is `fn(run) -> None` on the `lrjax.phases.run.Run` that every phase
 shares; the parameters pass from one phase to the next through `run.params`
-and `run.rule_params`.
+and `run.rule_params` (extra heads, e.g. the value head, through `run.heads`).
 
 `PRECHECKS` holds optional checks of a phase that need the built `Run` (model
 and tokenizer) but no training; `lrjax.main` runs those of every requested
@@ -42,6 +43,12 @@ def _sft(run) -> None:
 def _eval(run) -> None:
   from lrjax.phases.eval import run_eval
   run_eval(run)
+
+
+@PHASES.register("value")
+def _value(run) -> None:
+  from lrjax.phases.value import run_value
+  run_value(run)
 
 
 @PHASES.register("rl")

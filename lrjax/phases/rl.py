@@ -31,7 +31,8 @@ from lrjax import metrics as metrics_lib
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_aux, rule_of
+from lrjax.latent import (OBJECTIVES, RULES, RuleContext, init_rule_params, objective_of,
+                          prompt_suffix, rule_aux, rule_of)
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, workdir
 from lrjax.rl import advantages as adv_lib, dynamic, learner
@@ -41,11 +42,29 @@ from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, enco
 
 
 def train_context(run) -> RuleContext:
+  """The rollout/learner context of the RL phase: the rule, `rl` sampling, and the
+  objective named by `rl.objective` with its config section (overlaid with what
+  earlier phases resolved, `run.heads_cfg`)."""
   c = run.config
   base = run.rule_context(c.rule.name, c.rl.max_new, num_latent=run.num_latent(),
                           temperature=c.rl.temperature)
+  objective_cfg = {}
+  if c.rl.objective:
+    section = OBJECTIVES.get(c.rl.objective).config_section
+    objective_cfg = {**(dict(c[section]) if section else {}), **run.heads_cfg}
   return base.replace(sampling=Sampling(temperature=c.rl.temperature, top_k=c.rl.top_k,
-                                        top_p=c.rl.top_p))
+                                        top_p=c.rl.top_p, greedy=bool(c.rl.greedy)),
+                      objective=c.rl.objective, objective_cfg=objective_cfg)
+
+
+def check_heads(run, ctx: RuleContext) -> None:
+  """The heads the objective reads exist (made by an earlier phase, e.g. `value`)."""
+  missing = [h for h in objective_of(ctx).heads if h not in run.heads]
+  if missing:
+    raise ConfigError(
+        f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
+        f"no phase of this run made: put the phase that trains it before 'rl' in config.mode "
+        f"(Latent RL: mode 'sft,value,rl', or 'value,rl' with config.init)")
 
 
 def eval_budget(max_new: int, ctx: RuleContext) -> int:
@@ -55,9 +74,14 @@ def eval_budget(max_new: int, ctx: RuleContext) -> int:
 
 
 def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
-  """The rule's own training metrics (e.g. hybrid_ratio), if it defines any."""
-  fn = getattr(RULES.get(ctx.rule), "metrics", None)
-  return {f"train/{k}": float(v) for k, v in (fn(ctx, params, traj, aux) if fn else {}).items()}
+  """The rule's own training metrics (e.g. hybrid_ratio) and those of a chosen
+  objective (e.g. Latent RL's value_mean), if they define any."""
+  out = {}
+  for fn in (getattr(RULES.get(ctx.rule), "metrics", None),
+             objective_of(ctx).metrics if ctx.objective else None):
+    if fn is not None:
+      out.update({f"train/{k}": float(v) for k, v in fn(ctx, params, traj, aux).items()})
+  return out
 
 
 def check_param_groups(run) -> None:
@@ -65,8 +89,19 @@ def check_param_groups(run) -> None:
   ConfigError naming it); run before any phase, on the parameters' shapes only."""
   ctx = train_context(run)
   rule = jax.eval_shape(lambda: init_rule_params(ctx, jax.random.key(0)))
+  heads = jax.eval_shape(lambda: initial_heads(run, ctx))
   ParamGroups(tuple(run.config.rl.param_groups)).assign(
-      {"model": run.params, "rule": rule, "heads": {}})
+      {"model": run.params, "rule": rule, "heads": heads})
+
+
+def initial_heads(run, ctx: RuleContext) -> dict:
+  """params["heads"] at the start of RL: the heads earlier phases made (`run.heads`),
+  or for a check before they ran, freshly initialised ones of the same shapes."""
+  from lrjax.phases.value import init_head  # noqa: PLC0415 - only Latent RL needs it
+  made = {"value": lambda: init_head(run, jax.random.key(0)),
+          "value_start": lambda: init_head(run, jax.random.key(0))}
+  return {h: run.heads[h] if h in run.heads else made[h]()
+          for h in objective_of(ctx).heads}
 
 
 def run_rl(run) -> None:
@@ -78,8 +113,10 @@ def run_rl(run) -> None:
   aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
+  check_heads(run, ctx)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
-            "heads": {}}
+            "heads": initial_heads(run, ctx)}
+  start_model = jax.device_get(run.params) if rl.log_param_change else None
   params = run.place(params)
   # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
   ref_params = run.place(jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
@@ -107,15 +144,8 @@ def run_rl(run) -> None:
     def draw(at: int, attempt: int) -> dynamic.Round:
       idx = data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
-      prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
-      ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
-                              ctx.pad_id)
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      traj = rollout(ctx, state["params"], ids, mask, k, aux)
-      texts = decode(run.tokenizer, traj, ctx)
-      answers = [p.answer for p in problems for _ in range(g)]
-      return dynamic.Round(traj, np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)],
-                                            np.float32))
+      return roll_out(run, ctx, state["params"], problems, g, k, aux, reward_fn)
 
     batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
                                ctx.pad_id)
@@ -150,6 +180,8 @@ def run_rl(run) -> None:
       line.update({"train/dynamic_tries": float(batch.tries),
                    "train/groups_kept": float(batch.keep.sum())})
     line.update({f"train/{k}": float(v) for k, v in m.items() if k.startswith("aux_")})
+    if start_model is not None and (done % rl.log_every == 0 or done == rl.steps):
+      line["train/param_change"] = param_change(start_model, state["params"]["model"])
     if done % rl.log_every == 0 or done == rl.steps or step == start:
       run.metrics.write("rl", done, line)
     progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
@@ -161,10 +193,34 @@ def run_rl(run) -> None:
   progress.close()
   ckpt.wait()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
+  run.heads = dict(state["params"]["heads"])
   run.model_num_latent = ctx.num_latent
-  workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent)
+  workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent,
+                 heads=run.heads)
   workdir.mark_done(run, "rl", summary(run))
   print(format_summary(summary(run)), flush=True)
+
+
+def param_change(start: dict, now: dict) -> float:
+  """||θ − θ_0|| / ||θ_0|| over every leaf (float64 on the host)."""
+  diff = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+             for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(jax.device_get(now))))
+  norm = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in jax.tree.leaves(start))
+  return float(np.sqrt(diff / max(norm, 1e-30)))
+
+
+def roll_out(run, ctx: RuleContext, params: dict, problems: list, group_size: int,
+             key: jax.Array, aux, reward_fn) -> dynamic.Round:
+  """`group_size` rollouts of each problem (rows grouped by problem) and their rewards."""
+  prompts = [p for p in encode_prompts(run.tokenizer, problems, prompt_suffix(ctx))
+             for _ in range(group_size)]
+  ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
+                          ctx.pad_id)
+  traj = rollout(ctx, params, ids, mask, key, aux)
+  texts = decode(run.tokenizer, traj, ctx)
+  answers = [p.answer for p in problems for _ in range(group_size)]
+  return dynamic.Round(traj, np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)],
+                                        np.float32))
 
 
 def first_token_groups(adv, loss_mask, group_size: int) -> float:

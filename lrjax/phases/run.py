@@ -58,6 +58,10 @@ class Run:
   # the latent chain length the current params were trained with (None: unknown,
   # e.g. an HF folder without lrjax_model.json); `num_latent()` resolves it
   model_num_latent: int | None = None
+  # extra heads handed between phases (params["heads"], e.g. Latent RL's "value"), and
+  # the settings their phase resolved for the objective (e.g. the value BCE's pos_weight)
+  heads: dict = dataclasses.field(default_factory=dict)
+  heads_cfg: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
   def create(cls, config, workdir: str) -> "Run":

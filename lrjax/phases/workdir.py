@@ -57,17 +57,42 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
 
 
 def export(run, phase: str, params: dict, rule_params: dict | None = None,
-           num_latent: int = 0) -> str:
-  """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar) and
-  `lrjax_model.json` (the model's latent chain length, `num_latent`)."""
+           num_latent: int = 0, heads: dict | None = None) -> str:
+  """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar, + heads
+  sidecar) and `lrjax_model.json` (the model's latent chain length, `num_latent`)."""
   path = os.path.join(phase_dir(run, phase), "export")
   if jax.process_index() == 0:
     save_hf(run.model_cfg, params, path)
     tok_lib.save_tokenizer(run.tokenizer, path)
     if rule_params:
       save_sidecar(path, run.config.rule.name, rule_params)
+    if heads:
+      save_tree(os.path.join(path, HEADS), heads)
     save_model_meta(path, num_latent)
   return path
+
+
+HEADS = "lrjax_heads.safetensors"
+
+
+def save_tree(file: str, tree: dict, metadata: dict | None = None) -> None:
+  """A nested dict of arrays as flat safetensors (keys joined by '/')."""
+  from flax import traverse_util
+  from safetensors.numpy import save_file
+  import numpy as np
+  flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+  os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
+  save_file({k: np.asarray(v) for k, v in flat.items()}, file, metadata=metadata)
+
+
+def load_tree(file: str) -> dict:
+  """What `save_tree` wrote, as nested dicts of jax arrays."""
+  from flax import traverse_util
+  from safetensors import safe_open
+  import jax.numpy as jnp
+  with safe_open(file, framework="np") as h:
+    flat = {k: jnp.asarray(h.get_tensor(k)) for k in h.keys()}
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 MODEL_META = "lrjax_model.json"
@@ -115,23 +140,15 @@ SIDECAR = "lrjax_rule.safetensors"
 
 def save_sidecar(path: str, rule: str, rule_params: dict) -> None:
   """Thought-rule parameters beside an HF export (transformers ignores the file)."""
-  from flax import traverse_util
-  from safetensors.numpy import save_file
-  import numpy as np
-  flat = traverse_util.flatten_dict(jax.device_get(rule_params), sep="/")
-  save_file({k: np.asarray(v) for k, v in flat.items()}, os.path.join(path, SIDECAR),
-            metadata={"rule": rule})
+  save_tree(os.path.join(path, SIDECAR), rule_params, metadata={"rule": rule})
 
 
 def load_sidecar(path: str) -> tuple[str, dict] | None:
   """(rule name, params) from an export's sidecar, or None when there is none."""
-  from flax import traverse_util
   from safetensors import safe_open
-  import jax.numpy as jnp
   f = os.path.join(path, SIDECAR)
   if not os.path.exists(f):
     return None
   with safe_open(f, framework="np") as h:
     rule = (h.metadata() or {}).get("rule", "")
-    flat = {k: jnp.asarray(h.get_tensor(k)) for k in h.keys()}
-  return rule, traverse_util.unflatten_dict(flat, sep="/")
+  return rule, load_tree(f)

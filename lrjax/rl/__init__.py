@@ -11,6 +11,7 @@ from lrjax.rl.advantages import (ADVANTAGES, AdvantageSpec, compute_advantages,
                                  first_token_advantages, first_token_selection, grpo, grpo_no_std,
                                  seq_logp_mean)
 from lrjax.rl.aux_losses import AUX_LOSSES, heads_l2
+from lrjax.rl import latent_value  # noqa: F401  (registers `latent_value` and `value_bce`)
 from lrjax.rl.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3
 from lrjax.rl.losses import (AGGREGATIONS, POLICY_LOSSES, ppo_clip, reinforce_onpolicy, seq_mean,
                              seq_sum_norm, token_mean)

@@ -126,6 +126,20 @@ def grpo_no_std(rewards: jax.Array, group_size: int, *, eps: float = 1e-4,
 grpo_no_std.min_group_size = 2
 
 
+@ADVANTAGES.register("constant")
+def constant(rewards: jax.Array, group_size: int, *, valid: jax.Array | None = None,
+             **kw) -> jax.Array:
+  """A_i = 1 for every (valid) row, whatever its reward. [B] -> [B]
+
+  For objectives whose learning signal is in the scored terms themselves, not
+  in an outcome advantage: Latent RL's value objective (arXiv 2512.11816,
+  `lrjax.rl.latent_value`), one greedy rollout per prompt. Invalid rows get 0.
+  """
+  del group_size, kw
+  ones = jnp.ones(rewards.shape, jnp.float32)
+  return ones if valid is None else jnp.where(jnp.asarray(valid).astype(bool), ones, 0.0)
+
+
 def seq_logp_mean(logp: jax.Array, mask: jax.Array) -> jax.Array:
   """Length-normalised sequence log-prob (1/|y_b|) Σ_t logp_{b,t} m_{b,t}. [B, T] -> [B]
 

@@ -19,7 +19,8 @@ and one `update` is
 
 The thought rule, not the learner, says what is scored (`lrjax.latent.objective`):
 `token`/`hybrid` the sampled token's log_softmax(l/τ)[y], `hidden` the same at
-`<eot>` and the text after it. Old terms are the sampler's `traj.logp` where it
+`<eot>` and the text after it; `rl.objective` may name a registered objective
+instead (Latent RL's value objective, `lrjax.rl.latent_value`). Old terms are the sampler's `traj.logp` where it
 stored them (`masks.stored_old`) and are recomputed on the same stored inputs
 with the parameters before the first update everywhere else.
 
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrjax.latent import Masks, RuleContext, embedding_table, rule_of
+from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.registry import Registry
 from lrjax.rl.aux_losses import AUX_LOSSES
@@ -120,7 +121,7 @@ def make_rl_optimizer(rl_cfg, total_steps: int) -> GroupedOptimizer:
 
 def loss_masks(ctx: RuleContext, traj: Any) -> Masks:
   """Where ctx's rule is scored (`Masks`, from the trajectory alone)."""
-  return rule_of(ctx).objective.masks(ctx, traj)
+  return objective_of(ctx).masks(ctx, traj)
 
 
 def loss_mask(masks: Masks) -> jax.Array:
@@ -131,7 +132,7 @@ def loss_mask(masks: Masks) -> jax.Array:
 def old_terms(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array:
   """[B, N] old ratio terms: traj.logp where the sampler stored them, else the rule's
   terms recomputed on the stored inputs with `params` (no gradient)."""
-  obj = rule_of(ctx).objective
+  obj = objective_of(ctx)
   masks = obj.masks(ctx, traj)
   terms = obj.terms(ctx, params, traj, replay(ctx, params, traj, aux), aux)
   return jnp.where(masks.stored_old, traj.logp, jax.lax.stop_gradient(terms.ratio))
@@ -158,7 +159,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
   spec.beta > 0); old_logp: [B, N] old ratio terms (None: traj.logp); rewards:
   [B], passed to the auxiliary losses only.
   """
-  obj = rule_of(ctx).objective
+  obj = objective_of(ctx)
   out = replay(ctx, params, traj, aux)  # B N H, B N V
   masks = obj.masks(ctx, traj)
   terms = obj.terms(ctx, params, traj, out, aux,

@@ -1,0 +1,52 @@
+"""Latent RL on a LatR model (Özeren & Aßenmacher, arXiv 2512.11816): a value head
+rates the continuous thoughts, and the backbone learns to produce thoughts it
+rates highly.
+
+Three phases (`config.mode = "sft,value,rl"`):
+
+* `sft`: the LatR SFT model of configs/latr_sft.py (or `--config.init=<a latr or
+  latr_sft workdir>` with `--config.mode=value,rl` to start from one);
+* `value` (stage 1): the head V (MLP H -> 128 -> 32 -> 8 -> 1, ReLU, dropout 0.1)
+  learns, from sampled rollouts of the starting model, which thought states
+  belong to correct responses: class-weighted BCE (pos_weight n_neg / n_pos of
+  the data; the paper used 20), split by problem, best epoch by held-out
+  ROC-AUC (`value/roc_auc`);
+* `rl` (stage 2): one greedy rollout per prompt, no groups and no advantages;
+  the backbone minimises −mean σ(V(h_t)) over the thought positions (objective
+  `latent_value`, head frozen in it) while the head keeps learning online from
+  the outcomes (auxiliary loss `value_bce`, backbone frozen in it) at its own
+  learning rate (`rl.param_groups`).
+
+    python -m lrjax.main --config=configs/latent_rl.py --workdir=runs/latent_rl
+    python -m lrjax.main --config=configs/latent_rl.py --workdir=runs/latent_rl2 \\
+        --config.init=runs/latr --config.mode=value,rl
+"""
+from configs import base
+from configs.latr_sft import set_latr_sft
+
+
+def get_config(arg=None):
+  base.check_arg(arg, "configs/latent_rl.py")
+  c = base.get_config(arg)
+  c.name = "latent_rl"
+  c.mode = "sft,value,rl"
+  set_latr_sft(c)
+  # stage 1: sampled rollouts at GRPO-on-LatR's settings (the paper's T 0.7, top-k 50)
+  c.rl.temperature, c.rl.top_k = 0.7, 50
+  # stage 2: greedy, one rollout per prompt, the value objective and the online BCE
+  c.rl.greedy = True
+  c.rl.group_size = 1
+  c.rl.num_prompts = 32
+  c.rl.advantage = "constant"
+  c.rl.objective = "latent_value"
+  c.rl.aux_losses = (("value_bce", 1.0),)
+  c.rl.beta = 0.0
+  c.rl.aggregation = "token_mean"
+  c.latent_rl.prompts = 4096
+  c.latent_rl.samples = 1  # one greedy response per problem
+  # the pre-trained head "value_start" (a yardstick) and the input standardisation stay
+  # fixed; the online head learns at 1e-4; the backbone at the shared RL lr
+  c.rl.param_groups = (("heads/value_start/.*", None), ("heads/value/input_norm/.*", None),
+                       ("heads/value/.*", 1e-4), (".*", 3e-5))
+  c.rl.log_param_change = True
+  return c
