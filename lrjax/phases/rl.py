@@ -4,8 +4,8 @@ Starts from `run.params` (the SFT model of this workdir, or `config.init`),
 evaluates at RL step 0 before any update, then every `rl.eval_every` steps
 and at the end, and prints a before/after summary. A step rolls out
 `rl.num_prompts` prompts × `rl.group_size` samples (more rounds with dynamic
-sampling, `lrjax.rl.dynamic`), fixes the old ratio terms, computes the
-advantages (`lrjax.rl.advantages.compute_advantages`) and makes
+sampling, `lrjax.rl.dynamic`; argmax ones with `rl.greedy`), fixes the old
+ratio terms, computes the advantages (`lrjax.rl.advantages.compute_advantages`) and makes
 `rl.updates_per_batch` optimizer updates on shuffled mini-batches of whole
 groups. The RL checkpoint's meta holds the data cursor (prompts drawn so far)
 and the number of rollout rounds, so a resumed run draws the same prompts.
@@ -18,7 +18,13 @@ train/tokens_per_sec, train/response_tokens, train/latent_steps, the rule's own
 rows that hit rl.max_new), with rl.first_token_selection train/first_token_groups
 (share of groups where it zeroed a positive row's first position), with dynamic
 sampling train/dynamic_tries (rounds
-this step) and train/groups_kept, and with auxiliary losses train/aux_<name>.
+this step) and train/groups_kept, with auxiliary losses train/aux_<name>, a
+chosen objective's own (Latent RL: train/value_mean, train/value_mean_start),
+and with rl.log_param_change train/param_change.
+
+params["heads"] starts as the heads earlier phases made (`run.heads`, e.g. the
+`value` phase's head) that the objective reads; they are checkpointed with the
+policy and exported beside it (`lrjax_heads.safetensors`).
 """
 from __future__ import annotations
 
