@@ -19,7 +19,13 @@ Three phases (`config.mode = "sft,value,rl"`):
 
     python -m lrjax.main --config=configs/latent_rl.py --workdir=runs/latent_rl
     python -m lrjax.main --config=configs/latent_rl.py --workdir=runs/latent_rl2 \\
-        --config.init=runs/latr --config.mode=value,rl
+        --config.init=runs/latr/sft/export --config.mode=value,rl
+
+Measured (arith, seeds 0/1/2, greedy on 1000 held-out problems): the head's
+held-out ROC-AUC 0.606 / 0.542 / 0.696; Latent RL from the LatR SFT model
+0.068 -> 0.037, 0.066 -> 0.063, 0.086 -> 0.089 in 200 steps while the thoughts
+reach states the pre-trained head rates 0.99 (GRPO on LatR: +2.1 / +0.1 /
++1.3); 11.5 min for the whole seed-1 run. docs/latent_rl.md has the curves.
 """
 from configs import base
 from configs.latr_sft import set_latr_sft
