@@ -27,31 +27,19 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   if not flags.FLAGS["verbosity"].present:  # keep the console to lrjax's own lines
     absl_logging.set_verbosity(absl_logging.WARNING)
-  from lrjax.config_utils import CONFIG_FILE, ConfigError, ConfigMismatchError
-  from lrjax.validate import validate_config
+  from lrjax.config_utils import ConfigError, ConfigMismatchError
   config = _CONFIG.value
   if config is None:
     sys.exit("lrjax: --config is required (e.g. --config=configs/hrpo.py)")
-  from lrjax.phases import PHASES, PRECHECKS
-  from lrjax.phases.run import Run
+  from lrjax.phases.pipeline import prepare, run_phases
   workdir = _WORKDIR.value or default_workdir(config)
-  stored = os.path.join(workdir, CONFIG_FILE)
-  fresh = not os.path.exists(stored)
   try:
-    phases = validate_config(config, PHASES)
-    run = Run.create(config, workdir)
-    for name in phases:  # checks that need the model, before the first phase
-      if name in PRECHECKS:
-        PRECHECKS.get(name)(run)
+    run, phases = prepare(config, workdir)
   except ConfigMismatchError as e:  # multi-line: one line per differing field
     sys.exit(f"lrjax: {e}")
   except (ConfigError, ValueError, OSError) as e:
-    if fresh and os.path.exists(stored):  # nothing ran: a corrected rerun is not a mismatch
-      os.remove(stored)
     sys.exit(f"lrjax: config error: {' '.join(str(e).split())}")
-  for name in phases:
-    PHASES.get(name)(run)
-  run.close()
+  run_phases(run, phases)
 
 
 def _one_line_error(argv, err: Exception) -> str:

@@ -1,0 +1,102 @@
+"""`lrjax.compare` end to end on `configs/compare.py:smoke` (token GRPO and HRPO, 2
+seeds, a few steps): the table equals the runs' own metrics, each seed's warm-up
+is trained once and shared, an interrupted compare resumes without retraining,
+and a finished one trains nothing and rewrites the same table.
+"""
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from configs import compare as compare_config
+from lrjax import compare
+from lrjax.compare import Compare, mean_se, run_in_process, tabulate
+
+
+class Interrupt(Exception):
+  pass
+
+
+def _log(workdir):
+  with open(os.path.join(workdir, "compare_log.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _last_rl_eval(workdir):
+  recs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  evals = [r for r in recs if r["phase"] == "rl" and "eval/accuracy" in r]
+  return evals[0], evals[-1]
+
+
+def test_smoke_compare_table_sharing_and_resume(tmp_path):
+  cfg = compare_config.get_config("smoke")
+  cfg.overrides["all"] = tuple(cfg.overrides["all"]) + (  # smaller still: compile-bound
+      "sft.steps=8", "sft.eval_every=8", "checkpoint.every=8", "rl.max_new=32",
+      "eval.max_new=32", "eval.num_problems=16", "eval.batch_size=16")
+  work = str(tmp_path / "cmp")
+  calls = []
+
+  def interrupting(config, workdir):
+    calls.append(workdir)
+    if workdir.endswith(os.path.join("s0", "hrpo")):
+      raise Interrupt  # as if the machine went away before this run trained
+    run_in_process(config, workdir)
+
+  with pytest.raises(Interrupt):
+    Compare(cfg, work, runner=interrupting).run()
+  rows = Compare(cfg, work).run()  # resumes
+  log = _log(work)
+  warmups = [r for r in log if r["action"] == "warmup"]
+  assert sorted(r["seed"] for r in warmups) == [0, 1]  # one per seed, never retrained
+  runs = [(r["method"], r["seed"]) for r in log if r["action"] == "run"]
+  # grpo s0 ran once; hrpo s0 was started, interrupted, then run again
+  assert runs == [("grpo", 0), ("hrpo", 0), ("hrpo", 0), ("grpo", 1), ("hrpo", 1)]
+  reuse = sorted((r["method"], r["seed"]) for r in log if r["action"] == "reuse")
+  assert reuse == [("grpo", 0), ("grpo", 1), ("hrpo", 0), ("hrpo", 1)]
+  for r in rows:  # both RL methods of a seed start from the same warm-up model
+    with open(os.path.join(r.workdir, "sft", "export", "model.safetensors"), "rb") as f:
+      r.digest = hash(f.read())
+  for seed in (0, 1):
+    assert len({r.digest for r in rows if r.seed == seed}) == 1
+
+  results = tabulate(rows, work, "python -m lrjax.compare --config=configs/compare.py:smoke")
+  with open(os.path.join(work, "results.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert [(t["method"], int(t["seed"])) for t in table] == [
+      ("grpo", 0), ("hrpo", 0), ("grpo", 1), ("hrpo", 1)]
+  for row, t in zip(rows, table):  # each row = its own run's metrics.jsonl
+    first, last = _last_rl_eval(row.workdir)
+    assert float(t["accuracy"]) == pytest.approx(last["eval/accuracy"])
+    assert float(t["response_tokens"]) == pytest.approx(last["eval/response_tokens"])
+    assert float(t["gain"]) == pytest.approx(last["eval/accuracy"] - first["eval/accuracy"])
+  summary = compare.summarize(results)
+  for s in summary:
+    accs = [_last_rl_eval(r.workdir)[1]["eval/accuracy"] for r in rows if r.method == s["method"]]
+    assert s["accuracy"][0] == pytest.approx(sum(accs) / len(accs))
+  md = open(os.path.join(work, "RESULTS.md")).read()
+  assert "| arith | grpo | 2 |" in md and "jax " in md
+  for png in ("accuracy_vs_tokens.png", "curves.png"):
+    assert os.path.getsize(os.path.join(work, png)) > 1000
+
+  before = len(_log(work))
+  again = Compare(cfg, work).run()  # finished: trains nothing, same table
+  assert len(_log(work)) == before
+  tabulate(again, work, "python -m lrjax.compare --config=configs/compare.py:smoke")
+  with open(os.path.join(work, "results.csv")) as f:
+    assert list(csv.DictReader(f)) == table
+
+
+def test_mean_se_and_overrides():
+  m, se = mean_se([0.5, 0.7, 0.9])
+  assert m == pytest.approx(0.7) and se == pytest.approx(0.2 / math.sqrt(3))
+  assert math.isnan(mean_se([0.4])[1]) and math.isnan(mean_se([])[0])
+  c = compare.method_config("grpo", "arith", 3, compare_config.get_config("smoke"))
+  assert c.seed == 3 and c.rl.steps == 2 and c.eval.sampled is False
+  bad = compare_config.get_config("smoke")
+  bad.overrides["grpo"] = ("rl.stepz=3",)
+  with pytest.raises(ValueError, match="rl.stepz"):
+    compare.method_config("grpo", "arith", 0, bad)
+  # a method without a config becomes a "not available" row, not an error
+  assert not compare.method_available("no_such_method")
