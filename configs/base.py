@@ -196,6 +196,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.pass_k = (1, 4)
   c.eval.temperature = 1.0
   c.eval.sampled = True  # also compute pass@k (costs num_samples rollouts per problem)
+  c.eval.show_samples = 3  # greedy completions per evaluation written to samples.jsonl
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200

@@ -247,6 +247,7 @@ ROWS.extend([
     Row("eval.batch_size", positive_int),
     Row("eval.max_new", positive_int),
     Row("eval.temperature", positive),
+    Row("eval.show_samples", non_negative_int),
     Row("eval.num_samples", positive_int, when=_SAMPLED),
     Row("eval.pass_k", _pass_k, when=_SAMPLED),
     Row("checkpoint.every", positive_int, phases=_TRAIN),

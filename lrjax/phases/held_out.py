@@ -14,10 +14,18 @@ Metric keys (one JSON line per evaluation, see lrjax/metrics.py):
     eval/format_rate       share of greedy answers with exactly one '####'
     eval/response_tokens   mean response positions of the greedy answers (latents included)
     eval/latent_steps      mean latent / think-span positions of the greedy answers
+
+With `eval.show_samples` = n > 0, every evaluation also appends the greedy
+completions of the first n problems to `<workdir>/samples.jsonl`, one line
+each: phase, step, prompt, answer, reward, completion, and `latent`, the
+rule's latent positions in readable form (`lrjax.latent.readable`);
+`python -m lrjax.inspect --workdir=W` prints them as a transcript.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from typing import Any, Sequence
 
@@ -27,6 +35,7 @@ import numpy as np
 from lrjax import rewards as rewards_lib
 from lrjax.data.tasks import Problem
 from lrjax.latent import RuleContext, rule_aux
+from lrjax.latent.readable import readable
 from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
                            pad_prompts, rollout)
 
@@ -77,8 +86,11 @@ def score(run_tokenizer: Any, ctx: RuleContext, batches, answers: Sequence[str],
 def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[Problem],
              reward: str, key: jax.Array, *, batch_size: int = 500, num_samples: int = 8,
              pass_k: Sequence[int] = (1, 8), temperature: float = 1.0, sampled: bool = True,
-             aux: Any = None, prompt_suffix: Sequence[int] = ()) -> dict[str, float]:
-  """All `eval/*` metrics of `params` under `ctx`'s rule on `problems`."""
+             aux: Any = None, prompt_suffix: Sequence[int] = (), show: int = 0,
+             samples: list | None = None) -> dict[str, float]:
+  """All `eval/*` metrics of `params` under `ctx`'s rule on `problems`; with `show` > 0
+  and a `samples` list, the first `show` greedy completions are appended to it
+  (`sample_records`)."""
   t0 = time.time()
   reward_fn = rewards_lib.REWARDS.get(reward)
   prompts = encode_prompts(tokenizer, problems, prompt_suffix)
@@ -87,6 +99,9 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
   greedy_ctx = ctx.replace(sampling=Sampling(temperature=ctx.sampling.temperature, greedy=True))
   batches = generate(greedy_ctx, params, prompts, key, batch_size, aux, pad_id)
   correct, formatted, lengths, latent = score(tokenizer, greedy_ctx, batches, answers, reward_fn)
+  if show > 0 and samples is not None:
+    samples.extend(sample_records(greedy_ctx, params, tokenizer, batches[0][0], prompts,
+                                  answers, correct, min(show, batches[0][1])))
   metrics = {"eval/accuracy": correct.mean(), "eval/format_rate": formatted.mean(),
              "eval/response_tokens": lengths.mean(), "eval/latent_steps": latent.mean()}
   if sampled and num_samples > 0:
@@ -105,6 +120,44 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
   return {k: float(v) for k, v in metrics.items()}
 
 
+def sample_records(ctx: RuleContext, params: dict, tokenizer: Any, traj, prompts, answers,
+                   correct, n: int) -> list[dict]:
+  """The first n rows of a greedy batch as readable records (see the module doc)."""
+  texts = decode(tokenizer, traj, ctx)
+  return [{"prompt": tokenizer.decode(prompts[i]), "answer": answers[i],
+           "reward": float(correct[i]), "completion": texts[i],
+           "latent": readable(ctx, params, traj, i, tokenizer)} for i in range(n)]
+
+
+def write_samples(workdir: str, phase: str, step: int, samples: list[dict]) -> None:
+  """Appends the records to `<workdir>/samples.jsonl` (process 0 only)."""
+  if not samples or jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "samples.jsonl"), "a") as f:
+    for rec in samples:
+      f.write(json.dumps({"phase": phase, "step": int(step), **rec}) + "\n")
+
+
+def truncate_samples(workdir: str, phase: str, step: int) -> None:
+  """Drops the sample lines a run resumed at `step` of `phase` will write again."""
+  path = os.path.join(workdir, "samples.jsonl")
+  if not os.path.exists(path) or jax.process_index() != 0:
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut by an interruption
+    if not (rec.get("phase") == phase and rec.get("step", 0) > step):
+      keep.append(line)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(keep)
+  os.replace(path + ".tmp", path)
+
+
 def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
                 prompt_suffix=(), sampled: bool = True) -> dict:
   """Evaluates on the held-out set, logs `eval/*` at (phase, step), returns the metrics."""
@@ -114,12 +167,15 @@ def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
   params = run.place(params)
   problems = run.task.eval[:e.num_problems] if e.num_problems else run.task.eval
   reward = run.config.rl.reward or run.task.reward
+  samples: list[dict] = []
   metrics = evaluate(ctx, params, run.tokenizer, problems, reward,
                      jax.random.fold_in(jax.random.key(run.config.seed + 7919), step),
                      batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
                      temperature=e.temperature, sampled=e.sampled and sampled,
-                     aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix)
+                     aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix,
+                     show=int(e.show_samples), samples=samples)
   run.metrics.write(phase, step, metrics)
+  write_samples(run.workdir, phase, step, samples)
   shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
   print(f"[lrjax] {phase} step {step} eval: {shown}", flush=True)
   return metrics

@@ -51,6 +51,8 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
   target = abstract_state(state)
   restored, meta = ckpt.restore(target, latest)
   run.metrics.truncate(phase, latest)
+  from lrjax.phases.held_out import truncate_samples  # noqa: PLC0415
+  truncate_samples(run.workdir, phase, latest)
   logging.info("resuming %s at step %d", phase, latest)
   print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}", flush=True)
   return restored, latest, meta
