@@ -18,6 +18,14 @@ renames it when finalised, so a process killed mid-save (SIGKILL, preemption)
 leaves the previous checkpoint intact; `latest_step()` of a fresh Checkpointer
 sees finalised steps only and leftover tmp dirs are deleted on start.
 
+A checkpoint that cannot be restored (truncated, corrupted, files missing) is
+told apart from one of another structure: `check_structure` reads the step's
+metadata and raises `CheckpointMismatchError` naming the first tensor whose
+path or shape differs from the target (a config problem: nothing is moved);
+`move_aside(step)` renames an unreadable step to `<step>.corrupt-<n>` (never
+deleted) so the newest readable one becomes the latest and saving resumes
+after it (`lrjax.phases.workdir.try_resume` does both).
+
 Typed PRNG keys (`jax.random.key`) cannot be serialised. `save` stores their
 raw `key_data` and records the key paths and implementations in `meta`;
 `restore` wraps them back, whether the abstract target describes the leaf as a
@@ -36,7 +44,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lrjax.config_utils import config_mismatch  # re-exported: part of this module's API
 
-__all__ = ["Checkpointer", "abstract_state", "config_mismatch"]
+__all__ = ["CheckpointMismatchError", "Checkpointer", "abstract_state", "config_mismatch"]
+
+
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint whose tensors do not match the run's state (names the tensor)."""
 
 _KEYS_META = "_lrjax_prng_keys"  # meta entry: {key path: PRNG impl name}
 
@@ -95,7 +107,10 @@ class Checkpointer:
         create=True,
         cleanup_tmp_directories=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """The newest step, or None. Unfinalised (killed) saves are never listed;
@@ -152,6 +167,49 @@ class Checkpointer:
       impl = impls.get(jax.tree_util.keystr(path))
       return x if impl is None else jax.random.wrap_key_data(x, impl=impl)
     return jax.tree_util.tree_map_with_path(decode, restored), meta
+
+  def check_structure(self, abstract_state: Any, step: int) -> None:
+    """Raises CheckpointMismatchError when `step`'s stored tensors (paths, shapes) differ
+    from `abstract_state`'s; any other error means the metadata is unreadable."""
+    self._manager.wait_until_finished()
+    md = self._manager.item_metadata(step)
+    tree = getattr(md["state"] if md is not None else None, "tree", None)
+    if tree is None:
+      raise OSError(f"no readable metadata in {os.path.join(self.directory, str(step))}")
+    stored = {jax.tree_util.keystr(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    where = os.path.join(self.directory, str(step))
+    for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+      name = jax.tree_util.keystr(path)
+      shape = tuple(x.shape)
+      if _is_prng_key(x):
+        shape = tuple(jax.eval_shape(jax.random.key_data,
+                                     jax.ShapeDtypeStruct(x.shape, x.dtype)).shape)
+      if name not in stored:
+        raise CheckpointMismatchError(f"checkpoint {where} has no tensor {name} (this run's "
+                                      "state has it: a different model or method?)")
+      if stored[name] != shape:
+        raise CheckpointMismatchError(f"checkpoint {where}: tensor {name} has shape "
+                                      f"{stored[name]}, this run expects {shape}")
+    extra = sorted(set(stored) - {jax.tree_util.keystr(p) for p, _ in
+                                  jax.tree_util.tree_flatten_with_path(abstract_state)[0]})
+    if extra:
+      raise CheckpointMismatchError(f"checkpoint {where} holds tensor {extra[0]}, which this "
+                                    "run's state does not have")
+
+  def move_aside(self, step: int) -> str:
+    """Renames `<dir>/<step>` to `<dir>/<step>.corrupt-<n>` (never deletes it), so the
+    previous step becomes the latest; returns the new path."""
+    self._manager.wait_until_finished()
+    src = os.path.join(self.directory, str(int(step)))
+    n = 0
+    while os.path.exists(f"{src}.corrupt-{n}"):
+      n += 1
+    dst = f"{src}.corrupt-{n}"
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    self._manager.reload()
+    return dst
 
   def wait(self) -> None:
     """Blocks until an in-flight async save is finalised on disk."""

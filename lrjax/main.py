@@ -39,7 +39,10 @@ def main(argv) -> None:
     sys.exit(f"lrjax: {e}")
   except (ConfigError, ValueError, OSError) as e:
     sys.exit(f"lrjax: config error: {' '.join(str(e).split())}")
-  run_phases(run, phases)
+  try:
+    run_phases(run, phases)
+  except ConfigError as e:  # a phase's own refusal (e.g. no checkpoint restores): one line
+    sys.exit(f"lrjax: {' '.join(str(e).split())}")
 
 
 def _one_line_error(argv, err: Exception) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from lrjax.checkpoint import Checkpointer, abstract_state
+from lrjax.checkpoint import CheckpointMismatchError, Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
 from lrjax.model import save_hf
@@ -44,18 +44,41 @@ def checkpointer(run, phase: str) -> Checkpointer:
 
 
 def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, int, dict]:
-  """(state, next step, meta): restored when the phase has a checkpoint."""
-  latest = ckpt.latest_step()
-  if latest is None:
-    return state, 0, {}
+  """(state, next step, meta): restored from the newest checkpoint that restores.
+
+  A checkpoint that cannot be read (truncated, corrupted, files missing) is
+  reported with its step and path and moved aside (`<step>.corrupt-<n>`, never
+  deleted), and the previous one is tried; one whose tensors differ from this
+  run's state is a ConfigError naming the tensor (nothing is moved). When none
+  restores the phase stops with a one-line error naming the folder.
+  """
   target = abstract_state(state)
-  restored, meta = ckpt.restore(target, latest)
-  run.metrics.truncate(phase, latest)
-  from lrjax.phases.held_out import truncate_samples  # noqa: PLC0415
-  truncate_samples(run.workdir, phase, latest)
-  logging.info("resuming %s at step %d", phase, latest)
-  print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}", flush=True)
-  return restored, latest, meta
+  steps = ckpt.all_steps()
+  for step in reversed(steps):
+    try:
+      ckpt.check_structure(target, step)
+      restored, meta = ckpt.restore(target, step)
+    except CheckpointMismatchError as e:
+      raise ConfigError(f"{e} (the config's shapes changed? resume needs the same model)") from e
+    except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
+      bad = os.path.join(ckpt.directory, str(step))
+      moved = ckpt.move_aside(step)
+      msg = (f"the {phase} checkpoint at step {step} ({bad}) cannot be restored "
+             f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); moved aside to {moved}")
+      logging.warning(msg)
+      print(f"[lrjax] warning: {msg}", flush=True)
+      continue
+    run.metrics.truncate(phase, step)
+    from lrjax.phases.held_out import truncate_samples  # noqa: PLC0415
+    truncate_samples(run.workdir, phase, step)
+    logging.info("resuming %s at step %d", phase, step)
+    print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {step}", flush=True)
+    return restored, step, meta
+  if steps:
+    raise ConfigError(f"no checkpoint of phase {phase!r} in {ckpt.directory} restores (steps "
+                      f"{', '.join(map(str, steps))} were moved aside); remove the folder to "
+                      "start the phase again")
+  return state, 0, {}
 
 
 def export(run, phase: str, params: dict, rule_params: dict | None = None,
