@@ -195,6 +195,8 @@ class Progress:
     self._last_print = -math.inf
     self._pending: str | None = None
     self._width = 0
+    if stream is None and not _is_primary():  # one progress line per run, not per host
+      self.stream, self.tty = open(os.devnull, "w"), False
 
   def _line(self, step: int, total: int | None, now: float, scalars: dict[str, Any]) -> str:
     parts = [self.desc] if self.desc else []

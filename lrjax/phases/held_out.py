@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from lrjax import rewards as rewards_lib
+from lrjax import parallel, rewards as rewards_lib
 from lrjax.data.tasks import Problem
 from lrjax.latent import RuleContext, rule_aux
 from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
@@ -54,7 +54,7 @@ def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.
     chunk = chunk + [chunk[-1]] * (batch_size - real)  # keep one compiled shape
     ids, mask = pad_prompts(chunk, bucket, pad_id)
     traj = rollout(ctx, params, ids, mask, jax.random.fold_in(key, i), aux)
-    out.append((jax.device_get(traj), real))
+    out.append((parallel.fetch(traj), real))  # the whole batch, on every process
   return out
 
 

@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import metrics as metrics_lib
+from lrjax import metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
@@ -100,6 +100,8 @@ def run_rl(run) -> None:
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
   progress = metrics_lib.Progress("rl")
   g = rl.group_size
+  if jax.process_count() > 1 and rl.dynamic_sampling_tries:
+    raise ValueError("rl.dynamic_sampling_tries > 0 is single-process only for now")
   for step in range(start, rl.steps):
     t0 = time.time()
     step_key = jax.random.fold_in(key, 10_000 + step)
@@ -111,11 +113,14 @@ def run_rl(run) -> None:
       ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
                               ctx.pad_id)
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      traj = rollout(ctx, state["params"], ids, mask, k, aux)
-      texts = decode(run.tokenizer, traj, ctx)
-      answers = [p.answer for p in problems for _ in range(g)]
-      return dynamic.Round(traj, np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)],
-                                            np.float32))
+      # every process feeds, decodes and scores only its own rows of the batch
+      traj = rollout(ctx, state["params"], *parallel.feed((ids, mask), run.mesh), k, aux)
+      rows = parallel.batch_rows(run.mesh, len(prompts))
+      texts = decode(run.tokenizer, traj.replace(
+          **parallel.local_rows({"ids": traj.ids, "span": traj.span}, run.mesh)), ctx)
+      answers = [p.answer for p in problems for _ in range(g)][rows]
+      local = np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)], np.float32)
+      return dynamic.Round(traj, parallel.gather_rows(local, run.mesh, len(prompts)))
 
     batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
                                ctx.pad_id)
@@ -133,14 +138,14 @@ def run_rl(run) -> None:
     state["params"], state["opt_state"], m = learner.learn_batch(
         update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows,
         jax.numpy.asarray(r))
-    m = jax.device_get(m)
-    lengths = np.asarray(traj.lengths)
+    m = parallel.fetch(m)
+    lengths = parallel.fetch(traj.lengths)
     done = step + 1
     line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
             "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
             "train/clip_frac": float(m["clip_frac"]),
             "train/response_tokens": float(lengths.mean()),
-            "train/latent_steps": float(np.asarray(traj.latent_mask).sum(-1).mean()),
+            "train/latent_steps": float(parallel.fetch(traj.latent_mask).sum(-1).mean()),
             "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
     if rl.mask_truncated:
       line["train/truncated"] = float(np.asarray(traj.truncated).mean())

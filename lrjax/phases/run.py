@@ -61,10 +61,11 @@ class Run:
 
   @classmethod
   def create(cls, config, workdir: str) -> "Run":
+    # first: process_index() (who writes the files below) needs the process group
+    parallel.maybe_initialize_distributed(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_resume_config(workdir, config, config.allow_config_mismatch)
     config_utils.save_config(workdir, config)
-    parallel.maybe_initialize_distributed()
     mesh = parallel.make_mesh(config.mesh)
     task = load_task(config.data)
     logging.info("task %s: %d train / %d eval problems", config.data.task, len(task.train),
@@ -155,4 +156,7 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
     tokenizer, model_cfg, params, _ = tok_lib.add_latent_tokens(tokenizer, model_cfg, params)
   if not config.init and jax.process_index() == 0:
     tok_lib.save_tokenizer(tokenizer, os.path.join(workdir, "tokenizer"))
+  if jax.process_count() > 1:  # no process reads a half-written tokenizer on a resume
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("lrjax: tokenizer saved")
   return tokenizer, model_cfg, params

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import config_utils, optim
+from lrjax import config_utils, optim, parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.latent import RULES, prompt_suffix
@@ -189,11 +189,12 @@ def run_sft(run) -> None:
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
                                   stage=stage, max_len=s.max_len, pad_to_multiple=16,
                                   **cur.batch_kwargs(run))
-    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     tokens += int(np.asarray(batch.mask).sum())
+    batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows
+    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     done = step + 1
     if done % s.log_every == 0 or done == s.steps:
-      m = jax.device_get(m)
+      m = parallel.fetch(m)
       dt = max(time.time() - t0, 1e-9)
       line = {"train/loss": float(m["loss"]), "train/accuracy": float(m["accuracy"]),
               "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": tokens / dt,

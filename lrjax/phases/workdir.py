@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from lrjax import parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
@@ -61,6 +62,8 @@ def export(run, phase: str, params: dict, rule_params: dict | None = None,
   """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar) and
   `lrjax_model.json` (the model's latent chain length, `num_latent`)."""
   path = os.path.join(phase_dir(run, phase), "export")
+  # gathered on every process (a collective), written by process 0
+  params, rule_params = parallel.fetch((params, rule_params))
   if jax.process_index() == 0:
     save_hf(run.model_cfg, params, path)
     tok_lib.save_tokenizer(run.tokenizer, path)
