@@ -46,6 +46,12 @@ def _is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(text: str) -> None:
+  """Prints a console line of the run: once per run (process 0), not once per host."""
+  if _is_primary():
+    print(text, flush=True)
+
+
 class MetricsWriter:
   """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard (tensorboardX)."""
 

@@ -9,6 +9,11 @@ TPU pod, and the mesh shape comes from the config:
 Parameters are sharded FSDP-style over `fsdp` (the hidden dimension) and
 Megatron-style over `tensor` (heads, MLP width, vocabulary); the batch is split
 over (`data`, `fsdp`). XLA's GSPMD inserts the collectives.
+
+With several processes (a pod slice; `lrjax.distributed` joins them) every
+process builds the same host batch, feeds only the rows its devices hold
+(`feed`), decodes and scores only those (`local_rows`), and shares the results
+(`gather_rows`, `fetch`).
 """
 from __future__ import annotations
 
@@ -129,103 +134,47 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, batch)
 
 
-def distributed_settings(dist_cfg: Any = None, environ: Any = None) -> dict:
-  """(coordinator_address, num_processes, process_id) from `config.distributed`,
-  else the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID);
-  empty / 0 / -1 when unset. The config wins, so one launcher can pass either."""
-  import os
-  env = os.environ if environ is None else environ
-  get = lambda k, d: getattr(dist_cfg, k, d) if dist_cfg is not None else d
-  addr = get("coordinator_address", "") or env.get("JAX_COORDINATOR_ADDRESS", "")
-  n = int(get("num_processes", 0) or env.get("JAX_NUM_PROCESSES", 0) or 0)
-  pid = int(get("process_id", -1))
-  if pid < 0:
-    pid = int(env.get("JAX_PROCESS_ID", -1))
-  return {"coordinator_address": addr, "num_processes": n, "process_id": pid}
 
+# -- Multi-process batches: every process builds the same host batch (numpy), feeds
+# -- only the rows its own devices hold, and reads back only those.
 
-def maybe_initialize_distributed(dist_cfg: Any = None) -> bool:
-  """`jax.distributed.initialize()` when the runtime says so; True if this call did it.
-
-  Must run before JAX touches a backend (the first `jax.devices()`). Cases:
-  * an explicit coordinator (config or environment, see `distributed_settings`)
-    with more than one process: initialise with it (CPU and GPU clusters, the
-    localhost test);
-  * a TPU pod slice (`TPU_WORKER_HOSTNAMES` lists more than one worker), or
-    `LRJAX_DISTRIBUTED=1` (SLURM, Open MPI, ...): JAX's own cluster detection.
-  A single process (a laptop, one GPU, a one-host TPU VM) never initialises.
-  """
-  import os
-  if jax.distributed.is_initialized():
-    return False
-  s = distributed_settings(dist_cfg)
-  if s["coordinator_address"] and s["num_processes"] > 1:
-    if s["process_id"] < 0:
-      raise ValueError("distributed: a coordinator address and num_processes > 1 need a "
-                       "process id (config.distributed.process_id or JAX_PROCESS_ID)")
-    jax.distributed.initialize(s["coordinator_address"], num_processes=s["num_processes"],
-                               process_id=s["process_id"])
-    return True
-  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  if len(hosts) > 1 or os.environ.get("LRJAX_DISTRIBUTED", "") == "1":
-    jax.distributed.initialize()
-    return True
-  return False
-
-
-# -- multi-process batches: each process feeds, and reads back, only its own rows --
-
-def batch_rows(mesh: Mesh, n: int) -> slice:
-  """The rows of an n-row batch (split over (data, fsdp)) that this process's
-  devices hold: all of them in one process, a contiguous block per process on
-  a pod (JAX orders devices by process; checked here)."""
+def batch_rows(mesh: Mesh, n: int) -> np.ndarray:
+  """The rows of an n-row batch (split over (data, fsdp)) that this process's devices
+  hold, ascending: all of them in one process or when the data-parallel size does not
+  divide n (such a batch is replicated); on a pod the process's blocks of rows."""
   if jax.process_count() == 1 or n % data_parallel_size(mesh):
-    return slice(0, n)
-  idx = batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
-  blocks = sorted({(s[0].start or 0, n if s[0].stop is None else s[0].stop) for s in idx.values()})
-  for (_, stop), (start, _) in zip(blocks, blocks[1:]):
-    if stop != start:
-      raise ValueError(f"this process's batch rows {blocks} are not contiguous; order the mesh "
-                       "devices by process")
-  return slice(blocks[0][0], blocks[-1][1])
+    return np.arange(n)
+  index = batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
+  blocks = sorted({idx[0].indices(n)[:2] for idx in index.values()})
+  return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
+def _target(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """Batch-split over (data, fsdp) when the data-parallel size divides the leading
+  dimension, else replicated."""
+  if not shape or shape[0] % data_parallel_size(mesh):
+    return replicated(mesh)
+  return batch_sharding(mesh, len(shape))
 
 
 def feed(batch: Any, mesh: Mesh) -> Any:
-  """A global batch from the host batch every process builds alike (numpy, equal
-  on every process): each process feeds only its own rows
-  (`jax.make_array_from_process_local_data`), split over (data, fsdp). A batch
-  whose size the data-parallel size does not divide is replicated instead (one
-  process only: with several it is an error)."""
-  dp = data_parallel_size(mesh)
-
+  """Global arrays from a host batch pytree that every process builds alike: each
+  process hands over only its own rows (`batch_rows`,
+  `jax.make_array_from_process_local_data`). The leading axis is split over (data,
+  fsdp); a batch the data-parallel size does not divide is replicated."""
   def put(x):
     x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] % dp:
-      if x.ndim and jax.process_count() > 1:
-        raise ValueError(f"batch dimension {x.shape[0]} is not divisible by the data-parallel "
-                         f"size {dp} (mesh.data x mesh.fsdp), which {jax.process_count()} "
-                         "processes need to split it")
-      return jax.device_put(x, replicated(mesh))
-    return jax.make_array_from_process_local_data(
-        batch_sharding(mesh, x.ndim), x[batch_rows(mesh, x.shape[0])], x.shape)
+    sharding = _target(mesh, x.shape)
+    split = sharding != replicated(mesh)
+    local = x[batch_rows(mesh, x.shape[0])] if split else x
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)
   return jax.tree.map(put, batch)
 
 
-def gather_rows(local: np.ndarray, mesh: Mesh, n: int) -> np.ndarray:
-  """The whole n-row array on every process from each process's rows (`batch_rows`),
-  e.g. the rewards each process scored on its own rollouts."""
-  local = np.asarray(local)
-  if jax.process_count() == 1:
-    return local
-  x = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
-                                             (n, *local.shape[1:]))
-  return fetch(x)
-
-
 def fetch(tree: Any) -> Any:
-  """Numpy copies of a tree of (possibly multi-process) arrays, the whole value on
-  every process: a collective when an array spans processes, so every process
-  must call it on the same tree."""
+  """Numpy copies of a pytree of arrays, each whole on every process. An array that
+  spans processes is all-gathered: a collective, so every process must call `fetch`
+  on the same tree."""
   from jax.experimental import multihost_utils
 
   def one(x):
@@ -236,24 +185,29 @@ def fetch(tree: Any) -> Any:
 
 
 def local_rows(tree: Any, mesh: Mesh) -> Any:
-  """This process's rows (`batch_rows`) of a tree of global batch arrays, as numpy;
-  read from its own shards when they hold them whole, else gathered (`fetch`)."""
+  """This process's rows (`batch_rows`) of a pytree of global [n, ...] arrays, as numpy,
+  read from its own devices. An array laid out otherwise is first resharded (a
+  collective every process runs alike: the decision depends on shapes and shardings)."""
   def one(x):
-    rows = batch_rows(mesh, x.shape[0])
-    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
-      return np.asarray(jax.device_get(x))[rows]
-    pieces = {}
-    for s in x.addressable_shards:
-      r = s.index[0] if s.index else slice(None)
-      whole = all(i == slice(None) or (i.start in (None, 0) and i.stop in (None, d))
-                  for i, d in zip(s.index[1:], x.shape[1:]))
-      if whole:
-        pieces.setdefault(r.start or 0, np.asarray(s.data))
-    out, at = [], rows.start
-    while at < rows.stop and at in pieces:
-      out.append(pieces[at])
-      at += pieces[at].shape[0]
-    if at >= rows.stop:
-      return np.concatenate(out)[:rows.stop - rows.start]
-    return fetch(x)[rows]
+    n = x.shape[0]
+    if jax.process_count() == 1 or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))[batch_rows(mesh, n)]
+    target = _target(mesh, x.shape)
+    if not x.sharding.is_equivalent_to(target, x.ndim):
+      x = jax.device_put(x, target)
+    blocks = {}
+    for shard in x.addressable_shards:
+      blocks.setdefault(shard.index[0].indices(n)[0], shard.data)
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
   return jax.tree.map(one, tree)
+
+
+def gather_rows(local: np.ndarray, mesh: Mesh, n: int) -> np.ndarray:
+  """The whole n-row array on every process from each process's own rows (`batch_rows`
+  order), e.g. the rewards each process scored on its own rollouts."""
+  local = np.asarray(local)
+  if jax.process_count() == 1 or n % data_parallel_size(mesh):
+    return local
+  x = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
+                                             (n, *local.shape[1:]))
+  return fetch(x)

@@ -1,77 +1,86 @@
-"""One process of tests/test_multiprocess.py: an RL update over a (data 2, fsdp 2, tensor 2) mesh.
+"""One process of tests/test_multiprocess.py: one step of the RL phase's own code.
 
-    python tests/multiprocess_worker.py OUT CKPT [RESTORE]
+    python tests/multiprocess_worker.py WORKDIR OUT
 
-The multi-process set-up comes from the environment, as `lrjax.main` reads it
+The process group comes from the environment, as `lrjax.main` reads it
 (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; JAX_NUM_CPU_DEVICES
-fake CPU devices per process). Each process feeds its own rows of the prompt
-batch (`parallel.feed`), rolls out, scores only its own rows (`local_rows`),
-shares the rewards (`gather_rows`) and takes one plain-SGD policy step; process
-0 writes the result to OUT/result.npz, every process takes part in the Orbax
-save to CKPT, and with RESTORE the checkpoint found there is restored onto
-this run's mesh (OUT/restored.npz).
+fake CPU devices per process). `step` builds the `Run` (`Run.create` joins the
+group), rolls out 4 prompts x 2 samples on a (data 2, fsdp 2, tensor 2) mesh
+with `rl_step.draw_round` (each process feeds, decodes and scores its own rows),
+takes one plain-SGD `rl_step.learn` step, writes the metrics line, an Orbax
+checkpoint (every process) and the export (process 0) into WORKDIR, and
+`OUT/process<i>.npz`: this process's batch rows, the sampled ids and rewards.
+The test calls `step` in its own 8-device process too.
 """
 import os
 import sys
+import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR = 0.5  # plain SGD: the update is the gradient, no Adam-style amplification of float noise
+PROMPTS, GROUP = 4, 2
 
-def main(out: str, ckpt_dir: str, restore: str | None = None) -> None:
-  from lrjax import parallel
-  parallel.maybe_initialize_distributed()  # before JAX touches a backend
+
+def config():
+  from configs import grpo
+  c = grpo.get_config()
+  c.mode = "rl"
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+  c.data.train_size, c.data.eval_size = 64, 16
+  c.rl.num_prompts, c.rl.group_size, c.rl.max_new = PROMPTS, GROUP, 8
+  c.rl.beta, c.rl.kl_reference = 0.01, "token_inputs"
+  return c
+
+
+def text_reward(text: str, answer: str) -> float:
+  """A reward the untrained model's texts vary on (the task's own would be all 0)."""
+  return float(sum(map(ord, text)) % 3 == 0)
+
+
+def step(workdir: str, out: str) -> dict:
+  """One RL step in `workdir`; returns what it wrote to `out` plus the largest
+  parameter change."""
   import jax
   import optax
-  from jax import numpy as jnp
-  from lrjax.checkpoint import Checkpointer, abstract_state
-  from lrjax.latent import RuleContext, init_rule_params
-  from lrjax.model import init, preset
+  from lrjax import parallel
+  from lrjax.latent import init_rule_params, prompt_suffix
+  from lrjax.phases import rl, rl_step, workdir as workdir_lib
+  from lrjax.phases.run import Run
+  from lrjax.rl import advantages as adv_lib, dynamic
   from lrjax.rl.learner import LossSpec, make_update
-  from lrjax.rollout import Sampling, pad_prompts, rollout
 
-  class Mesh:
-    data, fsdp, tensor = 2, 2, 2
-  mesh = parallel.make_mesh(Mesh())
-  cfg = preset("tiny").replace(num_layers=2)
-  ctx = RuleContext(model_cfg=cfg, rule="token", rule_cfg={}, sampling=Sampling(1.0), eos_id=1,
-                    pad_id=0, max_new=8)
-  host = jax.device_get({"model": init(cfg, jax.random.key(0)),
-                         "rule": init_rule_params(ctx, jax.random.key(1)), "heads": {}})
-  params = jax.device_put(host, parallel.param_shardings(host, mesh))
-  ref = jax.device_put(host, parallel.param_shardings(host, mesh))
-  g, prompts = 2, [list(np.random.default_rng(i).integers(3, 40, size=3 + i % 4)) for i in range(4)]
-  ids, mask = pad_prompts([p for p in prompts for _ in range(g)], 16, 0)
-  traj = rollout(ctx, params, *parallel.feed((ids, mask), mesh), jax.random.key(2))
-  n = ids.shape[0]
-  mine = parallel.local_rows({"ids": traj.ids, "span": traj.span}, mesh)
-  local_r = (mine["ids"] % 3 == 0).mean(-1).astype(np.float32)  # a reward from this host's rows
-  r = parallel.gather_rows(local_r, mesh, n)
-  grouped = r.reshape(-1, g)
-  adv = ((grouped - grouped.mean(-1, keepdims=True)) / (grouped.std(-1, keepdims=True) + 1e-4))
-  sgd = optax.sgd(0.5)  # plain SGD: the update is the gradient, no float-noise amplification
-  update = make_update(ctx, LossSpec(loss="ppo_clip", aggregation="seq_mean", beta=0.01,
-                                     kl_reference="token_inputs"), sgd)
-  new, opt_state, m = update(params, sgd.init(params), ref, traj,
-                             parallel.feed(adv.reshape(-1).astype(np.float32), mesh), None)
-  flat = lambda tree: {jax.tree_util.keystr(k): v for k, v in
-                       jax.tree_util.tree_leaves_with_path(parallel.fetch(tree))}
-  result = {"ids": parallel.fetch(traj.ids), "rewards": r, "loss": parallel.fetch(m["loss"]),
-            "rows": np.asarray([parallel.batch_rows(mesh, n).start, parallel.batch_rows(mesh, n).stop]),
-            **{"param" + k: v for k, v in flat(new).items()},
-            **{"start" + k: v for k, v in flat(host).items()}}
-  if jax.process_index() == 0:
-    np.savez(os.path.join(out, "result.npz"), **result)
-  with Checkpointer(ckpt_dir) as ckpt:
-    ckpt.save(1, {"params": new, "opt_state": opt_state}, {"processes": jax.process_count()})
-  if restore:
-    with Checkpointer(restore) as ckpt:
-      state, meta = ckpt.restore(abstract_state({"params": new, "opt_state": opt_state}))
-    assert len(state["params"]["model"]["layers"]["mlp"]["up"]["kernel"].sharding.device_set) == 8
-    np.savez(os.path.join(out, "restored.npz"), processes=meta["processes"],
-             **{"param" + k: v for k, v in flat(state["params"]).items()})
-  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
-        f"devices, rows {result['rows'].tolist()}", flush=True)
+  run = Run.create(config(), workdir)  # first: joins the process group
+  ctx = rl.train_context(run)
+  start = {"model": run.params, "rule": init_rule_params(ctx, jax.random.key(1)), "heads": {}}
+  params = run.place(start)
+  start = parallel.fetch(start)  # a host copy: the update donates the placed buffers
+  ref = run.place(jax.tree.map(jax.numpy.copy, params))
+  sgd = optax.sgd(LR)
+  update = make_update(ctx, LossSpec.from_config(run.config.rl), sgd)
+  state = run.place({"params": params, "opt_state": sgd.init(params)})
+  problems = run.rl_train[:PROMPTS]
+  draw = lambda at, attempt: rl_step.draw_round(run, ctx, state["params"], problems, GROUP,
+                                                prompt_suffix(ctx), text_reward, jax.random.key(2))
+  batch = dynamic.fill_batch(draw, 0, PROMPTS, GROUP, 0, ctx.pad_id)
+  state, line = rl_step.learn(run, ctx, update, adv_lib.AdvantageSpec.from_config(run.config.rl),
+                              state, ref, batch, None, 0, time.time())
+  run.metrics.write("rl", 1, line)
+  with workdir_lib.checkpointer(run, "rl") as ckpt:
+    ckpt.save(1, state, {"processes": jax.process_count()})
+  workdir_lib.export(run, "rl", state["params"]["model"], state["params"]["rule"])
+  run.close()
+  new = parallel.fetch(state["params"])
+  moved = max(float(np.abs(a - b).max()) for a, b in
+              zip(jax.tree.leaves(new), jax.tree.leaves(start)))
+  result = {"rows": parallel.batch_rows(run.mesh, PROMPTS * GROUP),
+            "ids": parallel.fetch(batch.traj.ids), "rewards": batch.rewards}
+  np.savez(os.path.join(out, f"process{jax.process_index()}.npz"), **result)
+  return dict(result, moved=moved, processes=jax.process_count(), state=state)
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:])
+  sys.path.insert(0, ROOT)
+  step(*sys.argv[1:])
+  print("worker done", flush=True)

@@ -1,28 +1,35 @@
 """Two processes on localhost (4 fake CPU devices each, gloo collectives) = one process with 8.
 
-tests/multiprocess_worker.py takes one RL step (rollout, per-process rewards,
-plain SGD) on a (data 2, fsdp 2, tensor 2) mesh. Run as 2 processes, each feeds
-and scores its own 4 of the 8 rows; run as 1 process with 8 devices it sees them
-all. The sampled tokens and rewards must be identical and the updated
-parameters equal to float32 reduction-order noise (1e-5 relative); the Orbax
-checkpoint the two processes wrote together must restore in the single process
-onto its own 8 devices, bit for bit.
+tests/multiprocess_worker.py runs one RL step of the RL phase's own code
+(rollout, per-process decoding and rewards, plain SGD) on a (data 2, fsdp 2,
+tensor 2) mesh. Run as 2 processes, each feeds and scores its own 4 of the 8
+rows; run here in the test's own 8-device process (at the same time, on the
+cores the two leave idle) it sees them all. The sampled tokens and rewards must
+be identical and the exported parameters equal to float32 reduction-order noise
+(1e-5 relative); process 0 alone writes the metrics and the export; the Orbax
+checkpoint the two processes wrote together must restore in this process onto
+its own 8 devices, equal bit for bit to their export.
 """
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
+import pytest
+
+from tests import multiprocess_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
+TIMEOUT = 240
 
 
 def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
-             JAX_PLATFORMS="cpu", **extra)
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  env.update(PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **extra)
   return env
 
 
@@ -32,38 +39,81 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _check(procs):
-  for p in procs:
-    out, err = p.communicate(timeout=240)
-    assert p.returncode == 0, (out + err)[-3000:]
-
-
-def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
-  two, one = tmp_path / "two", tmp_path / "one"
-  two.mkdir(), one.mkdir()
+def _start(workdir, out, logs):
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, WORKER, str(two), str(two / "ckpt")], cwd=ROOT, text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      env=_env(JAX_NUM_CPU_DEVICES="4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))) for i in range(2)]
-  _check(procs)
-  assert sorted(os.listdir(two)) == ["ckpt", "result.npz"]  # process 0 alone wrote the result
-  _check([subprocess.Popen([sys.executable, WORKER, str(one), str(one / "ckpt"), str(two / "ckpt")],
-                           cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=_env(JAX_NUM_CPU_DEVICES="8"))])
-  a, b, restored = (np.load(two / "result.npz"), np.load(one / "result.npz"),
-                    np.load(one / "restored.npz"))
-  assert a["rows"].tolist() == [0, 4] and b["rows"].tolist() == [0, 8]  # process 0's rows
-  np.testing.assert_array_equal(a["ids"], b["ids"])
-  np.testing.assert_array_equal(a["rewards"], b["rewards"])
-  assert len(set(a["rewards"].tolist())) > 1  # the advantages are not all zero
-  params = [k for k in a.files if k.startswith("param")]
-  assert params and int(restored["processes"]) == 2
-  moved = 0.0
-  for k in params:
+  procs = []
+  for i in range(2):
+    log = open(logs / f"process{i}.log", "w")
+    procs.append(subprocess.Popen(
+        [sys.executable, worker.__file__, str(workdir), str(out)], cwd=ROOT, text=True,
+        stdout=log, stderr=subprocess.STDOUT,
+        env=_env(JAX_NUM_CPU_DEVICES="4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
+  return procs
+
+
+def _wait(procs, logs):
+  """Waits for both; on a failure or a hang kills both and shows their logs."""
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline and any(p.poll() is None for p in procs):
+    if any(p.poll() not in (None, 0) for p in procs):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+  tails = "\n".join(f"--- process {i} (rc {p.returncode}):\n" +
+                    (logs / f"process{i}.log").read_text()[-2500:] for i, p in enumerate(procs))
+  assert all(p.returncode == 0 for p in procs), tails
+
+
+def _exported(workdir):
+  from safetensors.numpy import load_file
+  return load_file(os.path.join(workdir, "rl", "export", "model.safetensors"))
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.skipif(jax.device_count() != 8, reason="needs the 8 fake CPU devices of conftest")
+def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
+  two, one, out, logs = (tmp_path / d for d in ("two", "one", "out", "logs"))
+  out.mkdir(), logs.mkdir()
+  procs = _start(two, out, logs)
+  try:
+    ref = worker.step(str(one), str(tmp_path))  # meanwhile: the same step, 1 process x 8
+  finally:
+    _wait(procs, logs)
+  p0, p1 = np.load(out / "process0.npz"), np.load(out / "process1.npz")
+  assert p0["rows"].tolist() == [0, 1, 2, 3] and p1["rows"].tolist() == [4, 5, 6, 7]
+  assert ref["rows"].tolist() == list(range(8)) and ref["processes"] == 1
+  for p in (p0, p1):
+    np.testing.assert_array_equal(p["ids"], ref["ids"])
+    np.testing.assert_array_equal(p["rewards"], ref["rewards"])
+  assert len(set(ref["rewards"].tolist())) > 1  # the advantages are not all zero
+  assert ref["moved"] > 1e-3  # the step moved the parameters: the comparison is not vacuous
+
+  a, b = _exported(two), _exported(one)
+  assert sorted(a) == sorted(b)
+  for k in b:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b[k]).max()),
                                err_msg=k)
-    np.testing.assert_array_equal(restored[k], a[k], err_msg=k)
-    moved = max(moved, float(np.abs(b[k] - b["start" + k[len("param"):]]).max()))
-  assert moved > 1e-3  # the step really moved the parameters (the comparison is not vacuous)
+  m2, m1 = _metrics(two), _metrics(one)
+  assert [(r["phase"], r["step"]) for r in m2] == [("rl", 1)]  # written once, by process 0
+  assert m2[0]["train/reward"] == m1[0]["train/reward"]
+  assert m2[0]["train/loss"] == pytest.approx(m1[0]["train/loss"], rel=1e-5, abs=1e-6)
+
+  from lrjax.checkpoint import Checkpointer, abstract_state
+  from lrjax.model import load_hf
+  with Checkpointer(two / "rl" / "ckpt") as ckpt:
+    state, meta = ckpt.restore(abstract_state(ref["state"]))
+  assert meta["processes"] == 2
+  leaf = state["params"]["model"]["layers"]["mlp"]["up"]["kernel"]
+  assert len(leaf.sharding.device_set) == 8 and leaf.is_fully_addressable
+  _, exported = load_hf(str(two / "rl" / "export"))
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(state["params"]["model"]),
+                          jax.tree.leaves(exported)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))

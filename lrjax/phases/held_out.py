@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from lrjax import parallel, rewards as rewards_lib
+from lrjax import metrics as metrics_lib, parallel, rewards as rewards_lib
 from lrjax.data.tasks import Problem
 from lrjax.latent import RuleContext, rule_aux
 from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
@@ -121,5 +121,5 @@ def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
                      aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix)
   run.metrics.write(phase, step, metrics)
   shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
-  print(f"[lrjax] {phase} step {step} eval: {shown}", flush=True)
+  metrics_lib.say(f"[lrjax] {phase} step {step} eval: {shown}")
   return metrics

@@ -25,19 +25,18 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 
-from lrjax import metrics as metrics_lib, parallel
+from lrjax import metrics as metrics_lib
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import RULES, RuleContext, init_rule_params, prompt_suffix, rule_aux, rule_of
+from lrjax.latent import RuleContext, init_rule_params, prompt_suffix, rule_aux, rule_of
 from lrjax.optim import ParamGroups
-from lrjax.phases import held_out, workdir
-from lrjax.rl import advantages as adv_lib, dynamic, learner
+from lrjax.phases import held_out, rl_step, workdir
+from lrjax.phases.rl_step import first_token_groups, rule_metrics  # noqa: F401 (public here too)
+from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
-from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
-                           pad_prompts, rollout)
+from lrjax.rollout import Sampling
 
 
 def train_context(run) -> RuleContext:
@@ -52,12 +51,6 @@ def eval_budget(max_new: int, ctx: RuleContext) -> int:
   """Response positions of an evaluation: the answer budget plus what the rule
   spends before the answer (`hidden`: its latents and `<eot>`)."""
   return max_new + rule_of(ctx).extra_positions(ctx.num_latent)
-
-
-def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
-  """The rule's own training metrics (e.g. hybrid_ratio), if it defines any."""
-  fn = getattr(RULES.get(ctx.rule), "metrics", None)
-  return {f"train/{k}": float(v) for k, v in (fn(ctx, params, traj, aux) if fn else {}).items()}
 
 
 def check_param_groups(run) -> None:
@@ -100,8 +93,6 @@ def run_rl(run) -> None:
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
   progress = metrics_lib.Progress("rl")
   g = rl.group_size
-  if jax.process_count() > 1 and rl.dynamic_sampling_tries:
-    raise ValueError("rl.dynamic_sampling_tries > 0 is single-process only for now")
   for step in range(start, rl.steps):
     t0 = time.time()
     step_key = jax.random.fold_in(key, 10_000 + step)
@@ -109,52 +100,14 @@ def run_rl(run) -> None:
     def draw(at: int, attempt: int) -> dynamic.Round:
       idx = data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
-      prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(g)]
-      ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
-                              ctx.pad_id)
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      # every process feeds, decodes and scores only its own rows of the batch
-      traj = rollout(ctx, state["params"], *parallel.feed((ids, mask), run.mesh), k, aux)
-      rows = parallel.batch_rows(run.mesh, len(prompts))
-      texts = decode(run.tokenizer, traj.replace(
-          **parallel.local_rows({"ids": traj.ids, "span": traj.span}, run.mesh)), ctx)
-      answers = [p.answer for p in problems for _ in range(g)][rows]
-      local = np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)], np.float32)
-      return dynamic.Round(traj, parallel.gather_rows(local, run.mesh, len(prompts)))
+      return rl_step.draw_round(run, ctx, state["params"], problems, g, suffix, reward_fn, k, aux)
 
     batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
                                ctx.pad_id)
     cursor, rounds = batch.cursor, rounds + batch.tries
-    traj, r = batch.traj, batch.rewards
-    old = learner.behaviour_logp(ctx, state["params"], traj, aux)
-    masks = learner.loss_masks(ctx, traj)
-    adv = adv_lib.compute_advantages(
-        adv_spec, jax.numpy.asarray(r), traj, traj.logp if old is None else old, masks.ratio,
-        learner.loss_mask(masks))
-    if rl.dynamic_sampling_tries:
-      adv = dynamic.zero_dropped(adv, batch.keep, g)
-    extra = rule_metrics(ctx, state["params"], traj, aux)
-    rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, config.seed, step)
-    state["params"], state["opt_state"], m = learner.learn_batch(
-        update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows,
-        jax.numpy.asarray(r))
-    m = parallel.fetch(m)
-    lengths = parallel.fetch(traj.lengths)
+    state, line = rl_step.learn(run, ctx, update, adv_spec, state, ref_params, batch, aux, step, t0)
     done = step + 1
-    line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
-            "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
-            "train/clip_frac": float(m["clip_frac"]),
-            "train/response_tokens": float(lengths.mean()),
-            "train/latent_steps": float(parallel.fetch(traj.latent_mask).sum(-1).mean()),
-            "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
-    if rl.mask_truncated:
-      line["train/truncated"] = float(np.asarray(traj.truncated).mean())
-    if rl.first_token_selection:
-      line["train/first_token_groups"] = first_token_groups(adv, learner.loss_mask(masks), g)
-    if rl.dynamic_sampling_tries:
-      line.update({"train/dynamic_tries": float(batch.tries),
-                   "train/groups_kept": float(batch.keep.sum())})
-    line.update({f"train/{k}": float(v) for k, v in m.items() if k.startswith("aux_")})
     if done % rl.log_every == 0 or done == rl.steps or step == start:
       run.metrics.write("rl", done, line)
     progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
@@ -169,17 +122,7 @@ def run_rl(run) -> None:
   run.model_num_latent = ctx.num_latent
   workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent)
   workdir.mark_done(run, "rl", summary(run))
-  print(format_summary(summary(run)), flush=True)
-
-
-def first_token_groups(adv, loss_mask, group_size: int) -> float:
-  """Share of groups where first-token selection zeroed a positive row's first-position
-  advantage. adv [B, T] (the row's A everywhere but at its first loss position)."""
-  adv, m = np.asarray(adv), np.asarray(loss_mask).astype(bool)  # B T
-  first = adv[np.arange(adv.shape[0]), m.argmax(-1)]  # B
-  positive = np.where(m, adv, -np.inf).max(-1) > 0  # B, A > 0 somewhere on the row
-  zeroed = positive & (first == 0)  # B
-  return float(zeroed.reshape(-1, group_size).any(-1).mean())
+  metrics_lib.say(format_summary(summary(run)))
 
 
 def summary(run) -> dict:

@@ -22,6 +22,7 @@ from lrjax import parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
+from lrjax.metrics import say
 from lrjax.model import save_hf
 
 
@@ -53,7 +54,7 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
   restored, meta = ckpt.restore(target, latest)
   run.metrics.truncate(phase, latest)
   logging.info("resuming %s at step %d", phase, latest)
-  print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}", flush=True)
+  say(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {latest}")
   return restored, latest, meta
 
 
