@@ -117,3 +117,43 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(state["params"]["model"]),
                           jax.tree.leaves(exported)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+def _args(environ=None, **cfg):
+  from lrjax import distributed
+  dist = type("Dist", (), cfg)() if cfg else None
+  return distributed.initialize_args(distributed.settings(dist, environ or {}))
+
+
+def test_process_group_settings_config_wins_over_environment():
+  assert _args() is None  # nothing set: one process
+  assert _args({"JAX_NUM_PROCESSES": "1"}) is None
+  env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  assert _args(env) == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+  assert _args(env, coordinator_address="c:2", num_processes=4, process_id=3) == {
+      "coordinator_address": "c:2", "num_processes": 4, "process_id": 3}
+  assert _args({"JAX_PROCESS_ID": "0"}, coordinator_address="c:2", num_processes=2,
+               process_id=-1)["process_id"] == 0
+  # a pod slice: JAX's cluster detection fills in what is unset
+  assert _args({"TPU_WORKER_HOSTNAMES": "w0,w1"}) == {
+      "coordinator_address": None, "num_processes": None, "process_id": None}
+  assert _args({"LRJAX_DISTRIBUTED": "1", "JAX_PROCESS_ID": "1"})["process_id"] == 1
+  assert _args({"TPU_WORKER_HOSTNAMES": "localhost"}) is None  # one-host TPU VM
+
+
+@pytest.mark.parametrize("environ, cfg, message", [
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, {}, "needs a coordinator address"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"}, {}, "the number of processes"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"}, {}, "this process's id"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, {},
+     "process id 2 is out of range for 2 processes (0..1)"),
+    ({}, {"coordinator_address": "h:1", "num_processes": 4, "process_id": -3},
+     "process id -3 is out of range"),
+    ({"JAX_NUM_PROCESSES": "two"}, {}, "num_processes (config.distributed.num_processes / "
+     "JAX_NUM_PROCESSES) must be an integer, got 'two'"),
+    ({}, {"num_processes": -2}, "num_processes must be >= 1, got -2"),
+])
+def test_bad_process_group_settings_say_what_is_wrong(environ, cfg, message):
+  with pytest.raises(ValueError) as e:
+    _args(environ, **cfg)
+  assert message in str(e.value)
