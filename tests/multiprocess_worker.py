@@ -1,6 +1,6 @@
 """One process of tests/test_multiprocess.py: one step of the RL phase's own code.
 
-    python tests/multiprocess_worker.py WORKDIR OUT
+    python tests/multiprocess_worker.py WORKDIR OUT INIT
 
 The process group comes from the environment, as `lrjax.main` reads it
 (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; JAX_NUM_CPU_DEVICES
@@ -10,7 +10,8 @@ with `rl_step.draw_round` (each process feeds, decodes and scores its own rows),
 takes one plain-SGD `rl_step.learn` step, writes the metrics line, an Orbax
 checkpoint (every process) and the export (process 0) into WORKDIR, and
 `OUT/process<i>.npz`: this process's batch rows, the sampled ids and rewards.
-The test calls `step` in its own 8-device process too.
+The test calls `step` in its own 8-device process too. Every run starts from the
+same export INIT (`make_init`): loading it is cheaper than a random init.
 """
 import os
 import sys
@@ -23,10 +24,10 @@ LR = 0.5  # plain SGD: the update is the gradient, no Adam-style amplification o
 PROMPTS, GROUP = 4, 2
 
 
-def config():
+def config(init: str = ""):
   from configs import grpo
   c = grpo.get_config()
-  c.mode = "rl"
+  c.mode, c.init = "rl", init
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
   c.data.train_size, c.data.eval_size = 64, 16
   c.rl.num_prompts, c.rl.group_size, c.rl.max_new = PROMPTS, GROUP, 8
@@ -34,12 +35,24 @@ def config():
   return c
 
 
+SCORED = []  # (text, answer) of every row this process scored, in order
+
+
 def text_reward(text: str, answer: str) -> float:
   """A reward the untrained model's texts vary on (the task's own would be all 0)."""
+  SCORED.append((text, answer))
   return float(sum(map(ord, text)) % 3 == 0)
 
 
-def step(workdir: str, out: str) -> dict:
+def make_init(workdir: str) -> str:
+  """A random init of the tiny model and its char tokenizer, exported: the INIT folder."""
+  from lrjax.phases import workdir as workdir_lib
+  from lrjax.phases.run import Run
+  run = Run.create(config(), workdir)
+  return workdir_lib.export(run, "init", run.params)
+
+
+def step(workdir: str, out: str, init: str) -> dict:
   """One RL step in `workdir`; returns what it wrote to `out` plus the largest
   parameter change."""
   import jax
@@ -51,7 +64,8 @@ def step(workdir: str, out: str) -> dict:
   from lrjax.rl import advantages as adv_lib, dynamic
   from lrjax.rl.learner import LossSpec, make_update
 
-  run = Run.create(config(), workdir)  # first: joins the process group
+  SCORED.clear()
+  run = Run.create(config(init), workdir)  # first: joins the process group
   ctx = rl.train_context(run)
   start = {"model": run.params, "rule": init_rule_params(ctx, jax.random.key(1)), "heads": {}}
   params = run.place(start)
@@ -75,7 +89,8 @@ def step(workdir: str, out: str) -> dict:
   moved = max(float(np.abs(a - b).max()) for a, b in
               zip(jax.tree.leaves(new), jax.tree.leaves(start)))
   result = {"rows": parallel.batch_rows(run.mesh, PROMPTS * GROUP),
-            "ids": parallel.fetch(batch.traj.ids), "rewards": batch.rewards}
+            "ids": parallel.fetch(batch.traj.ids), "rewards": batch.rewards,
+            "scored": np.asarray(SCORED, str).reshape(-1, 2)}
   np.savez(os.path.join(out, f"process{jax.process_index()}.npz"), **result)
   return dict(result, moved=moved, processes=jax.process_count(), state=state)
 

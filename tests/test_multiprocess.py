@@ -2,13 +2,14 @@
 
 tests/multiprocess_worker.py runs one RL step of the RL phase's own code
 (rollout, per-process decoding and rewards, plain SGD) on a (data 2, fsdp 2,
-tensor 2) mesh. Run as 2 processes, each feeds and scores its own 4 of the 8
-rows; run here in the test's own 8-device process (at the same time, on the
-cores the two leave idle) it sees them all. The sampled tokens and rewards must
-be identical and the exported parameters equal to float32 reduction-order noise
-(1e-5 relative); process 0 alone writes the metrics and the export; the Orbax
-checkpoint the two processes wrote together must restore in this process onto
-its own 8 devices, equal bit for bit to their export.
+tensor 2) mesh. Run as 2 processes, each feeds, decodes and scores its own 4 of
+the 8 rows; run here in the test's own 8-device process (at the same time, on
+the cores the two leave idle) it sees them all. The sampled tokens, the
+(text, answer) pairs scored and the rewards must be identical, and the exported
+parameters equal to float32 reduction-order noise (1e-5 relative); process 0
+alone writes the metrics and the export; the Orbax checkpoint the two processes
+wrote together must restore in this process onto its own 8 devices, equal bit
+for bit to their export.
 """
 import json
 import os
@@ -39,13 +40,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, out, logs):
+def _start(workdir, out, logs, init):
   port = _free_port()
   procs = []
   for i in range(2):
     log = open(logs / f"process{i}.log", "w")
     procs.append(subprocess.Popen(
-        [sys.executable, worker.__file__, str(workdir), str(out)], cwd=ROOT, text=True,
+        [sys.executable, worker.__file__, str(workdir), str(out), init], cwd=ROOT, text=True,
         stdout=log, stderr=subprocess.STDOUT,
         env=_env(JAX_NUM_CPU_DEVICES="4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
@@ -82,14 +83,17 @@ def _metrics(workdir):
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
   two, one, out, logs = (tmp_path / d for d in ("two", "one", "out", "logs"))
   out.mkdir(), logs.mkdir()
-  procs = _start(two, out, logs)
+  init = worker.make_init(str(tmp_path / "init"))
+  procs = _start(two, out, logs, init)
   try:
-    ref = worker.step(str(one), str(tmp_path))  # meanwhile: the same step, 1 process x 8
+    ref = worker.step(str(one), str(tmp_path), init)  # meanwhile: the same step, 1 process x 8
   finally:
     _wait(procs, logs)
   p0, p1 = np.load(out / "process0.npz"), np.load(out / "process1.npz")
   assert p0["rows"].tolist() == [0, 1, 2, 3] and p1["rows"].tolist() == [4, 5, 6, 7]
   assert ref["rows"].tolist() == list(range(8)) and ref["processes"] == 1
+  # each process decoded and scored its own rows, each against its own answer
+  np.testing.assert_array_equal(np.concatenate([p0["scored"], p1["scored"]]), ref["scored"])
   for p in (p0, p1):
     np.testing.assert_array_equal(p["ids"], ref["ids"])
     np.testing.assert_array_equal(p["rewards"], ref["rewards"])
