@@ -7,6 +7,7 @@ a run resumes it (a differing config is refused unless
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -46,8 +47,9 @@ def main(argv) -> None:
   except ConfigMismatchError as e:  # multi-line: one line per differing field
     sys.exit(f"lrjax: {e}")
   except (ConfigError, ValueError, OSError) as e:
-    if fresh and os.path.exists(stored):  # nothing ran: a corrected rerun is not a mismatch
-      os.remove(stored)
+    if fresh:  # nothing ran: a corrected rerun is not a mismatch
+      with contextlib.suppress(FileNotFoundError):  # another process may have removed it
+        os.remove(stored)
     sys.exit(f"lrjax: config error: {' '.join(str(e).split())}")
   for name in phases:
     PHASES.get(name)(run)
