@@ -21,7 +21,9 @@ setuptools.setup(
     install_requires=REQUIREMENTS,
     extras_require={
         # torch is the numerical reference in tests only; pinned so pip never
-        # pulls a multi-GB CUDA build.
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0"],
+        # pulls a multi-GB CUDA build. nbclient/nbformat/ipykernel execute the
+        # Colab notebook (launch/colab_tpu.ipynb) on the CPU.
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6"],
     },
 )

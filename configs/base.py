@@ -62,6 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
+  # Multi-process runs (pod slices, clusters; lrjax/distributed.py): '' / 0 / -1 = from
+  # the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); with
+  # LRJAX_DISTRIBUTED=1 JAX detects what is unset (a TPU pod's metadata, SLURM); nothing
+  # set = one process. Not part of a run's identity: a resume may change it.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # host:port of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+
   c.sft = ml_collections.ConfigDict()
   c.sft.method = "cot"  # cot | nocot | coconut
   c.sft.steps = 2000  # the task presets below set the warm-up length

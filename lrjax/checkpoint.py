@@ -208,6 +208,9 @@ class Checkpointer:
     dst = f"{src}.corrupt-{n}"
     if jax.process_index() == 0:
       os.rename(src, dst)
+    if jax.process_count() > 1:  # every process sees the rename before it reloads
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"lrjax move_aside {src}")
     self._manager.reload()
     return dst
 

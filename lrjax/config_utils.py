@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 
 CONFIG_FILE = "config.json"
-RESUME_IGNORED: tuple[str, ...] = ("allow_config_mismatch", "workdir")
+RESUME_IGNORED: tuple[str, ...] = ("allow_config_mismatch", "workdir", "distributed")
 _ABSENT = "<absent>"
 
 

@@ -46,6 +46,12 @@ def _is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(text: str) -> None:
+  """Prints a console line of the run: once per run (process 0), not once per host."""
+  if _is_primary():
+    print(text, flush=True)
+
+
 class MetricsWriter:
   """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard (tensorboardX)."""
 
@@ -195,6 +201,8 @@ class Progress:
     self._last_print = -math.inf
     self._pending: str | None = None
     self._width = 0
+    if stream is None and not _is_primary():  # one progress line per run, not per host
+      self.stream, self.tty = open(os.devnull, "w"), False
 
   def _line(self, step: int, total: int | None, now: float, scalars: dict[str, Any]) -> str:
     parts = [self.desc] if self.desc else []

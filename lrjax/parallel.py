@@ -9,6 +9,11 @@ TPU pod, and the mesh shape comes from the config:
 Parameters are sharded FSDP-style over `fsdp` (the hidden dimension) and
 Megatron-style over `tensor` (heads, MLP width, vocabulary); the batch is split
 over (`data`, `fsdp`). XLA's GSPMD inserts the collectives.
+
+With several processes (a pod slice; `lrjax.distributed` joins them) every
+process builds the same host batch, feeds only the rows its devices hold
+(`feed`), decodes and scores only those (`local_rows`), and shares the results
+(`gather_rows`, `fetch`).
 """
 from __future__ import annotations
 
@@ -129,12 +134,80 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, batch)
 
 
-def maybe_initialize_distributed() -> None:
-  """Multi-host: `jax.distributed.initialize()` when the runtime says so (TPU pods, SLURM)."""
-  import os
-  if os.environ.get("LRJAX_DISTRIBUTED", "") == "1" or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    if jax.process_count() == 1:
-      try:
-        jax.distributed.initialize()
-      except RuntimeError as e:  # already initialised
-        logging.info("jax.distributed.initialize skipped: %s", e)
+
+# -- Multi-process batches: every process builds the same host batch (numpy), feeds
+# -- only the rows its own devices hold, and reads back only those.
+
+def batch_rows(mesh: Mesh, n: int) -> np.ndarray:
+  """The rows of an n-row batch (split over (data, fsdp)) that this process's devices
+  hold, ascending: all of them in one process or when the data-parallel size does not
+  divide n (such a batch is replicated); on a pod the process's blocks of rows."""
+  if jax.process_count() == 1 or n % data_parallel_size(mesh):
+    return np.arange(n)
+  index = batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
+  blocks = sorted({idx[0].indices(n)[:2] for idx in index.values()})
+  return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
+def _target(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """Batch-split over (data, fsdp) when the data-parallel size divides the leading
+  dimension, else replicated."""
+  if not shape or shape[0] % data_parallel_size(mesh):
+    return replicated(mesh)
+  return batch_sharding(mesh, len(shape))
+
+
+def feed(batch: Any, mesh: Mesh) -> Any:
+  """Global arrays from a host batch pytree that every process builds alike: each
+  process hands over only its own rows (`batch_rows`,
+  `jax.make_array_from_process_local_data`). The leading axis is split over (data,
+  fsdp); a batch the data-parallel size does not divide is replicated."""
+  def put(x):
+    x = np.asarray(x)
+    sharding = _target(mesh, x.shape)
+    split = sharding != replicated(mesh)
+    local = x[batch_rows(mesh, x.shape[0])] if split else x
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)
+  return jax.tree.map(put, batch)
+
+
+def fetch(tree: Any) -> Any:
+  """Numpy copies of a pytree of arrays, each whole on every process. An array that
+  spans processes is all-gathered: a collective, so every process must call `fetch`
+  on the same tree."""
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
+
+
+def local_rows(tree: Any, mesh: Mesh) -> Any:
+  """This process's rows (`batch_rows`) of a pytree of global [n, ...] arrays, as numpy,
+  read from its own devices. An array laid out otherwise is first resharded (a
+  collective every process runs alike: the decision depends on shapes and shardings)."""
+  def one(x):
+    n = x.shape[0]
+    if jax.process_count() == 1 or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))[batch_rows(mesh, n)]
+    target = _target(mesh, x.shape)
+    if not x.sharding.is_equivalent_to(target, x.ndim):
+      x = jax.device_put(x, target)
+    blocks = {}
+    for shard in x.addressable_shards:
+      blocks.setdefault(shard.index[0].indices(n)[0], shard.data)
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+  return jax.tree.map(one, tree)
+
+
+def gather_rows(local: np.ndarray, mesh: Mesh, n: int) -> np.ndarray:
+  """The whole n-row array on every process from each process's own rows (`batch_rows`
+  order), e.g. the rewards each process scored on its own rollouts."""
+  local = np.asarray(local)
+  if jax.process_count() == 1 or n % data_parallel_size(mesh):
+    return local
+  x = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
+                                             (n, *local.shape[1:]))
+  return fetch(x)

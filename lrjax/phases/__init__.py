@@ -10,6 +10,7 @@ and what the phases share:
     phases/run.py       `Run`: config, workdir, mesh, task, tokenizer, model, metrics writer
     phases/workdir.py   a phase's files: checkpoints, resume, export, DONE
     phases/held_out.py  the held-out evaluation each phase runs, logged as eval/*
+    phases/rl_step.py   one RL step: roll out and score a batch, learn from it
 
 A phase is `fn(run) -> None` on the `lrjax.phases.run.Run` that every phase
 shares; the parameters pass from one phase to the next through `run.params`

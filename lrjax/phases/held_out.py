@@ -19,7 +19,8 @@ With `eval.show_samples` = n > 0, every evaluation also appends the greedy
 completions of the first n problems to `<workdir>/samples.jsonl`, one line
 each: phase, step, prompt, answer, reward, completion, and `latent`, the
 rule's latent positions in readable form (`lrjax.latent.readable`);
-`python -m lrjax.inspect --workdir=W` prints them as a transcript.
+`python -m lrjax.inspect --workdir=W` prints them as a transcript. (Multi-process
+runs write no samples: the readable forms read the parameters on one host.)
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from lrjax import rewards as rewards_lib
+from lrjax import metrics as metrics_lib, parallel, rewards as rewards_lib
 from lrjax.data.tasks import Problem
 from lrjax.latent import RuleContext, rule_aux
 from lrjax.latent.readable import readable
@@ -50,8 +51,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.Array,
-             batch_size: int, aux: Any = None, pad_id: int = 0):
-  """Rolls out every prompt in fixed-size batches (the last one padded by repetition).
+             batch_size: int, aux: Any = None, pad_id: int = 0, mesh: Any = None):
+  """Rolls out every prompt in fixed-size batches (the last one padded by repetition),
+  split over the mesh's (data, fsdp) when one is given (`parallel.feed`).
 
   Returns (list of Trajectory slices as numpy dicts per batch, real row counts).
   """
@@ -62,8 +64,10 @@ def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.
     real = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - real)  # keep one compiled shape
     ids, mask = pad_prompts(chunk, bucket, pad_id)
+    if mesh is not None:  # each process feeds its own rows
+      ids, mask = parallel.feed((ids, mask), mesh)
     traj = rollout(ctx, params, ids, mask, jax.random.fold_in(key, i), aux)
-    out.append((jax.device_get(traj), real))
+    out.append((parallel.fetch(traj), real))  # the whole batch, on every process
   return out
 
 
@@ -86,18 +90,18 @@ def score(run_tokenizer: Any, ctx: RuleContext, batches, answers: Sequence[str],
 def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[Problem],
              reward: str, key: jax.Array, *, batch_size: int = 500, num_samples: int = 8,
              pass_k: Sequence[int] = (1, 8), temperature: float = 1.0, sampled: bool = True,
-             aux: Any = None, prompt_suffix: Sequence[int] = (), show: int = 0,
-             samples: list | None = None) -> dict[str, float]:
-  """All `eval/*` metrics of `params` under `ctx`'s rule on `problems`; with `show` > 0
-  and a `samples` list, the first `show` greedy completions are appended to it
-  (`sample_records`)."""
+             aux: Any = None, prompt_suffix: Sequence[int] = (), mesh: Any = None,
+             show: int = 0, samples: list | None = None) -> dict[str, float]:
+  """All `eval/*` metrics of `params` under `ctx`'s rule on `problems` (the rollouts
+  split over `mesh` when given); with `show` > 0 and a `samples` list, the first
+  `show` greedy completions are appended to it (`sample_records`)."""
   t0 = time.time()
   reward_fn = rewards_lib.REWARDS.get(reward)
   prompts = encode_prompts(tokenizer, problems, prompt_suffix)
   answers = [p.answer for p in problems]
   pad_id = ctx.pad_id
   greedy_ctx = ctx.replace(sampling=Sampling(temperature=ctx.sampling.temperature, greedy=True))
-  batches = generate(greedy_ctx, params, prompts, key, batch_size, aux, pad_id)
+  batches = generate(greedy_ctx, params, prompts, key, batch_size, aux, pad_id, mesh)
   correct, formatted, lengths, latent = score(tokenizer, greedy_ctx, batches, answers, reward_fn)
   if show > 0 and samples is not None:
     samples.extend(sample_records(greedy_ctx, params, tokenizer, batches[0][0], prompts,
@@ -109,7 +113,7 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
     rep_prompts = [p for p in prompts for _ in range(num_samples)]
     rep_answers = [a for a in answers for _ in range(num_samples)]
     batches = generate(sample_ctx, params, rep_prompts, jax.random.fold_in(key, 1),
-                       batch_size, aux, pad_id)
+                       batch_size, aux, pad_id, mesh)
     ok = score(tokenizer, sample_ctx, batches, rep_answers, reward_fn)[0]
     ok = ok.reshape(len(problems), num_samples) > 0.5
     c = ok.sum(-1)
@@ -173,9 +177,11 @@ def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
                      batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
                      temperature=e.temperature, sampled=e.sampled and sampled,
                      aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix,
-                     show=int(e.show_samples), samples=samples)
+                     mesh=run.mesh, samples=samples,
+                     # samples read the parameters on the host: single-process runs only
+                     show=int(e.show_samples) if jax.process_count() == 1 else 0)
   run.metrics.write(phase, step, metrics)
   write_samples(run.workdir, phase, step, samples)
   shown = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
-  print(f"[lrjax] {phase} step {step} eval: {shown}", flush=True)
+  metrics_lib.say(f"[lrjax] {phase} step {step} eval: {shown}")
   return metrics

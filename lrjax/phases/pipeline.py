@@ -6,6 +6,7 @@ many configs in one process with them).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -30,8 +31,9 @@ def prepare(config, workdir: str):
       if name in PRECHECKS:
         PRECHECKS.get(name)(run)
   except Exception:
-    if fresh and os.path.exists(stored):
-      os.remove(stored)
+    if fresh:  # nothing ran: a corrected rerun is not a mismatch
+      with contextlib.suppress(FileNotFoundError):  # another process may have removed it
+        os.remove(stored)
     raise
   return run, phases
 

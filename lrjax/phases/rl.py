@@ -33,18 +33,18 @@ import time
 import jax
 import numpy as np
 
-from lrjax import metrics as metrics_lib
+from lrjax import metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import (OBJECTIVES, RULES, RuleContext, init_rule_params, objective_of,
+from lrjax.latent import (OBJECTIVES, RuleContext, init_rule_params, objective_of,
                           prompt_suffix, rule_aux, rule_of)
 from lrjax.optim import ParamGroups
-from lrjax.phases import held_out, workdir
-from lrjax.rl import advantages as adv_lib, dynamic, learner
+from lrjax.phases import held_out, rl_step, workdir
+from lrjax.phases.rl_step import first_token_groups, rule_metrics  # noqa: F401 (public here too)
+from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
-from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
-                           pad_prompts, rollout)
+from lrjax.rollout import Sampling
 
 
 def train_context(run) -> RuleContext:
@@ -79,17 +79,6 @@ def eval_budget(max_new: int, ctx: RuleContext) -> int:
   return max_new + rule_of(ctx).extra_positions(ctx.num_latent)
 
 
-def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
-  """The rule's own training metrics (e.g. hybrid_ratio) and those of a chosen
-  objective (e.g. Latent RL's value_mean), if they define any."""
-  out = {}
-  for fn in (getattr(RULES.get(ctx.rule), "metrics", None),
-             objective_of(ctx).metrics if ctx.objective else None):
-    if fn is not None:
-      out.update({f"train/{k}": float(v) for k, v in fn(ctx, params, traj, aux).items()})
-  return out
-
-
 def check_param_groups(run) -> None:
   """Every parameter of the RL tree matches an `rl.param_groups` pattern (else a
   ConfigError naming it); run before any phase, on the parameters' shapes only."""
@@ -122,7 +111,7 @@ def run_rl(run) -> None:
   check_heads(run, ctx)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": initial_heads(run, ctx)}
-  start_model = jax.device_get(run.params) if rl.log_param_change else None
+  start_model = parallel.fetch(run.params) if rl.log_param_change else None
   params = run.place(params)
   # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
   ref_params = run.place(jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
@@ -151,41 +140,13 @@ def run_rl(run) -> None:
       idx = data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      return roll_out(run, ctx, state["params"], problems, g, k, aux, reward_fn)
+      return rl_step.draw_round(run, ctx, state["params"], problems, g, suffix, reward_fn, k, aux)
 
     batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
                                ctx.pad_id)
     cursor, rounds = batch.cursor, rounds + batch.tries
-    traj, r = batch.traj, batch.rewards
-    old = learner.behaviour_logp(ctx, state["params"], traj, aux)
-    masks = learner.loss_masks(ctx, traj)
-    adv = adv_lib.compute_advantages(
-        adv_spec, jax.numpy.asarray(r), traj, traj.logp if old is None else old, masks.ratio,
-        learner.loss_mask(masks))
-    if rl.dynamic_sampling_tries:
-      adv = dynamic.zero_dropped(adv, batch.keep, g)
-    extra = rule_metrics(ctx, state["params"], traj, aux)
-    rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, config.seed, step)
-    state["params"], state["opt_state"], m = learner.learn_batch(
-        update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows,
-        jax.numpy.asarray(r))
-    m = jax.device_get(m)
-    lengths = np.asarray(traj.lengths)
+    state, line = rl_step.learn(run, ctx, update, adv_spec, state, ref_params, batch, aux, step, t0)
     done = step + 1
-    line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
-            "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
-            "train/clip_frac": float(m["clip_frac"]),
-            "train/response_tokens": float(lengths.mean()),
-            "train/latent_steps": float(np.asarray(traj.latent_mask).sum(-1).mean()),
-            "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
-    if rl.mask_truncated:
-      line["train/truncated"] = float(np.asarray(traj.truncated).mean())
-    if rl.first_token_selection:
-      line["train/first_token_groups"] = first_token_groups(adv, learner.loss_mask(masks), g)
-    if rl.dynamic_sampling_tries:
-      line.update({"train/dynamic_tries": float(batch.tries),
-                   "train/groups_kept": float(batch.keep.sum())})
-    line.update({f"train/{k}": float(v) for k, v in m.items() if k.startswith("aux_")})
     if start_model is not None and (done % rl.log_every == 0 or done == rl.steps):
       line["train/param_change"] = param_change(start_model, state["params"]["model"])
     if done % rl.log_every == 0 or done == rl.steps or step == start:
@@ -204,39 +165,17 @@ def run_rl(run) -> None:
   workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent,
                  heads=run.heads)
   workdir.mark_done(run, "rl", summary(run))
-  print(format_summary(summary(run)), flush=True)
+  metrics_lib.say(format_summary(summary(run)))
 
 
 def param_change(start: dict, now: dict) -> float:
-  """||θ − θ_0|| / ||θ_0|| over every leaf (float64 on the host)."""
+  """||θ − θ_0|| / ||θ_0|| over every leaf (float64 on the host; a collective with
+  several processes, like every `parallel.fetch`)."""
+  now = parallel.fetch(now)
   diff = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-             for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(jax.device_get(now))))
+             for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(now)))
   norm = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in jax.tree.leaves(start))
   return float(np.sqrt(diff / max(norm, 1e-30)))
-
-
-def roll_out(run, ctx: RuleContext, params: dict, problems: list, group_size: int,
-             key: jax.Array, aux, reward_fn) -> dynamic.Round:
-  """`group_size` rollouts of each problem (rows grouped by problem) and their rewards."""
-  prompts = [p for p in encode_prompts(run.tokenizer, problems, prompt_suffix(ctx))
-             for _ in range(group_size)]
-  ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
-                          ctx.pad_id)
-  traj = rollout(ctx, params, ids, mask, key, aux)
-  texts = decode(run.tokenizer, traj, ctx)
-  answers = [p.answer for p in problems for _ in range(group_size)]
-  return dynamic.Round(traj, np.asarray([reward_fn(t, a) for t, a in zip(texts, answers)],
-                                        np.float32))
-
-
-def first_token_groups(adv, loss_mask, group_size: int) -> float:
-  """Share of groups where first-token selection zeroed a positive row's first-position
-  advantage. adv [B, T] (the row's A everywhere but at its first loss position)."""
-  adv, m = np.asarray(adv), np.asarray(loss_mask).astype(bool)  # B T
-  first = adv[np.arange(adv.shape[0]), m.argmax(-1)]  # B
-  positive = np.where(m, adv, -np.inf).max(-1) > 0  # B, A > 0 somewhere on the row
-  zeroed = positive & (first == 0)  # B
-  return float(zeroed.reshape(-1, group_size).any(-1).mean())
 
 
 def summary(run) -> dict:

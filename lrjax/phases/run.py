@@ -25,11 +25,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from lrjax import config_utils, parallel
+from lrjax import config_utils, distributed, parallel
 from lrjax.data import tokenizer as tok_lib
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
 from lrjax.latent import RULES, RuleContext, rule_config
-from lrjax.metrics import MetricsWriter
+from lrjax.metrics import MetricsWriter, say
 from lrjax.model import ModelConfig, init, load_hf, preset
 from lrjax.phases.workdir import load_model_meta, resolve_init_folder
 from lrjax.sampling import Sampling
@@ -65,10 +65,11 @@ class Run:
 
   @classmethod
   def create(cls, config, workdir: str) -> "Run":
+    # first: process_index() (who writes the files below) needs the process group
+    distributed.maybe_initialize_distributed(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_resume_config(workdir, config, config.allow_config_mismatch)
     config_utils.save_config(workdir, config)
-    parallel.maybe_initialize_distributed()
     mesh = parallel.make_mesh(config.mesh)
     task = load_task(config.data)
     logging.info("task %s: %d train / %d eval problems", config.data.task, len(task.train),
@@ -96,7 +97,7 @@ class Run:
       msg = (f"config.rule.num_latent={asked} overrides the {own} latent steps the model "
              "was trained with")
       logging.warning(msg)
-      print(f"[lrjax] warning: {msg}", flush=True)
+      say(f"[lrjax] warning: {msg}")
     return asked
 
   @functools.cached_property
@@ -157,6 +158,16 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
   model_cfg = model_cfg.replace(remat=config.model.remat)
   if needs_latent_tokens(config):
     tokenizer, model_cfg, params, _ = tok_lib.add_latent_tokens(tokenizer, model_cfg, params)
+  # every process has read the tokenizer folder before process 0 (re)writes it
+  _barrier("lrjax: tokenizer read")
   if not config.init and jax.process_index() == 0:
     tok_lib.save_tokenizer(tokenizer, os.path.join(workdir, "tokenizer"))
+  _barrier("lrjax: tokenizer saved")
   return tokenizer, model_cfg, params
+
+
+def _barrier(name: str) -> None:
+  """Waits for every process (a no-op in one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import os
 import time
 
-import jax
 import numpy as np
 
-from lrjax import config_utils, optim
+from lrjax import config_utils, optim, parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.latent import RULES, prompt_suffix
-from lrjax.metrics import Progress
+from lrjax.metrics import Progress, say
 from lrjax.data.order import data_indices
 from lrjax.model import load_hf
 from lrjax.phases import held_out, workdir
@@ -148,7 +147,7 @@ def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
     if rec.get("phase") == "sft" and rec.get("step", 0) <= warm_steps:
       run.metrics.write("sft", rec["step"], {k: v for k, v in rec.items()
                                              if k not in ("phase", "step")})
-  print(f"[lrjax] continuing the SFT phase of {path} from its step {warm_steps}", flush=True)
+  say(f"[lrjax] continuing the SFT phase of {path} from its step {warm_steps}")
   return state, warm_steps
 
 
@@ -159,7 +158,7 @@ def run_sft(run) -> None:
     export_dir = os.path.join(workdir.phase_dir(run, "sft"), "export")
     _, run.params = load_hf(export_dir, dtype=config.model.dtype)
     run.model_num_latent = workdir.load_model_meta(export_dir).get("num_latent")
-    print(f"[lrjax] reusing the finished SFT model in {workdir.phase_dir(run, 'sft')}", flush=True)
+    say(f"[lrjax] reusing the finished SFT model in {workdir.phase_dir(run, 'sft')}")
     return
   cur = _Curriculum(config)
   # the decay horizon is its own field, so a continuation (more steps) keeps the schedule
@@ -189,11 +188,12 @@ def run_sft(run) -> None:
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
                                   stage=stage, max_len=s.max_len, pad_to_multiple=16,
                                   **cur.batch_kwargs(run))
-    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     tokens += int(np.asarray(batch.mask).sum())
+    batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows
+    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     done = step + 1
     if done % s.log_every == 0 or done == s.steps:
-      m = jax.device_get(m)
+      m = parallel.fetch(m)
       dt = max(time.time() - t0, 1e-9)
       line = {"train/loss": float(m["loss"]), "train/accuracy": float(m["accuracy"]),
               "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": tokens / dt,

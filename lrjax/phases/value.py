@@ -50,7 +50,9 @@ import optax
 from lrjax import rewards as rewards_lib
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_window
-from lrjax.latent import init_rule_params, rule_aux
+from lrjax.metrics import say
+from lrjax import parallel
+from lrjax.latent import init_rule_params, prompt_suffix, rule_aux
 from lrjax.phases import workdir
 from lrjax.rl.value_head import (auto_pos_weight, fit_input_norm, init_value_head, roc_auc,
                                  value_logits, weighted_bce)
@@ -79,7 +81,7 @@ def split_by_problem(num_problems: int, holdout: float, seed: int) -> np.ndarray
 def collect(run, ctx, params: dict, key: jax.Array) -> dict:
   """Rollouts of the starting model: thought states [M, N, H], their response's label
   [M] and problem index [M] (responses of problem i are rows i·S .. i·S + S − 1)."""
-  from lrjax.phases.rl import roll_out  # noqa: PLC0415 - shares the RL rollout
+  from lrjax.phases.rl_step import draw_round  # noqa: PLC0415 - shares the RL rollout
   v, rl = run.config.latent_rl, run.config.rl
   if ctx.num_latent < 1:
     raise ConfigError("the value phase rates thought states, but the `hidden` rule runs 0 "
@@ -93,8 +95,9 @@ def collect(run, ctx, params: dict, key: jax.Array) -> dict:
   states, labels = [], []
   for b, at in enumerate(range(0, len(problems), per_batch)):
     chunk = problems[at:at + per_batch]
-    r = roll_out(run, ctx, params, chunk, v.samples, jax.random.fold_in(key, b), aux, reward_fn)
-    states.append(np.asarray(jax.device_get(r.traj.records["hidden"][:, :ctx.num_latent]),
+    r = draw_round(run, ctx, params, chunk, v.samples, prompt_suffix(ctx), reward_fn,
+                   jax.random.fold_in(key, b), aux)
+    states.append(np.asarray(parallel.fetch(r.traj.records["hidden"][:, :ctx.num_latent]),
                              np.float32))
     labels.append(r.rewards > 0.5)
   return {"states": np.concatenate(states), "labels": np.concatenate(labels),
@@ -178,8 +181,8 @@ def run_value(run) -> None:
     run.heads["value"] = workdir.load_tree(os.path.join(pdir, HEAD_FILE))
     run.heads["value_start"] = workdir.load_tree(os.path.join(pdir, HEAD_FILE))
     run.heads_cfg["pos_weight"] = summary["pos_weight"]
-    print(f"[lrjax] value: reusing the finished head in {pdir} "
-          f"(held-out ROC-AUC {summary['best_roc_auc']:.3f})", flush=True)
+    say(f"[lrjax] value: reusing the finished head in {pdir} "
+        f"(held-out ROC-AUC {summary['best_roc_auc']:.3f})")
     return
   os.makedirs(pdir, exist_ok=True)
   run.metrics.truncate("value", 0)  # an interrupted attempt starts again
@@ -204,7 +207,7 @@ def run_value(run) -> None:
   run.heads["value_start"] = jax.tree.map(jnp.asarray, head)
   run.heads_cfg["pos_weight"] = summary["pos_weight"]
   workdir.mark_done(run, "value", summary)
-  print(f"[lrjax] value head: held-out ROC-AUC {summary['best_roc_auc']:.3f} "
-        f"(epoch {summary['best_epoch']}), {summary['train_states']} training states, "
-        f"pos_weight {summary['pos_weight']:.2f}, responses correct "
-        f"{summary['pos_rate']:.3f}, {summary['seconds']:.0f} s", flush=True)
+  say(f"[lrjax] value head: held-out ROC-AUC {summary['best_roc_auc']:.3f} "
+      f"(epoch {summary['best_epoch']}), {summary['train_states']} training states, "
+      f"pos_weight {summary['pos_weight']:.2f}, responses correct "
+      f"{summary['pos_rate']:.3f}, {summary['seconds']:.0f} s")

@@ -18,9 +18,11 @@ from typing import Any
 
 import jax
 
+from lrjax import parallel
 from lrjax.checkpoint import CheckpointMismatchError, Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data import tokenizer as tok_lib
+from lrjax.metrics import say
 from lrjax.model import save_hf
 
 
@@ -66,13 +68,13 @@ def try_resume(run, phase: str, ckpt: Checkpointer, state: Any) -> tuple[Any, in
       msg = (f"the {phase} checkpoint at step {step} ({bad}) cannot be restored "
              f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); moved aside to {moved}")
       logging.warning(msg)
-      print(f"[lrjax] warning: {msg}", flush=True)
+      say(f"[lrjax] warning: {msg}")
       continue
     run.metrics.truncate(phase, step)
     from lrjax.phases.held_out import truncate_samples  # noqa: PLC0415
     truncate_samples(run.workdir, phase, step)
     logging.info("resuming %s at step %d", phase, step)
-    print(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {step}", flush=True)
+    say(f"[lrjax] resuming phase {phase!r} from its checkpoint at step {step}")
     return restored, step, meta
   if steps:
     raise ConfigError(f"no checkpoint of phase {phase!r} in {ckpt.directory} restores (steps "
@@ -86,6 +88,8 @@ def export(run, phase: str, params: dict, rule_params: dict | None = None,
   """Writes `<workdir>/<phase>/export`: HF weights + tokenizer (+ rule sidecar, + heads
   sidecar) and `lrjax_model.json` (the model's latent chain length, `num_latent`)."""
   path = os.path.join(phase_dir(run, phase), "export")
+  # gathered on every process (a collective), written by process 0
+  params, rule_params, heads = parallel.fetch((params, rule_params, heads))
   if jax.process_index() == 0:
     save_hf(run.model_cfg, params, path)
     tok_lib.save_tokenizer(run.tokenizer, path)
