@@ -58,6 +58,20 @@ def _is_prng_key(x: Any) -> bool:
   return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
+def _path_name(path) -> str:
+  """'opt_state/1/0/mu/w': a key path with dict keys, indices and attribute names alike
+  (Orbax's metadata stores a NamedTuple's fields as dict keys)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
 def abstract_state(state: Any) -> Any:
   """`jax.ShapeDtypeStruct` of every leaf, keeping shardings and PRNG key dtypes.
 
@@ -176,11 +190,12 @@ class Checkpointer:
     tree = getattr(md["state"] if md is not None else None, "tree", None)
     if tree is None:
       raise OSError(f"no readable metadata in {os.path.join(self.directory, str(step))}")
-    stored = {jax.tree_util.keystr(p): tuple(x.shape)
+    stored = {_path_name(p): tuple(x.shape)
               for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
     where = os.path.join(self.directory, str(step))
-    for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-      name = jax.tree_util.keystr(path)
+    wanted = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    for path, x in wanted:
+      name = _path_name(path)
       shape = tuple(x.shape)
       if _is_prng_key(x):
         shape = tuple(jax.eval_shape(jax.random.key_data,
@@ -191,8 +206,7 @@ class Checkpointer:
       if stored[name] != shape:
         raise CheckpointMismatchError(f"checkpoint {where}: tensor {name} has shape "
                                       f"{stored[name]}, this run expects {shape}")
-    extra = sorted(set(stored) - {jax.tree_util.keystr(p) for p, _ in
-                                  jax.tree_util.tree_flatten_with_path(abstract_state)[0]})
+    extra = sorted(set(stored) - {_path_name(p) for p, _ in wanted})
     if extra:
       raise CheckpointMismatchError(f"checkpoint {where} holds tensor {extra[0]}, which this "
                                     "run's state does not have")

@@ -50,6 +50,9 @@ from dataclasses import dataclass
 from absl import app, flags
 from ml_collections import config_flags
 
+from lrjax import compare_plots
+from lrjax.compare_plots import mean_se  # noqa: F401  (part of this module's API)
+
 COLUMNS = ("task", "method", "seed", "accuracy", "pass@1", "pass@k", "format_rate",
            "response_tokens", "latent_steps", "gain", "wall_s")
 WALL_FILE = "compare_wall.json"
@@ -284,18 +287,6 @@ def result_of(row: Row) -> dict:
   return out
 
 
-def mean_se(xs: list[float]) -> tuple[float, float]:
-  """Mean and standard error (sample std / √n; NaN for fewer than 2 values)."""
-  vals = [x for x in xs if not math.isnan(x)]
-  if not vals:
-    return math.nan, math.nan
-  m = sum(vals) / len(vals)
-  if len(vals) < 2:
-    return m, math.nan
-  var = sum((x - m) ** 2 for x in vals) / (len(vals) - 1)
-  return m, math.sqrt(var / len(vals))
-
-
 def write_csv(results: list[dict], path: str) -> None:
   import csv
   with open(path, "w", newline="") as f:
@@ -367,15 +358,25 @@ def versions() -> str:
           f"{os.cpu_count()} cores, {dev.platform} ({dev.device_kind}) x {jax.device_count()}")
 
 
+def curve_series(rows: list[Row]) -> dict:
+  """{task: {method: {rl step: [accuracy per seed]}}} of the RL rows."""
+  out: dict = {}
+  for r in rows:
+    if r.kind == "rl":
+      by_step = out.setdefault(r.task, {}).setdefault(r.method, {})
+      for e in evals_of(r):
+        by_step.setdefault(int(e["step"]), []).append(float(e["eval/accuracy"]))
+  return out
+
+
 def tabulate(rows: list[Row], workdir: str, command: str) -> list[dict]:
   """Writes results.csv, RESULTS.md and the two plots; returns the result rows."""
-  from lrjax import compare_plots
   results = [result_of(r) for r in rows if r.kind != "missing"]
   write_csv(results, os.path.join(workdir, "results.csv"))
   summary = summarize(results + [result_of(r) for r in rows if r.kind == "missing"])
   write_markdown(summary, rows, os.path.join(workdir, "RESULTS.md"), command)
   compare_plots.accuracy_vs_tokens(summary, os.path.join(workdir, "accuracy_vs_tokens.png"))
-  compare_plots.curves(rows, os.path.join(workdir, "curves.png"))
+  compare_plots.curves(curve_series(rows), os.path.join(workdir, "curves.png"))
   return results
 
 

@@ -3,8 +3,10 @@
 * `accuracy_vs_tokens(summary, path)`: each method's mean greedy accuracy against
   its mean response length (positions, latent ones included), error bars of one
   standard error both ways, one marker per (task, method).
-* `curves(rows, path)`: held-out accuracy against RL step per RL method (mean over
+* `curves(series, path)`: held-out accuracy against RL step per RL method (mean over
   seeds, a band of ± one standard error), one panel per task.
+
+`mean_se` is the mean ± standard error both use (and `lrjax.compare`'s table).
 """
 from __future__ import annotations
 
@@ -40,21 +42,14 @@ def accuracy_vs_tokens(summary: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def curves(rows, path: str) -> None:
-  """rows: `lrjax.compare.Row`s; RL rows only."""
-  from lrjax.compare import evals_of, mean_se
+def curves(series: dict, path: str) -> None:
+  """series: {task: {method: {rl step: [held-out accuracy of each seed]}}}."""
   plt = _plt()
-  tasks = sorted({r.task for r in rows})
+  tasks = sorted(series)
   fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(6 * max(len(tasks), 1), 4.5),
                            squeeze=False)
   for ax, task in zip(axes[0], tasks):
-    methods = sorted({r.method for r in rows if r.task == task and r.kind == "rl"})
-    for m in methods:
-      by_step: dict[int, list[float]] = {}
-      for r in rows:
-        if r.task == task and r.method == m and r.kind == "rl":
-          for e in evals_of(r):
-            by_step.setdefault(int(e["step"]), []).append(float(e["eval/accuracy"]))
+    for m, by_step in sorted(series[task].items()):
       steps = sorted(by_step)
       if not steps:
         continue
@@ -73,3 +68,15 @@ def curves(rows, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def mean_se(xs) -> tuple[float, float]:
+  """Mean and standard error (sample std / √n; NaN for fewer than 2 values)."""
+  vals = [float(x) for x in xs if not math.isnan(float(x))]
+  if not vals:
+    return math.nan, math.nan
+  m = sum(vals) / len(vals)
+  if len(vals) < 2:
+    return m, math.nan
+  var = sum((x - m) ** 2 for x in vals) / (len(vals) - 1)
+  return m, math.sqrt(var / len(vals))
