@@ -207,6 +207,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.sampled = True  # also compute pass@k (costs num_samples rollouts per problem)
   c.eval.show_samples = 3  # greedy completions per evaluation written to samples.jsonl
 
+  # Faults (lrjax/faults.py): an update whose loss or gradient norm is not finite is
+  # skipped; this many in a row stop the phase (the last checkpoint stays intact).
+  c.train = ml_collections.ConfigDict()
+  c.train.max_nonfinite = 10
+  c.train.inject_nan_step = -1  # tests: make this step's loss and gradients NaN (-1 = never)
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200
   c.checkpoint.max_to_keep = 2

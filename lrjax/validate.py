@@ -250,6 +250,8 @@ ROWS.extend([
     Row("eval.show_samples", non_negative_int),
     Row("eval.num_samples", positive_int, when=_SAMPLED),
     Row("eval.pass_k", _pass_k, when=_SAMPLED),
+    Row("train.max_nonfinite", positive_int, phases=_TRAIN),
+    Row("train.inject_nan_step", _compare(">=", -1, integer=True), phases=_TRAIN),
     Row("checkpoint.every", positive_int, phases=_TRAIN),
     Row("checkpoint.max_to_keep", positive_int, phases=_TRAIN),
 ])

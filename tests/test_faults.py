@@ -1,4 +1,5 @@
-"""Faults of real clusters: corrupted or missing checkpoint files at resume.
+"""Faults of real clusters: corrupted or missing checkpoint files at resume, non-finite
+updates, and SIGTERM.
 
 The newest checkpoint's data files are overwritten (as a node dying mid-write or
 a full disk leaves them): resume reports the bad step and path, moves it aside
@@ -7,7 +8,11 @@ every checkpoint bad is a one-line error naming the folder; a checkpoint of
 another structure is an error naming the tensor and moves nothing.
 """
 import glob
+import json
 import os
+import re
+import signal
+import time
 import types
 
 import jax
@@ -15,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lrjax import faults
 from lrjax.checkpoint import Checkpointer
 from lrjax.config_utils import ConfigError
 from lrjax.phases.workdir import try_resume
@@ -107,3 +113,63 @@ def test_other_structure_names_the_tensor_and_moves_nothing(tmp_path):
     try_resume(_run(tmp_path), "sft", ckpt, other)
   assert os.listdir(d) == ["4"]
   ckpt.close()
+
+
+# --- non-finite updates and SIGTERM, on the tiny SFT run of tests/test_main.py -----------
+
+def _metrics_of(workdir):
+  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_injected_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path):
+  from safetensors.numpy import load_file
+  from tests.test_main import _main
+  w = tmp_path / "w"
+  # max_nonfinite 1: the run stops at the injected step, one line naming it and the checkpoint
+  rc, out, err = _main(w, "--config.train.inject_nan_step=10", "--config.train.max_nonfinite=1")
+  assert rc == 1 and "Traceback" not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("lrjax: sft stopped at step 10: 1 consecutive non-finite updates")
+  assert "the last checkpoint is step 8" in last
+  ckpt = Checkpointer(str(w / "sft" / "ckpt"), async_save=False)
+  assert ckpt.latest_step() == 8  # intact: the resumed run starts from it
+  ckpt.close()
+  # resumed with a limit of 10: step 10 is poisoned again, skipped, counted, and training goes on
+  rc, out, err = _main(w, "--config.train.inject_nan_step=10", "--config.train.max_nonfinite=10",
+                       "--config.allow_config_mismatch=True")
+  assert rc == 0 and "resuming phase 'sft' from its checkpoint at step 8" in out, err[-3000:]
+  assert "step 10: non-finite loss or gradient, update skipped (1 in a row)" in out
+  logged = {r["step"]: r for r in _metrics_of(w) if "train/nonfinite_skipped" in r}
+  assert logged[8]["train/nonfinite_skipped"] == 0 and logged[12]["train/nonfinite_skipped"] == 1
+  assert logged[24]["train/nonfinite_skipped"] == 1  # one skip, then finite updates again
+  assert np.isfinite(logged[24]["train/loss"])
+  assert all(np.isfinite(v).all() for v in load_file(str(w / "sft" / "export" /
+                                                         "model.safetensors")).values())
+
+
+def test_sigterm_saves_the_last_step_exits_143_and_resumes_bit_identical(tmp_path):
+  from safetensors.numpy import load_file
+  from tests.test_main import _main
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, _, err = _main(full)
+  assert rc == 0, err[-3000:]
+  proc = _main(cut, wait=False)
+  ckpt_dir = cut / "sft" / "ckpt"
+  deadline = time.time() + 300
+  while not (ckpt_dir / "8").exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == faults.EXIT_PREEMPTED, err[-3000:]
+  saved = int(re.search(r"preempted: sft saved at step (\d+)", out).group(1))
+  assert saved >= 8 and not (cut / "sft" / "DONE").exists()
+  assert (ckpt_dir / str(saved)).exists()  # a checkpoint at the last completed step
+  rc, out, err = _main(cut)
+  assert rc == 0 and f"from its checkpoint at step {saved}" in out, err[-3000:]
+  a = load_file(str(full / "sft" / "export" / "model.safetensors"))
+  b = load_file(str(cut / "sft" / "export" / "model.safetensors"))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  last = lambda w: [r for r in _metrics_of(w) if "eval/accuracy" in r][-1]["eval/accuracy"]  # noqa: E731
+  assert last(full) == last(cut)

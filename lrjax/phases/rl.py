@@ -33,7 +33,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import metrics as metrics_lib, parallel
+from lrjax import faults, metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
@@ -131,6 +131,30 @@ def run_rl(run) -> None:
     held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
   progress = metrics_lib.Progress("rl")
+  guard = faults.NonFiniteCounter("rl", config.train.max_nonfinite, ckpt.directory)
+  preempt = faults.Preemption()
+  try:
+    _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
+                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model)
+  finally:
+    preempt.close()
+  progress.close()
+  ckpt.wait()
+  run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
+  run.heads = dict(state["params"]["heads"])
+  run.model_num_latent = ctx.num_latent
+  workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent,
+                 heads=run.heads)
+  workdir.mark_done(run, "rl", summary(run))
+  metrics_lib.say(format_summary(summary(run)))
+
+
+def _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
+                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt,
+                start_model) -> None:
+  """RL steps start .. rl.steps − 1 (state updated in place); saves and exits 143 on
+  preemption, stops on too many non-finite updates."""
+  config, rl = run.config, run.config.rl
   g = rl.group_size
   for step in range(start, rl.steps):
     t0 = time.time()
@@ -145,8 +169,11 @@ def run_rl(run) -> None:
     batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
                                ctx.pad_id)
     cursor, rounds = batch.cursor, rounds + batch.tries
-    state, line = rl_step.learn(run, ctx, update, adv_spec, state, ref_params, batch, aux, step, t0)
     done = step + 1
+    state, line = rl_step.learn(run, ctx, update, adv_spec, state, ref_params, batch, aux, step, t0,
+                                poison=done == config.train.inject_nan_step)
+    guard.update(not line["train/update_skipped"], done, ckpt.latest_step())
+    line["train/nonfinite_skipped"] = float(guard.skipped)
     if start_model is not None and (done % rl.log_every == 0 or done == rl.steps):
       line["train/param_change"] = param_change(start_model, state["params"]["model"])
     if done % rl.log_every == 0 or done == rl.steps or step == start:
@@ -154,18 +181,14 @@ def run_rl(run) -> None:
     progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
     if done % rl.eval_every == 0 or done == rl.steps:
       held_out.evaluate_at(run, "rl", done, state["params"], eval_ctx, suffix)
-    if done % config.checkpoint.every == 0 or done == rl.steps:
+    stop = preempt.requested(done)
+    if done % config.checkpoint.every == 0 or done == rl.steps or stop:
       ckpt.save(done, state, {**dynamic.checkpoint_meta(done, cursor, rounds),
                               "num_latent": ctx.num_latent})
-  progress.close()
-  ckpt.wait()
-  run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
-  run.heads = dict(state["params"]["heads"])
-  run.model_num_latent = ctx.num_latent
-  workdir.export(run, "rl", run.params, run.rule_params, num_latent=ctx.num_latent,
-                 heads=run.heads)
-  workdir.mark_done(run, "rl", summary(run))
-  metrics_lib.say(format_summary(summary(run)))
+    if stop:
+      progress.close()
+      ckpt.wait()
+      faults.exit_preempted("rl", done, run.workdir)
 
 
 def param_change(start: dict, now: dict) -> float:

@@ -51,9 +51,10 @@ def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
 
 def learn(run, ctx: RuleContext, update: Callable, adv_spec: adv_lib.AdvantageSpec, state: dict,
           ref_params: dict | None, batch: dynamic.Filled, aux: Any, step: int,
-          t0: float) -> tuple[dict, dict]:
+          t0: float, poison: bool = False) -> tuple[dict, dict]:
   """The policy updates of one rollout batch: (state, the step's metrics line).
-  `t0`: when the step began (for tokens/s)."""
+  `t0`: when the step began (for tokens/s); `poison`: inject a NaN (tests).
+  line["train/update_skipped"] is 1 when a non-finite loss or gradient skipped it."""
   rl, g = run.config.rl, run.config.rl.group_size
   traj, r = batch.traj, batch.rewards
   rewards = parallel.feed(np.asarray(r, np.float32), run.mesh)
@@ -66,14 +67,16 @@ def learn(run, ctx: RuleContext, update: Callable, adv_spec: adv_lib.AdvantageSp
   extra = rule_metrics(ctx, state["params"], traj, aux)
   rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, run.config.seed, step)
   state["params"], state["opt_state"], m = learner.learn_batch(
-      update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows, rewards)
+      update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows, rewards,
+      jax.numpy.asarray(bool(poison)))
   m, lengths, latent = parallel.fetch((m, traj.lengths, traj.latent_mask))
   line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
           "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
           "train/clip_frac": float(m["clip_frac"]),
           "train/response_tokens": float(lengths.mean()),
           "train/latent_steps": float(latent.sum(-1).mean()),
-          "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9), **extra}
+          "train/tokens_per_sec": float(lengths.sum()) / max(time.time() - t0, 1e-9),
+          "train/update_skipped": float(not bool(m["ok"])), **extra}
   if rl.mask_truncated:
     line["train/truncated"] = float(parallel.fetch(traj.truncated).mean())
   if rl.first_token_selection:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import time
 
+import jax
 import numpy as np
 
-from lrjax import config_utils, optim, parallel
+from lrjax import config_utils, faults, optim, parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.latent import RULES, prompt_suffix
@@ -179,6 +180,26 @@ def run_sft(run) -> None:
   train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method,
                                         latent_grad=bool(s.latent_grad))
   progress = Progress("sft")
+  guard = faults.NonFiniteCounter("sft", config.train.max_nonfinite, ckpt.directory)
+  preempt = faults.Preemption()
+  try:
+    _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,
+                guard, preempt)
+  finally:
+    preempt.close()
+  progress.close()
+  ckpt.wait()
+  run.params = state["params"]
+  run.model_num_latent = cur.num_latent(cur.stage(s.steps - 1))
+  workdir.export(run, "sft", run.params, num_latent=run.model_num_latent)
+  workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})
+
+
+def _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,
+                guard, preempt) -> None:
+  """Steps start .. s.steps − 1 (state updated in place); saves and exits 143 on
+  preemption, stops on too many non-finite updates."""
+  config = run.config
   tokens, t0 = 0, time.time()
   for step in range(start, s.steps):
     stage = cur.stage(step)
@@ -190,25 +211,27 @@ def run_sft(run) -> None:
                                   **cur.batch_kwargs(run))
     tokens += int(np.asarray(batch.mask).sum())
     batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows
-    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch)
     done = step + 1
+    poison = jax.numpy.asarray(done == config.train.inject_nan_step)
+    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch,
+                                                        poison)
+    guard.update(bool(parallel.fetch(m["ok"])), done, ckpt.latest_step())
     if done % s.log_every == 0 or done == s.steps:
       m = parallel.fetch(m)
       dt = max(time.time() - t0, 1e-9)
       line = {"train/loss": float(m["loss"]), "train/accuracy": float(m["accuracy"]),
               "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": tokens / dt,
-              "stage": stage}
+              "train/nonfinite_skipped": float(guard.skipped), "stage": stage}
       run.metrics.write("sft", done, line)
       progress.update(done, s.steps, loss=line["train/loss"], stage=stage)
       tokens, t0 = 0, time.time()
     if (done - eval_base) % s.eval_every == 0 or done == s.steps:
       evaluate_sft(run, state["params"], done, cur, cur.stage(done - 1))
-    if done % config.checkpoint.every == 0 or done == s.steps:
+    stop = preempt.requested(done)
+    if done % config.checkpoint.every == 0 or done == s.steps or stop:
       ckpt.save(done, state, {"phase": "sft", "step": done, "stage": stage,
                               "num_latent": cur.num_latent(stage)})
-  progress.close()
-  ckpt.wait()
-  run.params = state["params"]
-  run.model_num_latent = cur.num_latent(cur.stage(s.steps - 1))
-  workdir.export(run, "sft", run.params, num_latent=run.model_num_latent)
-  workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})
+    if stop:
+      progress.close()
+      ckpt.wait()
+      faults.exit_preempted("sft", done, run.workdir)

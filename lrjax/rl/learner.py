@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lrjax.faults import guarded_update
 from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.registry import Registry
@@ -183,26 +184,29 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation) -> Callable:
-  """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None)
-  -> (params, opt_state, metrics)).
+  """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
+  poison=False) -> (params, opt_state, metrics)).
 
   With a `GroupedOptimizer` only its trainable parameters are differentiated
   and updated (opt_state = `optimizer.init(params)`); a plain optax
   transformation trains every parameter. metrics["grad_norm"] is the global
-  norm of the trainable gradients, before clipping.
+  norm of the trainable gradients, before clipping; an update whose loss or
+  gradient norm is not finite is skipped (metrics["ok"] False,
+  `lrjax.faults.guarded_update`; `poison` injects a NaN).
   """
   groups = getattr(optimizer, "groups", None)
 
-  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None):
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
+             poison=False):
     trainable, frozen = groups.split(params) if groups is not None else (params, None)
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
         lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
                               rewards), has_aux=True)
-    (_, metrics), grads = grad_fn(trainable)
-    updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    return full(trainable), opt_state, dict(metrics, grad_norm=optax.tree.norm(grads))
+    (loss, metrics), grads = grad_fn(trainable)
+    trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
+                                                         loss, poison)
+    return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
   return jax.jit(update, donate_argnums=(0, 1))
 
 
@@ -234,15 +238,19 @@ def take_rows(tree: Any, rows: np.ndarray) -> Any:
 
 def learn_batch(update: Callable, params: dict, opt_state: Any, ref_params: dict | None,
                 traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None,
-                rows: list[np.ndarray], rewards: jax.Array | None = None
+                rows: list[np.ndarray], rewards: jax.Array | None = None, poison=False
                 ) -> tuple[dict, Any, dict]:
   """One pass over the mini-batches `rows` (`minibatch_rows`): one `update` each,
-  the old terms fixed before the first. Metrics: the mean over the mini-batches."""
+  the old terms fixed before the first. Metrics: the mean over the mini-batches
+  (`ok`: all of them applied)."""
   if len(rows) == 1:
-    return update(params, opt_state, ref_params, traj, advantages, aux, old_logp, rewards)
+    return update(params, opt_state, ref_params, traj, advantages, aux, old_logp, rewards,
+                  poison)
   ms = []
   for r in rows:
     params, opt_state, m = update(params, opt_state, ref_params, *take_rows(
-        (traj, advantages), r), aux, *take_rows((old_logp, rewards), r))
+        (traj, advantages), r), aux, *take_rows((old_logp, rewards), r), poison)
     ms.append(m)
-  return params, opt_state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *ms)
+  oks = jnp.stack([m.pop("ok") for m in ms])
+  return params, opt_state, dict(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *ms),
+                                 ok=jnp.all(oks))

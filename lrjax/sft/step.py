@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lrjax.faults import guarded_update
+
 from lrjax.model import ModelConfig
 from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import SFTBatch, sft_method
@@ -62,26 +64,28 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                params: dict, opt_state: optax.OptState, batch: SFTBatch,
-               latent_grad: bool = True) -> tuple[dict, optax.OptState, dict]:
-  """One AdamW update on the SFT loss; metrics: loss, accuracy, num_tokens, grad_norm."""
+               latent_grad: bool = True, poison=False) -> tuple[dict, optax.OptState, dict]:
+  """One AdamW update on the SFT loss, skipped when the loss or the gradient norm is
+  not finite (`lrjax.faults.guarded_update`; `poison` injects a NaN); metrics: loss,
+  accuracy, num_tokens, grad_norm, ok (the update was applied)."""
   grad_fn = jax.value_and_grad(lambda p: sft_loss(cfg, p, batch, mode, latent_grad),
                                has_aux=True)
-  (_, aux), grads = grad_fn(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  return params, opt_state, dict(aux, grad_norm=optax.tree.norm(grads))
+  (loss, aux), grads = grad_fn(params)
+  params, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, params, loss,
+                                                    poison)
+  return params, opt_state, dict(aux, grad_norm=grad_norm, ok=ok)
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                     max_traces: int | None = None, latent_grad: bool = True) -> Callable:
-  """jit(fn(params, opt_state, batch) -> (params, opt_state, metrics)), params and
+  """jit(fn(params, opt_state, batch, poison=False) -> (params, opt_state, metrics)), params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
   `max_traces` makes a further retrace fail (`chex.assert_max_traces`);
   `latent_grad`: see `sft_loss`."""
   sft_method(mode)  # ValueError for an unknown mode
 
-  def step(params, opt_state, batch):
-    return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad)
+  def step(params, opt_state, batch, poison=False):
+    return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad, poison)
 
   if max_traces is not None:
     # chex counts traces per (definition stack, source, __name__): a unique name
