@@ -115,6 +115,24 @@ def test_other_structure_names_the_tensor_and_moves_nothing(tmp_path):
   ckpt.close()
 
 
+def test_guarded_update_is_the_plain_update_or_nothing():
+  import optax
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.asarray([1.0, -2.0, 0.0])}
+  state = opt.init(params)
+  updates, new_state = opt.update(grads, state, params)
+  want = optax.apply_updates(params, updates)
+  p, s, norm, ok = faults.guarded_update(opt, grads, state, params, jnp.asarray(1.5))
+  assert bool(ok) and float(norm) == pytest.approx(float(optax.tree.norm(grads)))
+  jax.tree.map(np.testing.assert_array_equal, (p, s), (want, new_state))
+  for loss, g, poison in ((jnp.nan, grads, False), (1.0, {**grads, "b": grads["b"] * jnp.inf}, False),
+                          (1.0, grads, True)):
+    p, s, _, ok = faults.guarded_update(opt, g, state, params, jnp.asarray(loss), poison)
+    assert not bool(ok)
+    jax.tree.map(np.testing.assert_array_equal, (p, s), (params, state))
+
+
 # --- non-finite updates and SIGTERM, on the tiny SFT run of tests/test_main.py -----------
 
 def _metrics_of(workdir):

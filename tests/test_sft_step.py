@@ -47,7 +47,8 @@ def test_train_step_reduces_loss_and_compiles_once_per_bucket():
   for _ in range(20):
     params, opt_state, metrics = STEP(params, opt_state, batch)
     losses.append(float(metrics["loss"]))
-  assert set(metrics) == {"loss", "accuracy", "num_tokens", "grad_norm"}
+  assert set(metrics) == {"loss", "accuracy", "num_tokens", "grad_norm", "ok"}
+  assert bool(metrics["ok"])
   assert metrics["num_tokens"] == batch.loss_mask.sum()
   assert losses[-1] < 0.5 * losses[0], losses
   assert 0.0 <= float(metrics["accuracy"]) <= 1.0
@@ -60,6 +61,21 @@ def test_train_step_reduces_loss_and_compiles_once_per_bucket():
   other = build_batch(PROBLEMS, TOK, "cot", max_len=32)
   with pytest.raises(AssertionError, match="max_traces"):
     STEP(params, opt_state, other)
+
+
+def test_a_non_finite_step_changes_nothing():
+  """A poisoned step (NaN loss and gradients) leaves the parameters and the optimizer
+  state bit-identical; a clean one updates (guarded_update itself: tests/test_faults.py)."""
+  step = make_train_step(CFG, OPT, "cot")
+  params = init(CFG, jax.random.PRNGKey(1))
+  batch = build_batch(PROBLEMS, TOK, "cot", max_len=64, pad_to_multiple=8)
+  before = jax.tree.map(np.asarray, (params, OPT.init(params)))
+  p, o, m = step(*jax.tree.map(jnp.asarray, before), batch, jnp.asarray(True))
+  assert not bool(m["ok"]) and not np.isfinite(float(m["grad_norm"]))
+  jax.tree.map(np.testing.assert_array_equal, (p, o), before)
+  p, o, m = step(*jax.tree.map(jnp.asarray, before), batch, jnp.asarray(False))
+  assert bool(m["ok"]) and np.isfinite(float(m["loss"]))
+  assert not np.array_equal(np.asarray(p["embed"]["embedding"]), before[0]["embed"]["embedding"])
 
 
 def test_sft_loss_mode_checks():
