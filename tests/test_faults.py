@@ -12,6 +12,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import types
 
@@ -24,6 +26,8 @@ from lrjax import faults
 from lrjax.checkpoint import Checkpointer
 from lrjax.config_utils import ConfigError
 from lrjax.phases.workdir import try_resume
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Metrics:
@@ -165,29 +169,111 @@ def test_injected_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path):
                                                          "model.safetensors")).values())
 
 
-def test_sigterm_saves_the_last_step_exits_143_and_resumes_bit_identical(tmp_path):
-  from safetensors.numpy import load_file
-  from tests.test_main import _main
-  full, cut = tmp_path / "full", tmp_path / "cut"
-  rc, _, err = _main(full)
-  assert rc == 0, err[-3000:]
-  proc = _main(cut, wait=False)
-  ckpt_dir = cut / "sft" / "ckpt"
+# --- SIGTERM and SIGKILL across the SFT and RL phases of configs/hrpo.py -----------------
+
+# HRPO's default, shortened: 16 SFT steps, 12 RL steps of 4 prompts x 4, a checkpoint every 2.
+HRPO_SHORT = ["--config=configs/hrpo.py", "--config.sft.steps=16", "--config.sft.batch_size=16",
+              "--config.sft.log_every=4", "--config.sft.eval_every=16",
+              "--config.checkpoint.every=2", "--config.eval.num_problems=16",
+              "--config.eval.batch_size=16", "--config.eval.sampled=False",
+              "--config.eval.max_new=24", "--config.data.train_size=2000",
+              "--config.sft.warmup_steps=2", "--config.rl.steps=12", "--config.rl.num_prompts=4",
+              "--config.rl.group_size=4", "--config.rl.max_new=24", "--config.rl.eval_every=12",
+              "--config.rl.log_every=1"]
+
+
+def _hrpo(workdir, *args, wait=True):
+  # unbuffered: a killed run's lines up to the kill are still read
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen([sys.executable, "-m", "lrjax.main", f"--workdir={workdir}",
+                           *HRPO_SHORT, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  if not wait:
+    return proc
+  out, err = proc.communicate(timeout=600)
+  return proc.returncode, out, err
+
+
+def _signal_when(workdir, checkpoint, sig):
+  """Starts the run, sends `sig` once `checkpoint` (a folder) exists; (rc, out, err)."""
+  proc = _hrpo(workdir, wait=False)
   deadline = time.time() + 300
-  while not (ckpt_dir / "8").exists() and proc.poll() is None and time.time() < deadline:
+  while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
+  assert proc.poll() is None, "the run ended before the signal: " + proc.communicate()[1][-2000:]
+  proc.send_signal(sig)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == faults.EXIT_PREEMPTED, err[-3000:]
+  return proc.returncode, out, err
+
+
+def _exports(workdir):
+  from safetensors.numpy import load_file
+  d = workdir / "rl" / "export"
+  return {f: load_file(str(d / f)) for f in ("model.safetensors", "lrjax_rule.safetensors")}
+
+
+def test_sigterm_and_sigkill_in_sft_and_rl_resume_bit_identical(tmp_path):
+  """SIGTERM in SFT, SIGKILL in RL, SIGTERM in RL, each followed by the same command:
+  every exported tensor (backbone and gate sidecar), the last eval/accuracy and the
+  train/loss of every RL step equal the uninterrupted run's. Then the finished RL
+  phase asked for more steps continues from its last checkpoint."""
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, _, err = _hrpo(full)
+  assert rc == 0, err[-3000:]
+  # SIGTERM during SFT: exit 143, a checkpoint at the last completed step
+  rc, out, err = _signal_when(cut, cut / "sft" / "ckpt" / "4", signal.SIGTERM)
+  assert rc == faults.EXIT_PREEMPTED, err[-3000:]
   saved = int(re.search(r"preempted: sft saved at step (\d+)", out).group(1))
-  assert saved >= 8 and not (cut / "sft" / "DONE").exists()
-  assert (ckpt_dir / str(saved)).exists()  # a checkpoint at the last completed step
-  rc, out, err = _main(cut)
-  assert rc == 0 and f"from its checkpoint at step {saved}" in out, err[-3000:]
-  a = load_file(str(full / "sft" / "export" / "model.safetensors"))
-  b = load_file(str(cut / "sft" / "export" / "model.safetensors"))
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  last = lambda w: [r for r in _metrics_of(w) if "eval/accuracy" in r][-1]["eval/accuracy"]  # noqa: E731
-  assert last(full) == last(cut)
+  assert 4 <= saved < 16 and (cut / "sft" / "ckpt" / str(saved)).exists()
+  # the re-run continues SFT from there, then is killed during RL
+  rc, out, err = _signal_when(cut, cut / "rl" / "ckpt" / "2", signal.SIGKILL)
+  assert rc == -signal.SIGKILL and not (cut / "rl" / "DONE").exists()
+  assert f"resuming phase 'sft' from its checkpoint at step {saved}" in out, out[-3000:]
+  last_rl = max(int(p.name) for p in (cut / "rl" / "ckpt").iterdir() if p.name.isdigit())
+  # SIGTERM during the resumed RL phase
+  rc, out, err = _signal_when(cut, cut / "rl" / "ckpt" / str(last_rl + 2), signal.SIGTERM)
+  assert rc == faults.EXIT_PREEMPTED, err[-3000:]
+  assert f"resuming phase 'rl' from its checkpoint at step {last_rl}" in out, out[-3000:]
+  saved = int(re.search(r"preempted: rl saved at step (\d+)", out).group(1))
+  assert last_rl + 2 <= saved < 12 and (cut / "rl" / "ckpt" / str(saved)).exists()
+  rc, out, err = _hrpo(cut)
+  assert rc == 0 and f"resuming phase 'rl' from its checkpoint at step {saved}" in out, err[-3000:]
+
+  a, b = _exports(full), _exports(cut)
+  for f in a:
+    assert a[f].keys() == b[f].keys() and a[f]
+    for k in a[f]:
+      np.testing.assert_array_equal(a[f][k], b[f][k], err_msg=f"{f}: {k}")
+  rl_lines = lambda w, key: [(r["step"], r[key]) for r in _metrics_of(w)  # noqa: E731
+                             if r["phase"] == "rl" and key in r]
+  assert len(rl_lines(full, "train/loss")) == 12
+  assert rl_lines(full, "train/loss") == rl_lines(cut, "train/loss")
+  assert rl_lines(full, "eval/accuracy") == rl_lines(cut, "eval/accuracy")
+
+  # a finished RL phase asked for more steps trains on from its last checkpoint
+  rc, out, err = _hrpo(cut, "--config.rl.steps=14", "--config.allow_config_mismatch=True")
+  assert rc == 0, err[-3000:]
+  assert "continuing the finished RL phase" in out and "from step 12 to 14" in out
+  assert [s for s, _ in rl_lines(cut, "train/loss")][-3:] == [12, 13, 14]
+  assert (cut / "rl" / "DONE").exists() and (cut / "rl" / "ckpt" / "14").exists()
+
+
+def test_start_hashes_name_the_changed_tensor():
+  """The RL reference is rebuilt on resume and checked against per-tensor digests."""
+  from lrjax.phases.resume import check_start, tree_hashes
+  tree = {"model": {"embed": np.arange(6, dtype=np.float32).reshape(2, 3)},
+          "rule": {"lambda": np.ones(3, np.float32)}, "heads": {}}
+  stored = tree_hashes(tree)
+  assert set(stored) == {"model/embed", "rule/lambda"}
+  check_start(stored, tree_hashes(jax.tree.map(np.copy, tree)), "W/rl")  # same bytes: passes
+  check_start(None, stored, "W/rl")  # a checkpoint from before digests were stored
+  changed = jax.tree.map(np.copy, tree)
+  changed["rule"]["lambda"][1] = np.nextafter(np.float32(1), np.float32(2))  # one ulp
+  with pytest.raises(ConfigError, match=r"in W/rl changed .*tensor rule/lambda has digest"):
+    check_start(stored, tree_hashes(changed), "W/rl")
+  recast = {**tree, "rule": {"lambda": tree["rule"]["lambda"].astype(np.float64)}}
+  assert tree_hashes(recast)["rule/lambda"] != stored["rule/lambda"]  # dtype counts
+  with pytest.raises(ConfigError, match="tensor model/extra is new"):
+    check_start(stored, {**stored, "model/extra": "0"}, "W/rl")

@@ -117,6 +117,18 @@ def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
   final = [r for r in _metrics(w) if "eval/accuracy" in r][-1]
   for key in ("eval/accuracy", "eval/format_rate", "eval/response_tokens"):
     assert ev[0][key] == final[key], key
+  # asked for more steps (and allowed to differ), the finished phase trains on from step 24
+  rc, out, err = _main(w, "--config.sft.steps=28", "--config.allow_config_mismatch=True")
+  assert rc == 0, err[-3000:]
+  assert "continuing the finished SFT phase" in out and "from step 24 to 28" in out
+  assert "reusing the finished SFT model" not in out
+  assert json.load(open(w / "sft" / "DONE"))["steps"] == 28
+  assert [r["step"] for r in _metrics(w) if "train/loss" in r][-2:] == [24, 28]
+  assert any((after[k] != _params(w)[k]).any() for k in after)
+  # ... and asked for fewer, it stops with one line naming the field
+  rc, out, err = _main(w, "--config.sft.steps=20", "--config.allow_config_mismatch=True")
+  assert rc != 0 and "Traceback" not in err
+  assert "config.sft.steps=20" in err.strip().splitlines()[-1] and "cannot be shortened" in err
 
 
 def test_changed_config_is_refused_with_the_field_listed(tmp_path):

@@ -8,7 +8,11 @@ sampling, `lrjax.rl.dynamic`; argmax ones with `rl.greedy`), fixes the old
 ratio terms, computes the advantages (`lrjax.rl.advantages.compute_advantages`) and makes
 `rl.updates_per_batch` optimizer updates on shuffled mini-batches of whole
 groups. The RL checkpoint's meta holds the data cursor (prompts drawn so far)
-and the number of rollout rounds, so a resumed run draws the same prompts.
+and the number of rollout rounds, so a resumed run draws the same prompts, and
+the digests of the phase's starting tree: the frozen reference is rebuilt from
+the same sources on resume and checked against them (`lrjax.phases.resume`).
+A finished phase re-run with more `rl.steps` (and allow_config_mismatch)
+trains on from its last checkpoint.
 
 Metrics (phase "rl"): train/reward, train/kl, train/loss, train/grad_norm (of
 the trainable parameters' gradients, before clipping; `rl.param_groups` with lr
@@ -40,7 +44,7 @@ from lrjax.config_utils import ConfigError
 from lrjax.latent import (OBJECTIVES, RuleContext, init_rule_params, objective_of,
                           prompt_suffix, rule_aux, rule_of)
 from lrjax.optim import ParamGroups
-from lrjax.phases import held_out, rl_step, workdir
+from lrjax.phases import held_out, resume, rl_step, workdir
 from lrjax.phases.rl_step import first_token_groups, rule_metrics  # noqa: F401 (public here too)
 from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
@@ -111,7 +115,10 @@ def run_rl(run) -> None:
   check_heads(run, ctx)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": initial_heads(run, ctx)}
-  start_model = parallel.fetch(run.params) if rl.log_param_change else None
+  start_host = parallel.fetch(params)  # a collective with several processes
+  start_model = start_host["model"] if rl.log_param_change else None
+  start_hashes = resume.tree_hashes(start_host)  # the reference is rebuilt, not stored
+  del start_host
   params = run.place(params)
   # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
   ref_params = run.place(jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
@@ -127,6 +134,10 @@ def run_rl(run) -> None:
     raise ConfigError(f"the RL checkpoint in {workdir.phase_dir(run, 'rl')} was trained with "
                       f"{meta['num_latent']} latent steps, this run would use {ctx.num_latent} "
                       "(config.rule.num_latent)")
+  pdir = workdir.phase_dir(run, "rl")
+  resume.check_start(meta.get("start_hashes"), start_hashes, pdir)
+  if workdir.is_done(run, "rl"):  # a finished phase asked for more steps trains on
+    resume.continue_finished("RL", pdir, start, rl.steps, "rl.steps")  # its last checkpoint
   if start == 0:
     held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
   cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
@@ -135,7 +146,8 @@ def run_rl(run) -> None:
   preempt = faults.Preemption()
   try:
     _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
-                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model)
+                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model,
+                {"num_latent": ctx.num_latent, "start_hashes": start_hashes})
   finally:
     preempt.close()
   progress.close()
@@ -151,7 +163,7 @@ def run_rl(run) -> None:
 
 def _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
                 ref_params, start, cursor, rounds, ckpt, progress, guard, preempt,
-                start_model) -> None:
+                start_model, fixed_meta) -> None:
   """RL steps start .. rl.steps − 1 (state updated in place); saves and exits 143 on
   preemption, stops on too many non-finite updates."""
   config, rl = run.config, run.config.rl
@@ -183,8 +195,7 @@ def _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spe
       held_out.evaluate_at(run, "rl", done, state["params"], eval_ctx, suffix)
     stop = preempt.requested(done)
     if done % config.checkpoint.every == 0 or done == rl.steps or stop:
-      ckpt.save(done, state, {**dynamic.checkpoint_meta(done, cursor, rounds),
-                              "num_latent": ctx.num_latent})
+      ckpt.save(done, state, {**dynamic.checkpoint_meta(done, cursor, rounds), **fixed_meta})
     if stop:
       progress.close()
       ckpt.wait()

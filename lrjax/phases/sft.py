@@ -26,7 +26,7 @@ from lrjax.latent import RULES, prompt_suffix
 from lrjax.metrics import Progress, say
 from lrjax.data.order import data_indices
 from lrjax.model import load_hf
-from lrjax.phases import held_out, workdir
+from lrjax.phases import held_out, resume, workdir
 from lrjax.sft import sequences, step as step_lib
 
 
@@ -155,7 +155,9 @@ def continue_from(run, path: str, state: dict) -> tuple[dict, int]:
 def run_sft(run) -> None:
   """Trains (or reuses, when `<workdir>/sft/DONE` exists) the SFT model into run.params."""
   config, s = run.config, run.config.sft
-  if workdir.is_done(run, "sft"):
+  pdir = workdir.phase_dir(run, "sft")
+  if workdir.is_done(run, "sft") and not resume.continue_finished(
+      "SFT", pdir, resume.finished_steps(pdir, s.steps), s.steps, "sft.steps"):
     export_dir = os.path.join(workdir.phase_dir(run, "sft"), "export")
     _, run.params = load_hf(export_dir, dtype=config.model.dtype)
     run.model_num_latent = workdir.load_model_meta(export_dir).get("num_latent")
