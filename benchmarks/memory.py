@@ -144,7 +144,8 @@ def compile_update(cfg, mesh, args, return_inputs: bool = False):
                     truncated=s((b,), bool))
   traj, adv = abstract_batch((traj, s((b,), jnp.float32)), mesh)
   inputs = (params, opt_state, params if args.beta > 0 else None, traj, adv, None)
-  compiled = update.lower(*inputs).compile()
+  with jax.set_mesh(mesh):  # activations' rows over (data, fsdp): `parallel.constrain_rows`
+    compiled = update.lower(*inputs).compile()
   return (compiled, inputs) if return_inputs else compiled
 
 
@@ -155,7 +156,8 @@ def compile_rollout(cfg, mesh, args):
   ids, mask = abstract_batch((jax.ShapeDtypeStruct((args.batch, args.prompt), jnp.int32),) * 2,
                              mesh)
   key = jax.eval_shape(lambda: jax.random.key(0))
-  return rollout.lower(rule_context(cfg, args), params, ids, mask, key, None).compile()
+  with jax.set_mesh(mesh):
+    return rollout.lower(rule_context(cfg, args), params, ids, mask, key, None).compile()
 
 
 def measured(compiled) -> float:

@@ -43,3 +43,40 @@ def test_qwen_0_5b_update_compiles_on_a_2x2x2_mesh():
   # every large donated buffer is updated in place (a few small replicated ones may not be)
   assert 0.999 * donated < m.alias_size_in_bytes <= donated
   assert 0 < m.temp_size_in_bytes < 16 * 2 ** 30
+
+
+def test_update_under_the_mesh_equals_one_device():
+  """`make_update(..., mesh=)` (activation rows constrained to (data, fsdp)) on a 2x2x2
+  mesh gives the single-device SGD update, and its row constraint is in the program."""
+  import jax.numpy as jnp
+  import optax
+
+  from lrjax import parallel
+  from lrjax.latent import RuleContext
+  from lrjax.rl import learner as L
+  from lrjax.rollout import Sampling
+  from tests import test_learner as TL
+
+  ctx = RuleContext(TL.CFG.replace(logits_chunk=24), "token", sampling=Sampling(0.7),
+                    eos_id=TL.EOS, pad_id=0, max_new=TL.N)
+  traj = TL.make_traj("token")
+  params = {"model": TL.random_params(), "rule": {}, "heads": {}}
+  adv = jnp.linspace(-1.0, 1.0, traj.ids.shape[0])
+  sgd = optax.sgd(1.0)
+  copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731
+  p1, _, m1 = L.make_update(ctx, L.LossSpec(), sgd)(copy(params), sgd.init(params), None, traj,
+                                                     adv, None)
+  mesh = memory.make_mesh((2, 2, 2))
+  update = L.make_update(ctx, L.LossSpec(), sgd, mesh=mesh)
+  ps = jax.device_put(copy(params), parallel.param_shardings(params, mesh))
+  traj_s, adv_s = parallel.shard_batch((traj, adv), mesh)
+  with jax.set_mesh(mesh):
+    hlo = update.lower(ps, sgd.init(ps), None, traj_s, adv_s, None).as_text()
+  assert "sharding_constraint" in hlo  # the blocks' inputs and the vocabulary pass
+  assert "sharding_constraint" not in update.lower(ps, sgd.init(ps), None, traj_s, adv_s,
+                                                   None).as_text()  # no mesh set: none
+  p8, _, m8 = update(ps, sgd.init(ps), None, traj_s, adv_s, None)
+  np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
+  for x, y, p0 in zip(jax.tree.leaves(p8), jax.tree.leaves(p1), jax.tree.leaves(params),
+                      strict=True):
+    np.testing.assert_allclose(np.asarray(x - p0), np.asarray(y - p0), rtol=1e-4, atol=1e-6)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from lrjax.model.api import lm_logits
 from lrjax.model.config import ModelConfig
+from lrjax.parallel import constrain_rows
 
 
 def output_table(cfg: ModelConfig, params: dict) -> jax.Array:
@@ -69,8 +70,8 @@ def vocab_stats(cfg: ModelConfig, params: dict, hidden: jax.Array, ids: jax.Arra
     z = lm_logits(cfg, params, hidden).astype(jnp.float32) / temperature  # ... V
     arg = jnp.argmax(jax.lax.stop_gradient(z), axis=-1).astype(jnp.int32)
     return jax.nn.logsumexp(z, axis=-1), jnp.take_along_axis(z, ids, axis=-1), arg
-  h = hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32)  # R H
-  flat_ids = ids.reshape(-1, k)  # R K
+  h = constrain_rows(hidden.reshape(-1, hidden.shape[-1]).astype(jnp.float32))  # R H
+  flat_ids = constrain_rows(ids.reshape(-1, k))  # R K
   table = output_table(cfg, params)  # V H
   v, c = cfg.vocab_size, cfg.logits_chunk
   q = v // c

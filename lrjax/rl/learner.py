@@ -185,7 +185,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation,
-                microbatch: int = 0) -> Callable:
+                microbatch: int = 0, mesh: Any = None) -> Callable:
   """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
   poison=False) -> (params, opt_state, metrics)).
 
@@ -197,6 +197,8 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   `lrjax.faults.guarded_update`; `poison` injects a NaN). `microbatch` m > 0
   accumulates the gradient over chunks of m rows (`lrjax.rl.accumulate`;
   `rl.microbatch`), the same update with one chunk's activations live at a time.
+  With a `mesh`, every call runs under `jax.set_mesh(mesh)`, so the decoder keeps
+  its activations' rows split over (data, fsdp) (`lrjax.parallel.constrain_rows`).
   """
   groups = getattr(optimizer, "groups", None)
 
@@ -218,7 +220,15 @@ def make_update(ctx: RuleContext, spec: LossSpec,
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
     return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
-  return jax.jit(update, donate_argnums=(0, 1))
+  jitted = jax.jit(update, donate_argnums=(0, 1))
+  if mesh is None:
+    return jitted
+
+  def on_mesh(*args, **kw):
+    with jax.set_mesh(mesh):
+      return jitted(*args, **kw)
+  on_mesh.lower = jitted.lower
+  return on_mesh
 
 
 # --------------------------------------------------------------------------- mini-batches
