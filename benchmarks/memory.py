@@ -19,7 +19,8 @@ gradients P·b / S (float32 when accumulated), the reference copy when β > 0
 live rows r (with remat: the L block inputs r·T·H·b plus one block's working
 set; without: L working sets), the vocabulary block r·N·C·4·3 (C =
 logits_chunk, V without chunking), and the rollout's KV cache
-2·L·r·(P+N)·K·D·b plus its decode copy of the layer weights. The temporaries
+2·L·r·(P+N)·K·D·b plus its decode copy of the weights, gathered whole on
+every device once per rollout (P·b: no all-gather per decoded token). The temporaries
 come from the CPU compiler's schedule; a TPU or GPU schedule differs somewhat.
 
     python benchmarks/memory.py                                # 3 sizes x 3 hosts
@@ -188,7 +189,8 @@ def analytic(cfg, host: Host, args) -> dict:
   roll_rows = max(args.batch / row_shards, 1)
   kv_cache = 2 * cfg.num_layers * roll_rows * (args.prompt + args.new) * kv * d * b
   return {"params": n_params, "weights": weights, "opt": 2 * weights, "acts": acts + vocab,
-          "update": update, "kv": kv_cache, "rollout": 2 * weights + kv_cache}
+          "update": update, "kv": kv_cache,
+          "rollout": weights + n_params * b + kv_cache}
 
 
 def run(argv: Sequence[str] | None = None) -> list[dict]:
