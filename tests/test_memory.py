@@ -80,3 +80,40 @@ def test_update_under_the_mesh_equals_one_device():
   for x, y, p0 in zip(jax.tree.leaves(p8), jax.tree.leaves(p1), jax.tree.leaves(params),
                       strict=True):
     np.testing.assert_allclose(np.asarray(x - p0), np.asarray(y - p0), rtol=1e-4, atol=1e-6)
+
+
+def test_memory_options_keep_the_update():
+  """remat per block + vocabulary chunks + 2 accumulated chunks of 4 rows: the float32 SGD
+  update of the plain setting; in bfloat16 the parameters stay bfloat16 and the loss is the
+  float32 one to bfloat16 precision."""
+  import jax.numpy as jnp
+  import optax
+
+  from lrjax.latent import RuleContext
+  from lrjax.rl import learner as L
+  from lrjax.rollout import Sampling
+  from tests import test_learner as TL
+
+  traj = TL.make_traj("token")
+  params = {"model": TL.random_params(), "rule": {}, "heads": {}}
+  adv = jnp.linspace(-1.0, 1.0, traj.ids.shape[0])
+  sgd = optax.sgd(1.0)
+
+  def run(microbatch=0, **model):
+    ctx = RuleContext(TL.CFG.replace(**model), "token", sampling=Sampling(0.7),
+                      eos_id=TL.EOS, pad_id=0, max_new=TL.N)
+    dt = ctx.model_cfg.jnp_dtype
+    p = jax.tree.map(lambda x: jnp.array(x, dt), params)  # a copy: the update donates it
+    return L.make_update(ctx, L.LossSpec(beta=0.0), sgd, microbatch=microbatch)(
+        p, sgd.init(p), None, traj, adv, None)
+
+  plain = run()
+  lean = run(microbatch=4, remat=True, logits_chunk=24)
+  np.testing.assert_allclose(float(lean[2]["loss"]), float(plain[2]["loss"]), rtol=1e-5)
+  for x, y, p0 in zip(jax.tree.leaves(lean[0]), jax.tree.leaves(plain[0]),
+                      jax.tree.leaves(params), strict=True):
+    np.testing.assert_allclose(np.asarray(x - p0), np.asarray(y - p0), rtol=1e-4, atol=1e-6)
+  half = run(microbatch=4, remat=True, logits_chunk=24, dtype="bfloat16")
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(half[0]))
+  np.testing.assert_allclose(float(half[2]["loss"]), float(plain[2]["loss"]), rtol=0.05,
+                             atol=1e-3)
