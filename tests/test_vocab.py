@@ -6,7 +6,8 @@ primitive (tied and untied heads), of the three objectives that score ids
 KL to a reference included, and of the SFT cross-entropy. Chunks that divide
 V (16) and leave a remainder (24); τ = 1 reads a rule's two terms in one pass,
 τ != 1 in two. The first argmax across chunks (SFT accuracy) keeps the lowest
-id on a tie between chunks.
+id on a tie between chunks. The compiled update's temporaries (XLA's count)
+stay below one [B, N, V] float32 tensor with chunks, and exceed it without.
 """
 from __future__ import annotations
 
@@ -131,3 +132,25 @@ def test_sft_cross_entropy_chunked_equals_full():
   assert float(aux["num_tokens"]) > 0
   _close((loss_c, grads_c), (loss, grads))
   assert float(aux_c["accuracy"]) == float(aux["accuracy"])
+
+
+def test_update_never_holds_a_full_float32_logits_tensor():
+  """XLA's temporaries of the compiled RL update (vocab 32768): with chunks of 1024 they stay
+  below one [B, N, V] float32 tensor; with full logits they exceed it."""
+  import optax
+  cfg = SMALL.replace(vocab_size=32768)
+  traj = TL.make_traj("token")
+  b, n = traj.ids.shape
+  full_logits = b * n * cfg.vocab_size * 4
+  temps = {}
+  for chunk in (0, 1024):
+    ctx = RuleContext(cfg.replace(logits_chunk=chunk), "token", sampling=Sampling(0.7),
+                      eos_id=TL.EOS, pad_id=0, max_new=n)
+    params = {"model": jax.eval_shape(lambda c=ctx: init(c.model_cfg, jax.random.key(0))),
+              "rule": {}, "heads": {}}
+    sgd = optax.sgd(1.0)
+    update = L.make_update(ctx, L.LossSpec(), sgd)
+    compiled = update.lower(params, jax.eval_shape(sgd.init, params), None, traj,
+                            jnp.zeros((b,)), None).compile()
+    temps[chunk] = compiled.memory_analysis().temp_size_in_bytes
+  assert temps[1024] < full_logits < temps[0], (temps, full_logits)
