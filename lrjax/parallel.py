@@ -130,6 +130,19 @@ def constrain_rows(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(BATCH, *([None] * (x.ndim - 1))))
 
 
+def on_mesh(jitted: Any, mesh: Mesh | None) -> Any:
+  """`jitted` called under `jax.set_mesh(mesh)` (so `constrain_rows` applies); itself
+  when mesh is None. `.lower` is the jitted function's (set the mesh around it)."""
+  if mesh is None:
+    return jitted
+
+  def call(*args, **kw):
+    with jax.set_mesh(mesh):
+      return jitted(*args, **kw)
+  call.lower = jitted.lower
+  return call
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -50,6 +50,7 @@ import optax
 from lrjax.faults import guarded_update
 from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
+from lrjax.parallel import on_mesh
 from lrjax.registry import Registry
 from lrjax.rl import accumulate
 from lrjax.rl.aux_losses import AUX_LOSSES
@@ -220,15 +221,7 @@ def make_update(ctx: RuleContext, spec: LossSpec,
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
     return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
-  jitted = jax.jit(update, donate_argnums=(0, 1))
-  if mesh is None:
-    return jitted
-
-  def on_mesh(*args, **kw):
-    with jax.set_mesh(mesh):
-      return jitted(*args, **kw)
-  on_mesh.lower = jitted.lower
-  return on_mesh
+  return on_mesh(jax.jit(update, donate_argnums=(0, 1)), mesh)
 
 
 # --------------------------------------------------------------------------- mini-batches

@@ -30,6 +30,7 @@ from lrjax.faults import guarded_update
 
 from lrjax.model import ModelConfig
 from lrjax.model.vocab import chunked, vocab_stats
+from lrjax.parallel import on_mesh
 from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import SFTBatch, sft_method
 
@@ -96,11 +97,13 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: 
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
-                    max_traces: int | None = None, latent_grad: bool = True) -> Callable:
+                    max_traces: int | None = None, latent_grad: bool = True,
+                    mesh=None) -> Callable:
   """jit(fn(params, opt_state, batch, poison=False) -> (params, opt_state, metrics)), params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
   `max_traces` makes a further retrace fail (`chex.assert_max_traces`);
-  `latent_grad`: see `sft_loss`."""
+  `latent_grad`: see `sft_loss`; with a `mesh` every call runs under `jax.set_mesh(mesh)`
+  (activation rows over (data, fsdp), `lrjax.parallel.constrain_rows`)."""
   sft_method(mode)  # ValueError for an unknown mode
 
   def step(params, opt_state, batch, poison=False):
@@ -111,7 +114,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
     # gives every step function made here its own budget.
     step.__name__ = f"sft_train_step_{mode}_{next(_STEP_IDS)}"
     step = chex.assert_max_traces(step, n=max_traces)
-  return jax.jit(step, donate_argnums=(0, 1))
+  return on_mesh(jax.jit(step, donate_argnums=(0, 1)), mesh)
 
 
 def curriculum_stage(step: int, stage_steps: Sequence[int] | int, num_stages: int) -> int:
