@@ -24,6 +24,11 @@ from tests import test_learner as TL
 pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
 
 
+def call_fast(update, *args):
+  """update(*args) through an ahead-of-time compile at test_learner's fast XLA options."""
+  return update.lower(*args).compile(compiler_options=TL.FAST)(*args)
+
+
 def test_chunk_weights_hand_example():
   mask = jnp.asarray([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], bool)  # 4 + 2 positions
   np.testing.assert_allclose(np.asarray(chunk_weights("token_mean", mask, 2)), [4 / 6, 2 / 6])
@@ -45,7 +50,7 @@ def test_accumulated_update_equals_single_batch(aggregation, microbatch):
   for m in (0, microbatch):
     update = L.make_update(ctx, spec, opt, microbatch=m)
     p = jax.tree.map(jnp.array, params)
-    out[m] = update(p, opt.init(p), ref, traj, adv, None)
+    out[m] = call_fast(update, p, opt.init(p), ref, traj, adv, None)
   base_params, _, base = out[0]
   assert float(base["kl_mean"]) > 0
   new_params, _, metrics = out[microbatch]
@@ -53,4 +58,5 @@ def test_accumulated_update_equals_single_batch(aggregation, microbatch):
     np.testing.assert_allclose(float(metrics[key]), float(base[key]), rtol=1e-5)
   for x, y, p0 in zip(jax.tree.leaves(new_params), jax.tree.leaves(base_params),
                       jax.tree.leaves(params), strict=True):  # p - ∇ (sgd, lr 1)
-    np.testing.assert_allclose(np.asarray(x - p0), np.asarray(y - p0), rtol=1e-4, atol=1e-7)
+    # atol: two float32 ulps of the unit norm scales that p − p0 is read back from
+    np.testing.assert_allclose(np.asarray(x - p0), np.asarray(y - p0), rtol=1e-4, atol=2.5e-7)

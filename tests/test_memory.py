@@ -18,6 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 import memory  # noqa: E402
+from tests.test_accumulate import call_fast  # noqa: E402
 
 
 def _shard_bytes(tree) -> int:
@@ -64,18 +65,18 @@ def test_update_under_the_mesh_equals_one_device():
   adv = jnp.linspace(-1.0, 1.0, traj.ids.shape[0])
   sgd = optax.sgd(1.0)
   copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731
-  p1, _, m1 = L.make_update(ctx, L.LossSpec(), sgd)(copy(params), sgd.init(params), None, traj,
-                                                     adv, None)
+  p1, _, m1 = call_fast(L.make_update(ctx, L.LossSpec(), sgd), copy(params), sgd.init(params),
+                       None, traj, adv, None)
   mesh = memory.make_mesh((2, 2, 2))
   update = L.make_update(ctx, L.LossSpec(), sgd, mesh=mesh)
   ps = jax.device_put(copy(params), parallel.param_shardings(params, mesh))
   traj_s, adv_s = parallel.shard_batch((traj, adv), mesh)
+  args = (ps, sgd.init(ps), None, traj_s, adv_s, None)
   with jax.set_mesh(mesh):
-    hlo = update.lower(ps, sgd.init(ps), None, traj_s, adv_s, None).as_text()
-  assert "sharding_constraint" in hlo  # the blocks' inputs and the vocabulary pass
-  assert "sharding_constraint" not in update.lower(ps, sgd.init(ps), None, traj_s, adv_s,
-                                                   None).as_text()  # no mesh set: none
-  p8, _, m8 = update(ps, sgd.init(ps), None, traj_s, adv_s, None)
+    lowered = update.lower(*args)
+  assert "sharding_constraint" in lowered.as_text()  # the blocks' inputs, the vocabulary pass
+  assert "sharding_constraint" not in update.lower(*args).as_text()  # no mesh set: none
+  p8, _, m8 = lowered.compile(compiler_options=TL.FAST)(*args)
   np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
   for x, y, p0 in zip(jax.tree.leaves(p8), jax.tree.leaves(p1), jax.tree.leaves(params),
                       strict=True):
@@ -104,8 +105,8 @@ def test_memory_options_keep_the_update():
                       eos_id=TL.EOS, pad_id=0, max_new=TL.N)
     dt = ctx.model_cfg.jnp_dtype
     p = jax.tree.map(lambda x: jnp.array(x, dt), params)  # a copy: the update donates it
-    return L.make_update(ctx, L.LossSpec(beta=0.0), sgd, microbatch=microbatch)(
-        p, sgd.init(p), None, traj, adv, None)
+    return call_fast(L.make_update(ctx, L.LossSpec(beta=0.0), sgd, microbatch=microbatch),
+                     p, sgd.init(p), None, traj, adv, None)
 
   plain = run()
   lean = run(microbatch=4, remat=True, logits_chunk=24)
