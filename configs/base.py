@@ -45,7 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name in lrjax.model.PRESETS (ignored when init is an HF folder)
   c.model.dtype = "float32"
-  c.model.remat = False
+  c.model.remat = False  # rematerialise each decoder block in the backward pass
+  # The learner and SFT read log-probs from hidden states in chunks of this many vocabulary
+  # columns (no [B, N, V] float32 logits); 0 = full logits. Vocabularies up to it are whole.
+  c.model.logits_chunk = 8192
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # '' = the init folder's tokenizer, or a char tokenizer built from the task
@@ -157,6 +160,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Optimizer updates per rollout batch, each on a shuffled mini-batch of whole prompt
   # groups (must divide num_prompts; 1 with a loss that has no ratio).
   c.rl.updates_per_batch = 1
+  # Gradient accumulation: rows per chunk of one update, each chunk's forward and backward
+  # in turn (the same update, less activation memory); 0 = the whole mini-batch at once.
+  c.rl.microbatch = 0
   c.rl.aux_losses = ()  # (name in lrjax.rl.aux_losses.AUX_LOSSES, weight) pairs
   # What the learner scores: '' = the thought rule's own objective, or a name in
   # lrjax.latent.OBJECTIVES (Latent RL's "latent_value").

@@ -64,6 +64,15 @@ def _updates_per_batch(value, config) -> str | None:
   return None
 
 
+def _microbatch(value, config) -> str | None:
+  """Whole chunks of rows in every mini-batch (`lrjax.rl.accumulate`)."""
+  rows = config.rl.num_prompts * config.rl.group_size // max(config.rl.updates_per_batch, 1)
+  if value and rows % value:
+    return (f"must divide the {rows} rows of a mini-batch (rl.num_prompts x rl.group_size / "
+            "rl.updates_per_batch)")
+  return None
+
+
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -165,6 +174,7 @@ ROWS.extend([
     Row("data.task", one_of(_tasks)),
     Row("model.preset", one_of(_presets), when=lambda c: not c.init),  # init brings its shapes
     Row("model.dtype", one_of(_dtypes)),
+    Row("model.logits_chunk", non_negative_int),
     Row("sft.method", one_of(_sft_methods)),
     Row("sft.schedule", one_of(_schedules)),
     Row("rule.name", one_of(_registry("lrjax.latent", "RULES"))),
@@ -221,6 +231,8 @@ ROWS.extend([
     Row("rl.dynamic_sampling_tries", non_negative_int, phases=("rl",)),
     Row("rl.updates_per_batch", positive_int, phases=("rl",)),
     Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
+    Row("rl.microbatch", non_negative_int, phases=("rl",)),
+    Row("rl.microbatch", _microbatch, phases=("rl",)),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

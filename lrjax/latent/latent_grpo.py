@@ -45,6 +45,7 @@ from lrjax import config_checks as checks
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table, mix_inputs)
 from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
 
 NAME = "topk_gumbel"
@@ -191,12 +192,12 @@ def objective_masks(ctx: RuleContext, traj) -> Masks:
 
 def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None,
                     advantages=None) -> Terms:
-  """latent: `gumbel_surrogate` of the recorded ids; answer: log_softmax(l_t / T)[y_t]. [B, N]"""
-  logits = replay_out.logits  # B N V
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # B N V
-  picked = jnp.take_along_axis(logp, traj.records["ids"], axis=-1)  # B N K
+  """latent: `gumbel_surrogate` of the recorded ids; answer: log_softmax(l_t / T)[y_t]. [B, N]
+  (l_t = h_t W read in vocabulary chunks, `lrjax.model.vocab`)."""
+  picked, text = record_and_token_logp(ctx.model_cfg, params["model"], replay_out.hidden,
+                                       traj.records["ids"], traj.ids,
+                                       ctx.sampling.temperature)  # B N K, B N
   latent = gumbel_surrogate(picked, jax.lax.stop_gradient(traj.records["scores"]), advantages)
-  text = token_logp(logits, traj.ids, ctx.sampling.temperature)  # B N
   return Terms(ratio=jnp.where(traj.span == LATENT, latent, text))
 
 

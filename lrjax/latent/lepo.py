@@ -42,6 +42,7 @@ from lrjax import config_checks as checks
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table, mix_inputs)
 from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
 
 NAME = "gumbel_soft"
@@ -155,14 +156,17 @@ def objective_masks(ctx: RuleContext, traj) -> Masks:
 
 def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None) -> Terms:
   """ratio: log_softmax(l_t / T)[y_t];  direct: −CE_t = Σ_k z_k log_softmax(l_t)[ids_k]
-  (0 past the latent columns). [B, N] each."""
-  logits = replay_out.logits  # B N V
+  (0 past the latent columns). [B, N] each; l_t = h_t W read in vocabulary chunks
+  (`lrjax.model.vocab`)."""
   b, n = traj.ids.shape
   m = _latent_cols(ctx, n)
-  soft = -soft_cross_entropy(logits[:, :m], traj.records["ids"][:, :m],
-                             jax.lax.stop_gradient(traj.records["z"][:, :m]))  # B m
+  picked, text = record_and_token_logp(ctx.model_cfg, params["model"], replay_out.hidden,
+                                       traj.records["ids"], traj.ids,
+                                       ctx.sampling.temperature)  # B N K, B N
+  z = jax.lax.stop_gradient(traj.records["z"][:, :m]).astype(jnp.float32)  # B m K
+  soft = jnp.sum(z * picked[:, :m], axis=-1)  # B m
   direct = jnp.concatenate([soft, jnp.zeros((b, n - m), jnp.float32)], axis=1)  # B N
-  return Terms(ratio=token_logp(logits, traj.ids, ctx.sampling.temperature), direct=direct)
+  return Terms(ratio=text, direct=direct)
 
 
 def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:

@@ -42,8 +42,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from lrjax.model.vocab import token_logp_from_hidden
 from lrjax.registry import Registry
-from lrjax.sampling import token_logp
 
 
 class Masks(NamedTuple):
@@ -75,8 +75,11 @@ class Objective(NamedTuple):
 
   `replay_out` is the teacher-forced replay of the trajectory
   (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
-  index t is the distribution y_t was drawn from). `masks` must not depend on
-  parameters: the learner evaluates it outside the differentiated function too.
+  index t is the distribution y_t was drawn from). Terms that score ids read
+  them from the hidden states with `lrjax.model.vocab` (in vocabulary chunks
+  of `model_cfg.logits_chunk`, so the [B, N, V] logits are never built).
+  `masks` must not depend on parameters: the learner evaluates it outside the
+  differentiated function too.
   """
   masks: Callable[[Any, Any], Masks]
   terms: Callable[..., Terms]
@@ -92,8 +95,10 @@ def token_masks(ctx, traj) -> Masks:
 
 
 def token_terms(ctx, params: dict, traj, replay_out, aux=None) -> Terms:
-  """s_t = log_softmax(l_t / τ)[y_t] with the sampler's τ (the quantity it stored)."""
-  return Terms(ratio=token_logp(replay_out.logits, traj.ids, ctx.sampling.temperature))
+  """s_t = log_softmax(l_t / τ)[y_t] with the sampler's τ (the quantity it stored),
+  l_t = h_t W from the replayed hidden states (`lrjax.model.vocab`)."""
+  return Terms(ratio=token_logp_from_hidden(ctx.model_cfg, params["model"], replay_out.hidden,
+                                            traj.ids, ctx.sampling.temperature))
 
 
 TOKEN_OBJECTIVE = Objective(masks=token_masks, terms=token_terms)

@@ -57,6 +57,9 @@ class ModelConfig:
   max_position_embeddings: int = 32768
   dtype: str = "float32"  # parameter and activation dtype
   remat: bool = False  # rematerialise each block in the backward pass
+  # vocabulary columns per chunk when the learner scores ids from hidden states
+  # (`lrjax.model.vocab`); 0 = full [.., V] logits
+  logits_chunk: int = 0
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None
@@ -70,6 +73,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     resolve_dtype(self.dtype)
+    if self.logits_chunk < 0:
+      raise ValueError(f"logits_chunk must be >= 0 (0 = off), got {self.logits_chunk}")
     rope_type = dict(self.rope_scaling).get("rope_type", "default")
     if rope_type not in SUPPORTED_ROPE_TYPES:
       raise ValueError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.model.config import ModelConfig
+from lrjax.parallel import constrain_rows
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -152,6 +153,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, old_kv, positions, new_mask, old_mask):
     cfg, dt = self.cfg, self.cfg.jnp_dtype
+    x = constrain_rows(x)  # B T H, rows over (data, fsdp) under a mesh
     h, kv = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), positions, new_mask, old_kv, old_mask)
     x = x + h

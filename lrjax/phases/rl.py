@@ -125,7 +125,7 @@ def run_rl(run) -> None:
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec.from_config(rl)
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)
-  update = make_update(ctx, spec, optimizer)
+  update = make_update(ctx, spec, optimizer, microbatch=rl.get("microbatch", 0), mesh=run.mesh)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = run.place({"params": params, "opt_state": optimizer.init(params)})
   ckpt = workdir.checkpointer(run, "rl")

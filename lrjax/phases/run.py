@@ -155,7 +155,8 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
                                   remat=config.model.remat, eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     params = init(model_cfg, jax.random.key(config.seed))
-  model_cfg = model_cfg.replace(remat=config.model.remat)
+  model_cfg = model_cfg.replace(remat=config.model.remat,
+                                logits_chunk=config.model.get("logits_chunk", 0))
   if needs_latent_tokens(config):
     tokenizer, model_cfg, params, _ = tok_lib.add_latent_tokens(tokenizer, model_cfg, params)
   # every process has read the tokenizer folder before process 0 (re)writes it

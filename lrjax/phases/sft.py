@@ -180,7 +180,7 @@ def run_sft(run) -> None:
   elif start == 0:
     evaluate_sft(run, state["params"], 0, cur, 0)
   train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method,
-                                        latent_grad=bool(s.latent_grad))
+                                        latent_grad=bool(s.latent_grad), mesh=run.mesh)
   progress = Progress("sft")
   guard = faults.NonFiniteCounter("sft", config.train.max_nonfinite, ckpt.directory)
   preempt = faults.Preemption()

@@ -50,7 +50,9 @@ import optax
 from lrjax.faults import guarded_update
 from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
+from lrjax.parallel import on_mesh
 from lrjax.registry import Registry
+from lrjax.rl import accumulate
 from lrjax.rl.aux_losses import AUX_LOSSES
 from lrjax.rl.losses import POLICY_LOSSES
 from lrjax.rollout import ReplayOut, replay
@@ -183,7 +185,8 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 
 
 def make_update(ctx: RuleContext, spec: LossSpec,
-                optimizer: GroupedOptimizer | optax.GradientTransformation) -> Callable:
+                optimizer: GroupedOptimizer | optax.GradientTransformation,
+                microbatch: int = 0, mesh: Any = None) -> Callable:
   """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
   poison=False) -> (params, opt_state, metrics)).
 
@@ -192,7 +195,11 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   transformation trains every parameter. metrics["grad_norm"] is the global
   norm of the trainable gradients, before clipping; an update whose loss or
   gradient norm is not finite is skipped (metrics["ok"] False,
-  `lrjax.faults.guarded_update`; `poison` injects a NaN).
+  `lrjax.faults.guarded_update`; `poison` injects a NaN). `microbatch` m > 0
+  accumulates the gradient over chunks of m rows (`lrjax.rl.accumulate`;
+  `rl.microbatch`), the same update with one chunk's activations live at a time.
+  With a `mesh`, every call runs under `jax.set_mesh(mesh)`, so the decoder keeps
+  its activations' rows split over (data, fsdp) (`lrjax.parallel.constrain_rows`).
   """
   groups = getattr(optimizer, "groups", None)
 
@@ -201,13 +208,20 @@ def make_update(ctx: RuleContext, spec: LossSpec,
     trainable, frozen = groups.split(params) if groups is not None else (params, None)
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
-        lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
-                              rewards), has_aux=True)
-    (loss, metrics), grads = grad_fn(trainable)
+        lambda t, rows: policy_loss(ctx, spec, full(t), ref_params, *rows[:2], aux, *rows[2:]),
+        has_aux=True)
+    rows = (traj, advantages, old_logp, rewards)
+    if 0 < microbatch < traj.ids.shape[0]:
+      scored = loss_mask(loss_masks(ctx, traj))  # B N
+      (loss, metrics), grads = accumulate.accumulate(
+          grad_fn, trainable, rows, accumulate.chunk_weights(spec.aggregation, scored, microbatch),
+          accumulate.chunk_weights("token_mean", scored, microbatch), microbatch)
+    else:
+      (loss, metrics), grads = grad_fn(trainable, rows)
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
     return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
-  return jax.jit(update, donate_argnums=(0, 1))
+  return on_mesh(jax.jit(update, donate_argnums=(0, 1)), mesh)
 
 
 # --------------------------------------------------------------------------- mini-batches

@@ -25,7 +25,9 @@ __all__ = ["ReplayOut", "replay", "replay_inputs", "token_logp"]
 class ReplayOut(NamedTuple):
   """The replay of a trajectory: h_t and l_t for t = 0 .. N-1."""
   hidden: jax.Array  # B N H, last hidden state (after the final norm)
-  logits: jax.Array  # B N V float32
+  # B N V float32; the learner's objectives score ids from `hidden` instead
+  # (`lrjax.model.vocab`, in vocabulary chunks) and XLA drops these when unread
+  logits: jax.Array
 
 
 def replay_inputs(ctx: RuleContext, params: dict, traj: Trajectory, aux=None) -> jax.Array:

@@ -29,6 +29,8 @@ import optax
 from lrjax.faults import guarded_update
 
 from lrjax.model import ModelConfig
+from lrjax.model.vocab import chunked, vocab_stats
+from lrjax.parallel import on_mesh
 from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import SFTBatch, sft_method
 
@@ -40,11 +42,24 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array,
   """Token-mean CE over loss_mask; aux: next-token accuracy and the token count."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # B T V
   nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # B T
+  return _token_mean(nll, jnp.argmax(logits, axis=-1), labels, loss_mask)
+
+
+def hidden_cross_entropy(cfg: ModelConfig, params: dict, hidden: jax.Array, labels: jax.Array,
+                         loss_mask: jax.Array) -> tuple[jax.Array, dict]:
+  """`masked_cross_entropy` of the logits h W, read in vocabulary chunks of
+  cfg.logits_chunk (`lrjax.model.vocab`: no [B, T, V] tensor)."""
+  lse, picked, pred = vocab_stats(cfg, params, hidden, labels[..., None])  # B T, B T 1, B T
+  return _token_mean(lse - picked[..., 0], pred, labels, loss_mask)
+
+
+def _token_mean(nll: jax.Array, pred: jax.Array, labels: jax.Array,
+                loss_mask: jax.Array) -> tuple[jax.Array, dict]:
   m = loss_mask.astype(jnp.float32)  # B T
   count = m.sum()
   denom = jnp.maximum(count, 1.0)
   loss = (nll * m).sum() / denom
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # B T
+  correct = (pred == labels).astype(jnp.float32)  # B T
   return loss, {"loss": loss, "accuracy": (correct * m).sum() / denom, "num_tokens": count}
 
 
@@ -55,11 +70,16 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
   modes without latent rows ('cot'/'nocot') require a batch without latents;
   'coconut' runs the Coconut forward (plain forward at stage 0), through the
   thought chain with `latent_grad` (Coconut) or on its detached thoughts (LatR).
+  With cfg.logits_chunk in (0, V) the CE is read from the hidden states in
+  vocabulary chunks (`hidden_cross_entropy`).
   """
   if not sft_method(mode).latent and batch.n_latent_max:
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
-  _, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T V
-  return masked_cross_entropy(logits, jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask))
+  hidden, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T H, B T V
+  labels, loss_mask = jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask)
+  if chunked(cfg):
+    return hidden_cross_entropy(cfg, params, hidden, labels, loss_mask)
+  return masked_cross_entropy(logits, labels, loss_mask)
 
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
@@ -77,11 +97,13 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: 
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
-                    max_traces: int | None = None, latent_grad: bool = True) -> Callable:
+                    max_traces: int | None = None, latent_grad: bool = True,
+                    mesh=None) -> Callable:
   """jit(fn(params, opt_state, batch, poison=False) -> (params, opt_state, metrics)), params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
   `max_traces` makes a further retrace fail (`chex.assert_max_traces`);
-  `latent_grad`: see `sft_loss`."""
+  `latent_grad`: see `sft_loss`; with a `mesh` every call runs under `jax.set_mesh(mesh)`
+  (activation rows over (data, fsdp), `lrjax.parallel.constrain_rows`)."""
   sft_method(mode)  # ValueError for an unknown mode
 
   def step(params, opt_state, batch, poison=False):
@@ -92,7 +114,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
     # gives every step function made here its own budget.
     step.__name__ = f"sft_train_step_{mode}_{next(_STEP_IDS)}"
     step = chex.assert_max_traces(step, n=max_traces)
-  return jax.jit(step, donate_argnums=(0, 1))
+  return on_mesh(jax.jit(step, donate_argnums=(0, 1)), mesh)
 
 
 def curriculum_stage(step: int, stage_steps: Sequence[int] | int, num_stages: int) -> int:

@@ -1,0 +1,241 @@
+"""Per-device memory of the rollout and the RL update at real sizes, compiled ahead of time.
+
+Nothing is allocated: parameters, optimizer state and the batch are
+`jax.ShapeDtypeStruct`s carrying lrjax's shardings (`lrjax.parallel`), and
+`jit(...).lower(...).compile()` runs XLA's SPMD partitioner for fake hosts
+made of the CPU's devices (`jax_num_cpu_devices`):
+
+    v5e-8    8 devices x 16 GiB    mesh data=1 fsdp=8 tensor=1
+    v4-8     4 devices x 32 GiB    mesh data=1 fsdp=4 tensor=1
+    gpu-80g  1 device  x 80 GiB
+
+XLA's count per device (`compiled.memory_analysis()`) is
+
+    peak = arguments + outputs − aliased (donated) + temporaries
+
+printed beside an analytic count: parameters P·b / S, AdamW state 2·P·b / S,
+gradients P·b / S (float32 when accumulated), the reference copy when β > 0
+(b bytes per parameter, S = fsdp·tensor shards), activations of the update's
+live rows r (with remat: the L block inputs r·T·H·b plus one block's working
+set; without: L working sets), the vocabulary block r·N·C·4·3 (C =
+logits_chunk, V without chunking), and the rollout's KV cache
+2·L·r·(P+N)·K·D·b plus its decode copy of the weights, gathered whole on
+every device once per rollout (P·b: no all-gather per decoded token). The temporaries
+come from the CPU compiler's schedule; a TPU or GPU schedule differs somewhat.
+
+    python benchmarks/memory.py                                # 3 sizes x 3 hosts
+    python benchmarks/memory.py --sizes qwen2.5-1.5b --hosts v5e-8 --microbatch 16
+    python benchmarks/memory.py --dtype float32 --remat 0 --logits_chunk 0   # the naive setting
+
+Training batch: `--batch` rows (prompts x group), `--prompt` prompt tokens,
+`--new` response tokens, the token rule and PPO-clip, one optimizer update.
+LoRA (trainable adapters only) is reported as n/a until `model.lora` exists.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # lrjax
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+  devices: int
+  gib: float
+  mesh: tuple[int, int, int]  # data, fsdp, tensor
+
+
+HOSTS = {"v5e-8": Host(8, 16, (1, 8, 1)), "v4-8": Host(4, 32, (1, 4, 1)),
+         "gpu-80g": Host(1, 80, (1, 1, 1))}
+SIZES = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--sizes", nargs="+", default=list(SIZES))
+  p.add_argument("--hosts", nargs="+", default=list(HOSTS), choices=list(HOSTS))
+  p.add_argument("--batch", type=int, default=64, help="rows per update (prompts x group)")
+  p.add_argument("--prompt", type=int, default=128)
+  p.add_argument("--new", type=int, default=512)
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--remat", type=int, default=1)
+  p.add_argument("--logits_chunk", type=int, default=8192)
+  p.add_argument("--microbatch", type=int, default=0, help="rows per accumulated chunk (0: off)")
+  p.add_argument("--beta", type=float, default=0.0, help="> 0 keeps a reference copy")
+  p.add_argument("--no_rollout", action="store_true")
+  return p.parse_args(argv)
+
+
+def model_config(size: str, args):
+  from lrjax.model import preset
+  return preset(size).replace(dtype=args.dtype, remat=bool(args.remat),
+                              logits_chunk=args.logits_chunk)
+
+
+def make_mesh(shape: tuple[int, int, int]):
+  from lrjax import parallel
+  n = math.prod(shape)
+  return jax.make_mesh(shape, parallel.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=jax.devices()[:n])
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def abstract_params(cfg, mesh):
+  """{"model", "rule", "heads"} as sharded ShapeDtypeStructs (the token rule has no rule params)."""
+  from lrjax import parallel
+  from lrjax.model import init
+  tree = {"model": jax.eval_shape(lambda: init(cfg, jax.random.key(0))), "rule": {}, "heads": {}}
+  return _abstract(tree, parallel.param_shardings(tree, mesh))
+
+
+def abstract_batch(tree, mesh):
+  """Rows split over (data, fsdp) where they divide, else replicated."""
+  from lrjax import parallel
+  rows = parallel.data_parallel_size(mesh)
+
+  def one(x):
+    spec = P(parallel.BATCH, *([None] * (x.ndim - 1))) if x.ndim and x.shape[0] % rows == 0 else P()
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+  return jax.tree.map(one, tree)
+
+
+def rule_context(cfg, args):
+  from lrjax.latent import RuleContext
+  from lrjax.rollout import Sampling
+  return RuleContext(cfg, "token", sampling=Sampling(1.0), eos_id=cfg.eos_token_id or -1,
+                     pad_id=0, max_new=args.new)
+
+
+def compile_update(cfg, mesh, args, return_inputs: bool = False):
+  """The jitted RL update (`make_update`) compiled for abstract sharded inputs (and
+  those inputs with `return_inputs`)."""
+  from configs import base
+  from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
+  from lrjax.rollout.trajectory import Trajectory
+  ctx = rule_context(cfg, args)
+  rl = base.get_config().rl
+  optimizer = make_rl_optimizer(rl, 100)
+  spec = LossSpec(beta=args.beta)
+  update = make_update(ctx, spec, optimizer, microbatch=args.microbatch)
+  params = abstract_params(cfg, mesh)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  from lrjax import parallel
+  opt_state = _abstract(opt_state, parallel.param_shardings(opt_state, mesh))
+  b, p, n = args.batch, args.prompt, args.new
+  s = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+  traj = Trajectory(prompt_ids=s((b, p), jnp.int32), prompt_mask=s((b, p), jnp.int32),
+                    ids=s((b, n), jnp.int32), span=s((b, n), jnp.int8), sampled=s((b, n), bool),
+                    logp=s((b, n), jnp.float32), records={}, lengths=s((b,), jnp.int32),
+                    truncated=s((b,), bool))
+  traj, adv = abstract_batch((traj, s((b,), jnp.float32)), mesh)
+  inputs = (params, opt_state, params if args.beta > 0 else None, traj, adv, None)
+  with jax.set_mesh(mesh):  # activations' rows over (data, fsdp): `parallel.constrain_rows`
+    compiled = update.lower(*inputs).compile()
+  return (compiled, inputs) if return_inputs else compiled
+
+
+def compile_rollout(cfg, mesh, args):
+  """The jitted rollout (`lrjax.rollout.rollout`) for abstract sharded params and prompts."""
+  from lrjax.rollout import rollout
+  params = abstract_params(cfg, mesh)
+  ids, mask = abstract_batch((jax.ShapeDtypeStruct((args.batch, args.prompt), jnp.int32),) * 2,
+                             mesh)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  with jax.set_mesh(mesh):
+    return rollout.lower(rule_context(cfg, args), params, ids, mask, key, None).compile()
+
+
+def measured(compiled) -> float:
+  """XLA's peak bytes per device: arguments + outputs − aliased + temporaries."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+
+
+def analytic(cfg, host: Host, args) -> dict:
+  """The module doc's count, bytes per device."""
+  from lrjax.model import init
+  data, fsdp, tensor = host.mesh
+  shards, row_shards = fsdp * tensor, data * fsdp
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init(cfg, jax.random.key(0)))))
+  b = jnp.dtype(cfg.jnp_dtype).itemsize
+  weights = n_params * b / shards
+  grads = n_params * (4 if args.microbatch else b) / shards
+  rows = max((args.microbatch or args.batch) / row_shards, 1)
+  t, n = args.prompt + args.new - 1, args.new
+  h, f, heads, kv, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                        cfg.num_kv_heads, cfg.head_dim)
+  block = rows * t * ((6 * h + 3 * f) * b + 2 * heads * t * 4)  # one block's working set
+  acts = (cfg.num_layers * rows * t * h * b + block) if cfg.remat else cfg.num_layers * block
+  cols = cfg.logits_chunk if 0 < cfg.logits_chunk < cfg.vocab_size else cfg.vocab_size
+  vocab = rows * (n if cols < cfg.vocab_size else t) * cols * 4 * 3
+  update = weights * (3 + (args.beta > 0)) + grads + acts + vocab
+  roll_rows = max(args.batch / row_shards, 1)
+  kv_cache = 2 * cfg.num_layers * roll_rows * (args.prompt + args.new) * kv * d * b
+  return {"params": n_params, "weights": weights, "opt": 2 * weights, "acts": acts + vocab,
+          "update": update, "kv": kv_cache,
+          "rollout": weights + n_params * b + kv_cache}
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict]:
+  args = parse_args(argv)
+  rows = []
+  for size in args.sizes:
+    cfg = model_config(size, args)
+    for name in args.hosts:
+      host = HOSTS[name]
+      mesh = make_mesh(host.mesh)
+      t0 = time.perf_counter()
+      row = {"size": size, "host": name, "analytic": analytic(cfg, host, args),
+             "update": measured(compile_update(cfg, mesh, args))}
+      if not args.no_rollout:
+        row["rollout"] = measured(compile_rollout(cfg, mesh, args))
+      row["compile_s"] = time.perf_counter() - t0
+      row["fits"] = max(row["update"], row.get("rollout", 0)) <= host.gib * GIB
+      rows.append(row)
+      print(format_row(row, host), flush=True)
+  return rows
+
+
+HEADER = ("| size | host | params | update XLA / analytic | rollout XLA / analytic (KV) "
+          "| LoRA | fits |\n|---|---|---|---|---|---|---|")
+
+
+def format_row(row: dict, host: Host) -> str:
+  a = row["analytic"]
+  g = lambda x: f"{x / GIB:.2f}"  # noqa: E731
+  roll = (f"{g(row['rollout'])} / {g(a['rollout'])} ({g(a['kv'])})" if "rollout" in row
+          else "-")
+  return (f"| {row['size']} | {row['host']} ({host.devices} x {host.gib:g} GiB) "
+          f"| {a['params'] / 1e9:.2f} B | {g(row['update'])} / {g(a['update'])} | {roll} "
+          f"| n/a until LoRA lands | {'yes' if row['fits'] else 'no'} |")
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+  jax.config.update("jax_num_cpu_devices", 8)
+  args = parse_args(argv)
+  print(f"# per-device GiB; batch {args.batch} x ({args.prompt} + {args.new}) tokens, "
+        f"{args.dtype}, remat {bool(args.remat)}, logits_chunk {args.logits_chunk}, "
+        f"microbatch {args.microbatch}, beta {args.beta}; jax {jax.__version__}")
+  print(HEADER, flush=True)
+  return run(argv)
+
+
+if __name__ == "__main__":
+  main()
