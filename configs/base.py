@@ -46,6 +46,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.preset = "tiny"  # a name in lrjax.model.PRESETS (ignored when init is an HF folder)
   c.model.dtype = "float32"
   c.model.remat = False
+  # LoRA adapters for the RL phase (lrjax/model/lora.py, docs/lora.md): rank 0 = off; with
+  # a rank, rl.param_groups must freeze every model/ path outside model/lora/.
+  c.model.lora = ml_collections.ConfigDict()
+  c.model.lora.rank = 0
+  c.model.lora.alpha = 0.0
+  c.model.lora.targets = "q,k,v,o,gate,up,down"
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # '' = the init folder's tokenizer, or a char tokenizer built from the task

@@ -57,6 +57,10 @@ class ModelConfig:
   max_position_embeddings: int = 32768
   dtype: str = "float32"  # parameter and activation dtype
   remat: bool = False  # rematerialise each block in the backward pass
+  # LoRA (lrjax/model/lora.py): adapter rank (0 = none), α, and the adapted projections
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  lora_targets: tuple = ()
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None
