@@ -206,3 +206,18 @@ def test_hrpo_paper_preset_trains_adapters_only():
   lrs = {p: groups.lr(g) for p, g in groups.assign(tree).items()}
   assert lrs["model/lora/attn/q/a"] == lrs["model/lora/mlp/down/b"] == 5e-6
   assert lrs["rule/lambda"] == 1e-3 and lrs["rule/gate_i/kernel"] == 1e-4
+
+
+def test_adapters_are_sharded_like_their_kernels():
+  """On a fake 2x2x2 mesh, A B gets the PartitionSpec of the kernel it is added to."""
+  from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
+  from lrjax import parallel
+  mesh = AbstractMesh((2, 2, 2), parallel.AXES, axis_types=(AxisType.Auto,) * 3)
+  shapes = jax.eval_shape(with_adapters)
+  for group, name in (("attn", "q"), ("attn", "o"), ("mlp", "up"), ("mlp", "down")):
+    w = parallel.param_spec(f"model/layers/{group}/{name}/kernel",
+                            shapes["layers"][group][name]["kernel"].shape, mesh)
+    a = parallel.param_spec(f"model/lora/{group}/{name}/a", shapes["lora"][group][name]["a"].shape, mesh)
+    b = parallel.param_spec(f"model/lora/{group}/{name}/b", shapes["lora"][group][name]["b"].shape, mesh)
+    assert w[0] is None and (a[1], b[2]) == (w[1], w[2]) and a[2] is None and b[1] is None
+    assert w != P()
