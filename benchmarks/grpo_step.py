@@ -168,11 +168,28 @@ def profile_update(args, ctx, update, params, opt_state, traj, adv) -> dict:
   compiled = update.lower(params, opt_state, None, traj, adv, None).compile()
   out["xla_gflop_update"] = compiled.cost_analysis().get("flops", float("nan")) / 1e9
   if args.trace:
-    with jax.profiler.trace(args.trace):
+    with jax.profiler.trace(args.trace, create_perfetto_trace=True):
       for _ in range(3):
         params, opt_state, m = update(params, opt_state, None, traj, adv, None)
         jax.block_until_ready((params, m))
+    out["trace_ms_per_update"] = trace_kinds(args.trace, 3)
   return out
+
+
+def trace_kinds(folder: str, calls: int) -> dict:
+  """ms per call of each kind of XLA op in a perfetto trace ('ynn_fusion': XNNPACK dots,
+  'copy_bitcast_fusion': layout copies, ...), the fusion's number stripped."""
+  import collections, glob, gzip, json, re  # noqa: E401, PLC0415
+  path = sorted(glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  kinds = collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Slinky")):
+      kinds[re.sub(r"[.\d]+$", "", name)] += e.get("dur", 0) / 1e3 / calls
+  return dict(kinds.most_common(8))
 
 
 # --------------------------------------------------------------------------- TRL
@@ -288,10 +305,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for side in ("lrjax", "trl"):
     if side in res:
       parts = ", ".join(f"{k} {v:.3f} s" for k, v in res[side].items()
-                        if k != "step" and not k.startswith(("xla_", "time_")))
+                        if k != "step" and not k.startswith(("xla_", "time_", "trace_")))
       print(f"{side:6s} step {res[side]['step']:.3f} s  ({parts})")
-  print(f"update: {flops / 1e9:.1f} GFLOP; matmul peak {peak / 1e9:.1f} GFLOP/s; "
-        f"lrjax update MFU {100 * res['mfu_lrjax']:.1f}%", end="")
+  mfu = (f"update: {flops / 1e9:.1f} GFLOP; matmul peak {peak / 1e9:.1f} GFLOP/s; "
+         f"lrjax update MFU {100 * res['mfu_lrjax']:.1f}%")
   lj = res["lrjax"]
   if args.profile:
     print("lrjax update profile: " + ", ".join(
@@ -299,15 +316,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{lj['xla_gflop_' + k] / lj['time_' + k]:.1f} GFLOP/s)"
         for k in ("loss_forward", "forward+backward")) +
         f"; whole update {lj['xla_gflop_update']:.1f} XLA GFLOP")
+    if "trace_ms_per_update" in lj:
+      print("  trace, ms per update: " + ", ".join(
+          f"{k} {v:.0f}" for k, v in lj["trace_ms_per_update"].items()))
   if "trl" in res:
     trl_update = res["trl"]["loss_forward"] + res["trl"]["backward+optimizer"]
     res["mfu_trl"] = flops / trl_update / peak
     res["ratio"] = res["trl"]["step"] / res["lrjax"]["step"]
-    print(f", TRL's {100 * res['mfu_trl']:.1f}%\nTRL {res['trl_version']} step / lrjax step: "
+    print(f"{mfu}, TRL's {100 * res['mfu_trl']:.1f}%\nTRL {res['trl_version']} step / lrjax step: "
           f"{res['ratio']:.2f}x (rollout {res['trl']['generate'] / res['lrjax']['rollout']:.2f}x, "
           f"update {trl_update / res['lrjax']['update']:.2f}x)")
   else:
-    print()
+    print(mfu)
   return res
 
 
