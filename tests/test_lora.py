@@ -221,3 +221,19 @@ def test_adapters_are_sharded_like_their_kernels():
     b = parallel.param_spec(f"model/lora/{group}/{name}/b", shapes["lora"][group][name]["b"].shape, mesh)
     assert w[0] is None and (a[1], b[2]) == (w[1], w[2]) and a[2] is None and b[1] is None
     assert w != P()
+
+
+def test_config_rows_name_the_lora_field():
+  from configs import base as base_config
+  from lrjax.phases import PHASES
+  from lrjax.validate import validate_config
+  c = base_config.get_config()
+  validate_config(c, PHASES)  # rank 0: alpha and targets are not read
+  c.model.lora.rank = 4
+  with pytest.raises(ConfigError, match="model.lora.alpha"):
+    validate_config(c, PHASES)
+  c.model.lora.alpha, c.model.lora.targets = 8.0, "q,proj"
+  with pytest.raises(ConfigError, match="model.lora.targets.*'proj'"):
+    validate_config(c, PHASES)
+  c.model.lora.targets = "q,v"
+  validate_config(c, PHASES)
