@@ -49,6 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The learner and SFT read log-probs from hidden states in chunks of this many vocabulary
   # columns (no [B, N, V] float32 logits); 0 = full logits. Vocabularies up to it are whole.
   c.model.logits_chunk = 8192
+  # LoRA adapters for the RL phase (lrjax/model/lora.py, docs/lora.md): rank 0 = off; with
+  # a rank, rl.param_groups must freeze every model/ path outside model/lora/.
+  c.model.lora = ml_collections.ConfigDict()
+  c.model.lora.rank = 0
+  c.model.lora.alpha = 0.0
+  c.model.lora.targets = "q,k,v,o,gate,up,down"
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # '' = the init folder's tokenizer, or a char tokenizer built from the task

@@ -10,7 +10,9 @@ on `arith` and then HRPO, on a CPU, with no flags:
     python -m lrjax.main --config=configs/hrpo.py --workdir=runs/hrpo
 
 `--config=configs/hrpo.py:qwen2.5-1.5b` gives the paper's hyper-parameters
-(Qwen2.5-1.5B-Instruct on GSM8K; set --config.init to the local checkpoint).
+(Qwen2.5-1.5B-Instruct on GSM8K with LoRA r32/α64; set --config.init to the local
+HF folder of the checkpoint, e.g. one `huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct`
+wrote).
 """
 from configs import base
 
@@ -42,8 +44,8 @@ def hrpo_groups(backbone, gate, lam):
 
 
 def _paper(c):
-  """HRPO's GSM8K setting (the paper trains LoRA r32/a64 at lr 5e-6; lrjax
-  trains the full backbone, so its lr is the LoRA one scaled down)."""
+  """HRPO's GSM8K setting: LoRA r32/α64 on every projection at lr 5e-6, the base frozen
+  (the KL reference is the base with the adapters off)."""
   c.name = "hrpo-qwen2.5-1.5b"
   c.mode = "rl"
   c.model.preset = "qwen2.5-1.5b"
@@ -55,7 +57,10 @@ def _paper(c):
   c.rl.group_size = 4
   c.rl.num_prompts = 16  # 64 completions per step
   c.rl.max_new = 512
-  c.rl.param_groups = hrpo_groups(backbone=5e-6, gate=1e-4, lam=1e-3)
+  c.model.lora.rank, c.model.lora.alpha = 32, 64.0
+  c.model.lora.targets = "q,k,v,o,gate,up,down"
+  c.rl.param_groups = (("model/lora/.*", 5e-6), ("model/.*", None)) + hrpo_groups(
+      backbone=5e-6, gate=1e-4, lam=1e-3)
   c.rl.b1, c.rl.b2 = 0.9, 0.99
   c.rl.weight_decay = 0.1
   c.rl.schedule = "cosine"

@@ -40,6 +40,11 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"mlp/(gate|up)/bias$", ("tensor",)),
     (r"mlp/down/kernel$", ("tensor", "fsdp")),  # F H
     (r"lm_head/kernel$", ("fsdp", "tensor")),  # H V
+    # LoRA adapters (lrjax/model/lora.py), L in r / L r out: A B gets its kernel's sharding
+    (r"lora/(attn/(q|k|v)|mlp/(gate|up))/a$", (None, "fsdp", None)),
+    (r"lora/(attn/(q|k|v)|mlp/(gate|up))/b$", (None, None, "tensor")),
+    (r"lora/(attn/o|mlp/down)/a$", (None, "tensor", None)),
+    (r"lora/(attn/o|mlp/down)/b$", (None, None, "fsdp")),
     # HRPO gate Linears, H H: FSDP only. With the output dim also over `tensor`, XLA's SPMD
     # partitioner (jax 0.10.2, Shardy and GSPMD alike) miscompiles the backward of
     # x + (x @ W) * s (the gated mix, x and s batch-split over (data, fsdp)) on a

@@ -166,6 +166,16 @@ def _latr_schedule(value, config) -> str | None:
   return None
 
 
+def _lora_targets(value, config):
+  """Projection names of `lrjax.model.lora.TARGETS`."""
+  from lrjax.model import lora  # noqa: PLC0415
+  try:
+    lora.check_targets(value)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
 _SAMPLED = lambda c: c.eval.sampled  # noqa: E731
 _TRAIN = ("sft", "rl")
 
@@ -175,6 +185,9 @@ ROWS.extend([
     Row("model.preset", one_of(_presets), when=lambda c: not c.init),  # init brings its shapes
     Row("model.dtype", one_of(_dtypes)),
     Row("model.logits_chunk", non_negative_int),
+    Row("model.lora.rank", non_negative_int),
+    Row("model.lora.alpha", positive, when=lambda c: c.model.lora.rank > 0),
+    Row("model.lora.targets", _lora_targets, when=lambda c: c.model.lora.rank > 0),
     Row("sft.method", one_of(_sft_methods)),
     Row("sft.schedule", one_of(_schedules)),
     Row("rule.name", one_of(_registry("lrjax.latent", "RULES"))),

@@ -153,6 +153,8 @@ def _old_update(ctx, spec, optimizer):
 ])
 def test_hrpo_groups_are_bit_identical_to_the_old_optimizer(setup, preset_arg, lrs):
   rl = hrpo.get_config(preset_arg).rl
+  if preset_arg:  # the preset trains LoRA adapters (tests/test_lora.py); here its optimizer
+    rl.param_groups = hrpo.hrpo_groups(*lrs)  # settings on the full tree
   total = 5
   old_tx = _old_rl_optimizer(rl, *lrs, total_steps=total)
   new_tx = make_rl_optimizer(rl, total)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lrjax.model import lora
 from lrjax.model.config import ModelConfig
 from lrjax.model.transformer import Decoder
 
@@ -42,7 +43,7 @@ def embed(cfg: ModelConfig, params: dict, ids: jax.Array) -> jax.Array:
 
 def lm_logits(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
   """float32 logits from final hidden states [..., H] -> [..., V]."""
-  return module(cfg).apply({"params": params}, hidden, method=Decoder.head)
+  return module(cfg).apply({"params": lora.base(params)}, hidden, method=Decoder.head)
 
 
 def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Array,
@@ -57,9 +58,11 @@ def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Ar
     cache: optional KV cache (see `init_cache`); the new positions are written
       at slots [cache.index, cache.index + T).
     fresh_cache: (static) the cache is empty, so it is written but not read.
+
+  LoRA adapters in `params` are merged first (`lora.merged`).
   """
   hidden, logits_, new_cache = module(cfg).apply(
-      {"params": params}, embeds, positions, attention_mask, cache, fresh_cache)
+      {"params": lora.merged(cfg, params)}, embeds, positions, attention_mask, cache, fresh_cache)
   return Output(hidden, logits_, new_cache)
 
 

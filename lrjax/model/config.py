@@ -60,6 +60,10 @@ class ModelConfig:
   # vocabulary columns per chunk when the learner scores ids from hidden states
   # (`lrjax.model.vocab`); 0 = full [.., V] logits
   logits_chunk: int = 0
+  # LoRA (lrjax/model/lora.py): adapter rank (0 = none), α, and the adapted projections
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  lora_targets: tuple = ()
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None

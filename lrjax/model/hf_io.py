@@ -30,6 +30,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from lrjax.model import lora
 from lrjax.model.api import init
 from lrjax.model.config import ModelConfig, resolve_dtype
 
@@ -136,10 +137,11 @@ def load_hf(path: str, dtype: Any = jnp.float32, sharding: Any = None) -> tuple[
 
 
 def to_hf_tensors(cfg: ModelConfig, params: dict, dtype: Any = None) -> dict[str, np.ndarray]:
-  """lrjax parameters -> {HF name: numpy array} (kernels transposed, layers split)."""
+  """lrjax parameters -> {HF name: numpy array} (kernels transposed, layers split;
+  LoRA adapters merged into their kernels, W + (α/r) A B)."""
   dtype = resolve_dtype(dtype or cfg.dtype)
   tensors = {}
-  for p, leaf in traverse_util.flatten_dict(params).items():
+  for p, leaf in traverse_util.flatten_dict(lora.merged(cfg, params)).items():
     arr = np.asarray(jax.device_get(jnp.asarray(leaf).astype(dtype)))
     if p[0] == "layers":
       for i in range(arr.shape[0]):
@@ -151,7 +153,8 @@ def to_hf_tensors(cfg: ModelConfig, params: dict, dtype: Any = None) -> dict[str
 
 
 def save_hf(cfg: ModelConfig, params: dict, path: str, dtype: Any = None) -> str:
-  """Writes `config.json` + `model.safetensors` loadable by transformers."""
+  """Writes `config.json` + `model.safetensors` loadable by transformers (LoRA
+  adapters in `params` are merged into the kernels they adapt)."""
   os.makedirs(path, exist_ok=True)
   dtype = resolve_dtype(dtype or cfg.dtype)
   save_file(to_hf_tensors(cfg, params, dtype), os.path.join(path, "model.safetensors"),

@@ -43,6 +43,7 @@ from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
 from lrjax.latent import (OBJECTIVES, RuleContext, init_rule_params, objective_of,
                           prompt_suffix, rule_aux, rule_of)
+from lrjax.model import lora
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, resume, rl_step, workdir
 from lrjax.phases.rl_step import first_token_groups, rule_metrics  # noqa: F401 (public here too)
@@ -89,8 +90,16 @@ def check_param_groups(run) -> None:
   ctx = train_context(run)
   rule = jax.eval_shape(lambda: init_rule_params(ctx, jax.random.key(0)))
   heads = jax.eval_shape(lambda: initial_heads(run, ctx))
-  ParamGroups(tuple(run.config.rl.param_groups)).assign(
-      {"model": run.params, "rule": rule, "heads": heads})
+  model = jax.eval_shape(lambda: lora.attach(run.model_cfg, run.params, jax.random.key(0)))
+  groups = ParamGroups(tuple(run.config.rl.param_groups))
+  tree = {"model": model, "rule": rule, "heads": heads}
+  groups.assign(tree)
+  trained = lora.trainable_base_paths(groups, tree) if lora.has_adapters(model) else []
+  if trained:
+    raise ConfigError(
+        f"config.model.lora.rank={run.config.model.lora.rank} trains adapters only, but "
+        f"config.rl.param_groups trains {trained[0]!r}: freeze the base, e.g. "
+        "(('model/lora/.*', lr), ('model/.*', None), ('.*', lr))")
 
 
 def initial_heads(run, ctx: RuleContext) -> dict:
@@ -113,15 +122,18 @@ def run_rl(run) -> None:
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
   key = jax.random.key(config.seed)
   check_heads(run, ctx)
-  params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
+  model = lora.attach(ctx.model_cfg, run.params, jax.random.fold_in(key, 2))  # LoRA: B = 0
+  params = {"model": model, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": initial_heads(run, ctx)}
   start_host = parallel.fetch(params)  # a collective with several processes
   start_model = start_host["model"] if rl.log_param_change else None
   start_hashes = resume.tree_hashes(start_host)  # the reference is rebuilt, not stored
   del start_host
   params = run.place(params)
-  # the frozen reference: a copy of the starting tree (the policy's buffers are donated)
-  ref_params = run.place(jax.tree.map(jax.numpy.copy, params)) if rl.beta > 0 else None
+  # the frozen reference: a copy of the starting tree (the policy's buffers are donated);
+  # with LoRA only of "rule" and "heads": the update reads the live base, adapters off
+  ref_params = (run.place(jax.tree.map(jax.numpy.copy, lora.reference_copy(params)))
+                if rl.beta > 0 else None)
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec.from_config(rl)
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)

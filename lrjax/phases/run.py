@@ -30,7 +30,7 @@ from lrjax.data import tokenizer as tok_lib
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
 from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter, say
-from lrjax.model import ModelConfig, init, load_hf, preset
+from lrjax.model import ModelConfig, init, load_hf, lora, preset
 from lrjax.phases.workdir import load_model_meta, resolve_init_folder
 from lrjax.sampling import Sampling
 from lrjax.sft.sequences import SFT_METHODS
@@ -157,6 +157,10 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
     params = init(model_cfg, jax.random.key(config.seed))
   model_cfg = model_cfg.replace(remat=config.model.remat,
                                 logits_chunk=config.model.get("logits_chunk", 0))
+  if config.model.lora.rank:  # the adapters themselves are attached by the RL phase
+    model_cfg = model_cfg.replace(lora_rank=int(config.model.lora.rank),
+                                  lora_alpha=float(config.model.lora.alpha),
+                                  lora_targets=lora.check_targets(config.model.lora.targets))
   if needs_latent_tokens(config):
     tokenizer, model_cfg, params, _ = tok_lib.add_latent_tokens(tokenizer, model_cfg, params)
   # every process has read the tokenizer folder before process 0 (re)writes it

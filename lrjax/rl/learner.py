@@ -25,7 +25,8 @@ stored them (`masks.stored_old`) and are recomputed on the same stored inputs
 with the parameters before the first update everywhere else.
 
 The reference for the KL is a frozen copy of the starting tree {"model",
-"rule", "heads"}. `policy_inputs` (default) replays the policy's stored inputs
+"rule", "heads"}; with LoRA adapters, the live frozen base with the adapters
+off (`lrjax.model.lora.reference`, no copy of the model). `policy_inputs` (default) replays the policy's stored inputs
 through the same rule (so the KL is 0 at the first step); `token_inputs`
 replays plain token embeddings E[y] instead (HRPO's choice: the starting
 model without the hybrid mix).
@@ -49,6 +50,7 @@ import optax
 
 from lrjax.faults import guarded_update
 from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
+from lrjax.model import lora
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.parallel import on_mesh
 from lrjax.registry import Registry
@@ -169,6 +171,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
                     **({"advantages": advantages} if obj.uses_advantages else {}))
   ref_logp = None
   if spec.beta > 0 and ref_params is not None:
+    ref_params = lora.reference(params, ref_params)
     ref_out = KL_REFERENCES.get(spec.kl_reference)(ctx, ref_params, traj, aux)
     ref_logp = jax.lax.stop_gradient(obj.terms(ctx, ref_params, traj, ref_out, aux).ratio)
   mask = masks.ratio.astype(jnp.float32)  # B N

@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/grpo_step.py: --quick runs one GRPO step of lrjax and of TRL."""
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_grpo_step():
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_grpo_step", os.path.join(ROOT, "benchmarks", "grpo_step.py"))
+  bench = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = bench
+  spec.loader.exec_module(bench)
+  res = bench.main(["--quick"])
+  assert set(res["lrjax"]) == {"rollout", "rewards", "advantages", "update", "step"}
+  assert set(res["trl"]) == {"generate", "rewards+advantages", "loss_forward",
+                             "backward+optimizer", "step"}
+  for side in ("lrjax", "trl"):
+    assert all(math.isfinite(v) and v >= 0 for v in res[side].values())
+    assert res[side]["step"] > 0
+  assert res["ratio"] > 0 and 0 < res["mfu_lrjax"] and res["update_flops"] > 0
