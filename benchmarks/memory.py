@@ -29,7 +29,15 @@ come from the CPU compiler's schedule; a TPU or GPU schedule differs somewhat.
 
 Training batch: `--batch` rows (prompts x group), `--prompt` prompt tokens,
 `--new` response tokens, the token rule and PPO-clip, one optimizer update.
-LoRA (trainable adapters only) is reported as n/a until `model.lora` exists.
+`--lora_rank r` (α = `--lora_alpha`, 2r by default) adds LoRA adapters on every
+projection and trains only them (`rl.param_groups` of `configs/hrpo.py:qwen2.5-1.5b`:
+adapters at 5e-6, the base frozen): no AdamW state or optimizer-side gradient for
+the base, and the KL reference is the live base with adapters off (no copy).
+The analytic count then has the base weights, one merged copy W + (α/r)AB and
+its gradient (the learner merges outside the layer scan), and the adapters with
+their AdamW state and gradient.
+
+    python benchmarks/memory.py --sizes qwen2.5-1.5b --hosts v5e-8 --lora_rank 32 --beta 0.005
 """
 from __future__ import annotations
 
@@ -75,13 +83,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--microbatch", type=int, default=0, help="rows per accumulated chunk (0: off)")
   p.add_argument("--beta", type=float, default=0.0, help="> 0 keeps a reference copy")
   p.add_argument("--no_rollout", action="store_true")
+  p.add_argument("--lora_rank", type=int, default=0, help="LoRA rank on every projection (0: off)")
+  p.add_argument("--lora_alpha", type=float, default=0.0, help="LoRA alpha (0: 2 x rank)")
   return p.parse_args(argv)
 
 
 def model_config(size: str, args):
-  from lrjax.model import preset
-  return preset(size).replace(dtype=args.dtype, remat=bool(args.remat),
-                              logits_chunk=args.logits_chunk)
+  from lrjax.model import lora, preset
+  cfg = preset(size).replace(dtype=args.dtype, remat=bool(args.remat),
+                             logits_chunk=args.logits_chunk)
+  if args.lora_rank:
+    cfg = cfg.replace(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha or 2.0 * args.lora_rank,
+                      lora_targets=lora.TARGETS)
+  return cfg
 
 
 def make_mesh(shape: tuple[int, int, int]):
@@ -99,8 +113,9 @@ def _abstract(tree, shardings):
 def abstract_params(cfg, mesh):
   """{"model", "rule", "heads"} as sharded ShapeDtypeStructs (the token rule has no rule params)."""
   from lrjax import parallel
-  from lrjax.model import init
-  tree = {"model": jax.eval_shape(lambda: init(cfg, jax.random.key(0))), "rule": {}, "heads": {}}
+  from lrjax.model import init, lora
+  model = jax.eval_shape(lambda: lora.attach(cfg, init(cfg, jax.random.key(0)), jax.random.key(1)))
+  tree = {"model": model, "rule": {}, "heads": {}}
   return _abstract(tree, parallel.param_shardings(tree, mesh))
 
 
@@ -129,7 +144,10 @@ def compile_update(cfg, mesh, args, return_inputs: bool = False):
   from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
   from lrjax.rollout.trajectory import Trajectory
   ctx = rule_context(cfg, args)
+  from lrjax.model import lora
   rl = base.get_config().rl
+  if cfg.lora_rank:  # configs/hrpo.py:qwen2.5-1.5b: adapters only, the base frozen
+    rl.param_groups = (("model/lora/.*", 5e-6), ("model/.*", None), (".*", 1e-4))
   optimizer = make_rl_optimizer(rl, 100)
   spec = LossSpec(beta=args.beta)
   update = make_update(ctx, spec, optimizer, microbatch=args.microbatch)
@@ -144,7 +162,8 @@ def compile_update(cfg, mesh, args, return_inputs: bool = False):
                     logp=s((b, n), jnp.float32), records={}, lengths=s((b,), jnp.int32),
                     truncated=s((b,), bool))
   traj, adv = abstract_batch((traj, s((b,), jnp.float32)), mesh)
-  inputs = (params, opt_state, params if args.beta > 0 else None, traj, adv, None)
+  ref = lora.reference_copy(params) if args.beta > 0 else None  # with LoRA: no model copy
+  inputs = (params, opt_state, ref, traj, adv, None)
   with jax.set_mesh(mesh):  # activations' rows over (data, fsdp): `parallel.constrain_rows`
     compiled = update.lower(*inputs).compile()
   return (compiled, inputs) if return_inputs else compiled
@@ -185,7 +204,13 @@ def analytic(cfg, host: Host, args) -> dict:
   acts = (cfg.num_layers * rows * t * h * b + block) if cfg.remat else cfg.num_layers * block
   cols = cfg.logits_chunk if 0 < cfg.logits_chunk < cfg.vocab_size else cfg.vocab_size
   vocab = rows * (n if cols < cfg.vocab_size else t) * cols * 4 * 3
-  update = weights * (3 + (args.beta > 0)) + grads + acts + vocab
+  if cfg.lora_rank:  # base + merged copy + its gradient; adapters with AdamW state and grads
+    from lrjax.model import lora
+    n_lora = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+        lambda: lora.init(cfg, jax.random.key(0)))))
+    update = weights * 3 + n_lora * 4 * b / shards + acts + vocab  # A,B; grads; mu, nu
+  else:
+    update = weights * (3 + (args.beta > 0)) + grads + acts + vocab
   roll_rows = max(args.batch / row_shards, 1)
   kv_cache = 2 * cfg.num_layers * roll_rows * (args.prompt + args.new) * kv * d * b
   return {"params": n_params, "weights": weights, "opt": 2 * weights, "acts": acts + vocab,
@@ -203,6 +228,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
       mesh = make_mesh(host.mesh)
       t0 = time.perf_counter()
       row = {"size": size, "host": name, "analytic": analytic(cfg, host, args),
+             "lora": f"r{cfg.lora_rank}" if cfg.lora_rank else "no",
              "update": measured(compile_update(cfg, mesh, args))}
       if not args.no_rollout:
         row["rollout"] = measured(compile_rollout(cfg, mesh, args))
@@ -224,7 +250,7 @@ def format_row(row: dict, host: Host) -> str:
           else "-")
   return (f"| {row['size']} | {row['host']} ({host.devices} x {host.gib:g} GiB) "
           f"| {a['params'] / 1e9:.2f} B | {g(row['update'])} / {g(a['update'])} | {roll} "
-          f"| n/a until LoRA lands | {'yes' if row['fits'] else 'no'} |")
+          f"| {row.get('lora', 'no')} | {'yes' if row['fits'] else 'no'} |")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -232,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
   print(f"# per-device GiB; batch {args.batch} x ({args.prompt} + {args.new}) tokens, "
         f"{args.dtype}, remat {bool(args.remat)}, logits_chunk {args.logits_chunk}, "
-        f"microbatch {args.microbatch}, beta {args.beta}; jax {jax.__version__}")
+        f"microbatch {args.microbatch}, beta {args.beta}, lora rank {args.lora_rank}; "
+        f"jax {jax.__version__}")
   print(HEADER, flush=True)
   return run(argv)
 
