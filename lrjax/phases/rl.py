@@ -65,7 +65,8 @@ def train_context(run) -> RuleContext:
 
 def check_heads(run, ctx: RuleContext) -> None:
   """The heads the objective reads exist (made by an earlier phase, e.g. `value`)."""
-  missing = [h for h in objective_of(ctx).heads if h not in run.heads]
+  obj = objective_of(ctx)
+  missing = [h for h in obj.heads if h not in run.heads and obj.init_heads is None]
   if missing:
     raise ConfigError(
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
@@ -95,8 +96,11 @@ def initial_heads(run, ctx: RuleContext) -> dict:
   from lrjax.phases.value import init_head  # noqa: PLC0415 - only Latent RL needs it
   made = {"value": lambda: init_head(run, jax.random.key(0)),
           "value_start": lambda: init_head(run, jax.random.key(0))}
-  return {h: run.heads[h] if h in run.heads else made[h]()
-          for h in objective_of(ctx).heads}
+  obj = objective_of(ctx)
+  if obj.init_heads is not None and any(h not in run.heads for h in obj.heads):
+    fresh = obj.init_heads(ctx, jax.random.fold_in(jax.random.key(run.config.seed), 2))
+    made = {h: (lambda h=h: fresh[h]) for h in fresh}
+  return {h: run.heads[h] if h in run.heads else made[h]() for h in obj.heads}
 
 
 def run_rl(run) -> None:
@@ -107,6 +111,8 @@ def run_rl(run) -> None:
   suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
+  if objective_of(ctx).reward is not None:  # e.g. DLR's dual reward (evaluation keeps the task's)
+    reward_fn = objective_of(ctx).reward(reward_fn, ctx)
   key = jax.random.key(config.seed)
   check_heads(run, ctx)
   params = {"model": run.params, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),

@@ -193,12 +193,15 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   norm of the trainable gradients, before clipping; an update whose loss or
   gradient norm is not finite is skipped (metrics["ok"] False,
   `lrjax.faults.guarded_update`; `poison` injects a NaN).
+
+  Only the trainable parameters and the optimizer state are donated: frozen
+  groups (e.g. DLR's main model) are split off outside the jitted step and
+  passed back unchanged, so their buffers are never donated nor copied.
   """
   groups = getattr(optimizer, "groups", None)
 
-  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
-             poison=False):
-    trainable, frozen = groups.split(params) if groups is not None else (params, None)
+  def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
+           rewards=None, poison=False):
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
         lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
@@ -206,8 +209,17 @@ def make_update(ctx: RuleContext, spec: LossSpec,
     (loss, metrics), grads = grad_fn(trainable)
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
-    return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
-  return jax.jit(update, donate_argnums=(0, 1))
+    return trainable, opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
+  jitted = jax.jit(step, donate_argnums=(0, 1))
+
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
+             poison=False):
+    trainable, frozen = groups.split(params) if groups is not None else (params, None)
+    trainable, opt_state, metrics = jitted(trainable, opt_state, frozen, ref_params, traj,
+                                           advantages, aux, old_logp, rewards, poison)
+    merged = ParamGroups.merge(trainable, frozen) if groups is not None else trainable
+    return merged, opt_state, metrics
+  return update
 
 
 # --------------------------------------------------------------------------- mini-batches
