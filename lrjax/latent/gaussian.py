@@ -51,7 +51,8 @@ def kl(mu: jax.Array, log_sigma: jax.Array, mu_ref: jax.Array,
 
 def similarities(chains: jax.Array, mode: str = "dot", temperature: float = 0.1) -> jax.Array:
   """s_kj of chains [..., G, T, d] -> [..., G, G] (see the module doc)."""
-  c = chains.reshape(chains.shape[:-2] + (-1,)).astype(jnp.float32)  # ... G Td
+  c = chains.reshape(chains.shape[:-2] + (-1,))  # ... G Td
+  c = c.astype(jnp.promote_types(c.dtype, jnp.float32))  # float32, or float64 as given
   if mode == "dot":
     return jnp.einsum("...kf,...jf->...kj", c, c) / jnp.sqrt(float(c.shape[-1]))
   if mode == "cosine":
