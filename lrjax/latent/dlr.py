@@ -23,6 +23,8 @@ sequence ratio. The main model's tokens are never scored: it gets no gradient.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -158,6 +160,11 @@ def chain_contrastive(ctx: RuleContext, params: dict, traj) -> jax.Array:
 
 def objective_metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   """Before the update: the chain KL to the starting assistant, L_cl, and the mean σ / s."""
+  return _metrics(ctx, params, traj)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _metrics(ctx: RuleContext, params: dict, traj) -> dict:
   _, _, _, ls = chain_stats(ctx, params, traj)
   s = asst.embed_rms(params["model"])
   return {"chain_kl": chain_kl(ctx, params, traj), "contrastive": chain_contrastive(
