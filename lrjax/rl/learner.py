@@ -194,18 +194,38 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   gradient norm is not finite is skipped (metrics["ok"] False,
   `lrjax.faults.guarded_update`; `poison` injects a NaN).
 
-  Only the trainable parameters and the optimizer state are donated: frozen
-  groups (e.g. DLR's main model) are split off outside the jitted step and
-  passed back unchanged, so their buffers are never donated nor copied.
+  With a frozen group (lr None, e.g. DLR's main model) only the trainable
+  parameters and the optimizer state are donated: the frozen ones are split off
+  outside the jitted step and passed back unchanged, so their buffers are never
+  donated nor copied.
   """
   groups = getattr(optimizer, "groups", None)
 
-  def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
-           rewards=None, poison=False):
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
+             poison=False):
+    trainable, frozen = groups.split(params) if groups is not None else (params, None)
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
         lambda t: policy_loss(ctx, spec, full(t), ref_params, traj, advantages, aux, old_logp,
                               rewards), has_aux=True)
+    (loss, metrics), grads = grad_fn(trainable)
+    trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
+                                                         loss, poison)
+    return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
+  if groups is None or all(lr is not None for _, lr in groups.patterns):
+    return jax.jit(update, donate_argnums=(0, 1))
+  return _frozen_split_update(ctx, spec, optimizer)
+
+
+def _frozen_split_update(ctx: RuleContext, spec: LossSpec, optimizer: GroupedOptimizer) -> Callable:
+  """`make_update` for a tree with frozen groups: they stay outside the donated arguments."""
+  groups = optimizer.groups
+
+  def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
+           rewards=None, poison=False):
+    grad_fn = jax.value_and_grad(
+        lambda t: policy_loss(ctx, spec, ParamGroups.merge(t, frozen), ref_params, traj,
+                              advantages, aux, old_logp, rewards), has_aux=True)
     (loss, metrics), grads = grad_fn(trainable)
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
@@ -214,11 +234,10 @@ def make_update(ctx: RuleContext, spec: LossSpec,
 
   def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
              poison=False):
-    trainable, frozen = groups.split(params) if groups is not None else (params, None)
+    trainable, frozen = groups.split(params)
     trainable, opt_state, metrics = jitted(trainable, opt_state, frozen, ref_params, traj,
                                            advantages, aux, old_logp, rewards, poison)
-    merged = ParamGroups.merge(trainable, frozen) if groups is not None else trainable
-    return merged, opt_state, metrics
+    return ParamGroups.merge(trainable, frozen), opt_state, metrics
   return update
 
 
