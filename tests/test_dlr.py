@@ -257,3 +257,16 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
   got = [r for r in read_metrics(str(tmp_path / "eval")) if r["phase"] == "eval"][-1]
   assert got["eval/latent_steps"] == 3.0  # 2 latents + <eot>: the assistant's chain was read
   assert OBJECTIVES.get("dlr").heads == ("assistant", "assistant_start")
+
+
+def test_configs_validate_and_gamma_zero_is_a_flag():
+  from lrjax.phases import PHASES
+  from lrjax.validate import validate_config
+  c = dlr_config.get_config()
+  assert validate_config(c, PHASES) == ["sft", "rl"]
+  assert c.rl.objective == "dlr" and c.rl.loss == "gspo_clip" and c.rl.beta == 0.0
+  c.rl.group_size = 16
+  assert c.dlr.group_size == 16  # the contrastive groups follow rl.group_size
+  p = dlr_config.get_config("paper")
+  assert validate_config(p, PHASES) == ["rl"]
+  assert (p.rule.num_latent, p.rl.group_size, p.dlr.beta, p.dlr.gamma) == (32, 64, 0.01, 0.1)
