@@ -49,16 +49,19 @@ def get_config(arg=None):
   c.rl.group_size = ml_collections.FieldReference(8)
   c.rl.num_prompts = 8
   c.rl.max_new = 80 + 4 + 1  # answer budget + the chain and <eot>
-  c.rl.steps = 60
-  c.rl.eval_every = 60
+  c.rl.steps = 200  # ~1.3 steps/s on 2 shared cores
+  c.rl.eval_every = 100
   c.rl.log_every = 1  # train/grad_norm at every step
   c.rl.param_groups = dlr_groups(assistant=1e-3, projection=1e-3)
   c.dlr = ml_collections.ConfigDict()
   c.dlr.lambda_format = 0.5  # R = R_corr + λ R_fmt (the paper does not give λ)
   c.dlr.beta = 0.01  # KL to the starting assistant, averaged over T·d
   c.dlr.gamma = 0.1  # contrastive weight (0: the ablation)
-  c.dlr.similarity = "dot"  # dot (÷ √(T·d), chains in units of s) | cosine (÷ temperature)
-  c.dlr.temperature = 0.1  # cosine only
+  # cosine (÷ temperature) | dot (÷ √(T·d), chains in units of s). Measured on the warm-up
+  # (seed 0): L_cl ≈ 0.008 with dot and ≈ 0.04 with cosine at τ = 0.1, both far below
+  # log G = 2.08: the softmax is saturated and L_cl has almost no gradient; τ = 0.5 is not.
+  c.dlr.similarity = "cosine"
+  c.dlr.temperature = 0.5
   c.dlr.group_size = c.rl.get_ref("group_size")  # the contrastive term's groups
   if arg == "paper":
     _paper(c)
@@ -93,5 +96,6 @@ def _paper(c):
   c.rl.updates_per_batch = 1
   c.dlr.beta = 0.01
   c.dlr.gamma = 0.1
+  c.dlr.similarity = "dot"  # the paper's raw dot product (scaled by 1/√(T·d))
   c.eval.max_new = 512
   c.eval.batch_size = 64
