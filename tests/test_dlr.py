@@ -23,6 +23,7 @@ from lrjax.latent import OBJECTIVES, RuleContext
 from lrjax.latent import dlr as dlr_rule
 from lrjax.latent.gaussian import contrastive, kl, logpdf, mean_logpdf
 from lrjax.rl import advantages as adv_lib
+from lrjax.rl.dlr import gspo_clip
 from lrjax.rl.learner import LossSpec, behaviour_logp, make_rl_optimizer, make_update, policy_loss
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory
 from tests.test_replay import BOT, CFG, EOS, EOT, FAST, LAT, model_params
@@ -121,6 +122,28 @@ def test_contrastive_gradient_into_mu_and_sigma_matches_finite_differences():
       e = jnp.zeros_like(mu).at[idx].set(h)
       np.testing.assert_allclose((f(mu + e, ls) - f(mu - e, ls)) / (2 * h), g_mu[idx], atol=1e-6)
       np.testing.assert_allclose((f(mu, ls + e) - f(mu, ls - e)) / (2 * h), g_ls[idx], atol=1e-6)
+
+
+def test_gspo_clip_matches_numpy_loss_and_gradient():
+  rng = np.random.default_rng(4)
+  b, t, eps = 6, 5, 0.02
+  old = rng.normal(size=(b, t)).astype(np.float32)
+  new = (old + rng.normal(size=(b, t)) * 0.3).astype(np.float32)
+  mask = rng.random((b, t)) < 0.8
+  mask[0], mask[1] = True, False
+  adv = rng.normal(size=b).astype(np.float32)
+  n = np.maximum(mask.sum(-1), 1)
+  rho = np.exp(np.where(mask, new - old, 0.0).sum(-1) / n)
+  clipped = -adv * np.clip(rho, 1 - eps, 1 + eps) > -adv * rho
+  want = np.maximum(-adv * rho, -adv * np.clip(rho, 1 - eps, 1 + eps)).mean()
+  assert 0 < clipped.sum() < b  # both branches occur
+  f = lambda x: gspo_clip(x, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),  # noqa: E731
+                          clip_eps=eps)
+  (loss, m), grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(new))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  want_grad = np.where(mask & ~clipped[:, None], (-adv * rho / n)[:, None] / b, 0.0)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+  assert float(m["clip_frac"]) == pytest.approx(clipped.mean())
 
 
 # ----------------------------------------------------------------------- rollout and replay

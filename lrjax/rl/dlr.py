@@ -30,39 +30,46 @@ import jax.numpy as jnp
 
 from lrjax.latent.dlr import chain_contrastive, chain_kl
 from lrjax.rl.aux_losses import AUX_LOSSES
-from lrjax.rl.losses import POLICY_LOSSES
+from lrjax.rl.losses import POLICY_LOSSES, _kl_term
 
 sg = jax.lax.stop_gradient
 
 
 @POLICY_LOSSES.register("gspo_clip")
 def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
-              *, clip_eps: float = 3e-4, clip_eps_high: float | None = None,
-              ref_logp=None, beta: float = 0.0, **kw) -> tuple[jax.Array, dict]:
+              *, ref_logp: jax.Array | None = None, beta: float = 0.0, clip_eps: float = 3e-4,
+              clip_eps_high: float | None = None, kl_estimator: str = "k3", kl_clamp: float = 0.0,
+              **kw) -> tuple[jax.Array, dict]:
   """Clipped surrogate on the length-normalised sequence ratio (GSPO, arXiv 2507.18071):
-  ρ_i = exp(Σ_t m (new − old) / Σ_t m), L = −mean_i min(ρ_i A_i, clip(ρ_i, 1 ∓ ε) A_i).
 
-  new_logp, old_logp, mask [B, T]; advantages [B] (one per sequence). Rows with
-  no masked position have ρ = 1. A KL inside the loss is not supported (β = 0;
-  DLR's KL is the auxiliary loss `dlr_chain_kl`). Metrics as `ppo_clip`'s, at the
-  sequence level; `kl_mean` is 0.
+      ℓ_i = Σ_t m_it (new_it − old_it) / Σ_t m_it,   ρ_i = exp(ℓ_i)
+      L   = −(1/B) Σ_i min(ρ_i A_i, clip(ρ_i, 1 − ε, 1 + ε_h) A_i)  [+ β · token-mean KL_t]
+
+  new_logp, old_logp, mask [B, T]; advantages [B] (or [B, T]: their mean over the
+  row's mask). A row with no masked position has ρ = 1 and A counts as given. The
+  optional KL (β > 0 with ref_logp; DLR uses the auxiliary loss `dlr_chain_kl`
+  instead) is the per-position estimate averaged over the mask. `dual_clip` and
+  `aggregation` do not apply (the loss is per sequence). Metrics as `ppo_clip`'s,
+  `ratio_mean`, `clip_frac` and `approx_kl` at the sequence level.
   """
-  if ref_logp is not None and beta:
-    raise ValueError("gspo_clip takes no KL (rl.beta = 0); use an auxiliary loss")
-  adv = sg(jnp.asarray(advantages, jnp.float32))
-  if adv.ndim != 1:
-    raise ValueError(f"gspo_clip needs one advantage per sequence [B], got {adv.shape}")
   m = mask.astype(bool)  # B T
   n = jnp.maximum(m.sum(-1), 1).astype(jnp.float32)  # B
-  diff = jnp.where(m, new_logp.astype(jnp.float32) - sg(old_logp.astype(jnp.float32)), 0.0)
+  adv = jnp.asarray(advantages, jnp.float32)
+  if adv.ndim == 2:
+    adv = jnp.where(m, adv, 0.0).sum(-1) / n
+  adv = sg(adv)  # B
+  new = jnp.where(m, new_logp.astype(jnp.float32), 0.0)  # B T
+  diff = new - sg(jnp.where(m, old_logp.astype(jnp.float32), 0.0))  # B T
   log_ratio = diff.sum(-1) / n  # B
   ratio = jnp.exp(log_ratio)  # B
   hi = clip_eps if clip_eps_high is None else clip_eps_high
   pg1, pg2 = -adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + hi)  # B, B
-  pg = jnp.maximum(pg1, pg2)  # B
-  loss = pg.mean()
+  pg = jnp.maximum(pg1, pg2).mean()
+  kl, kl_active = _kl_term(new, ref_logp, m, beta, kl_estimator, kl_clamp)  # B T
+  kl_mean = jnp.where(m, kl, 0.0).sum() / jnp.maximum(m.sum(), 1).astype(jnp.float32)
+  loss = pg + beta * kl_mean if kl_active else pg
   zero = jnp.zeros((), jnp.float32)
-  return loss, {"loss": sg(loss), "pg_loss": sg(loss), "kl_mean": zero,
+  return loss, {"loss": sg(loss), "pg_loss": sg(pg), "kl_mean": sg(kl_mean),
                 "ratio_mean": sg(ratio.mean()), "clip_frac": sg((pg2 > pg1).mean()),
                 "dual_clip_frac": zero, "approx_kl": sg(-log_ratio.mean())}
 
