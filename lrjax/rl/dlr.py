@@ -43,7 +43,7 @@ def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
   """Clipped surrogate on the length-normalised sequence ratio (GSPO, arXiv 2507.18071):
 
       ℓ_i = Σ_t m_it (new_it − old_it) / Σ_t m_it,   ρ_i = exp(ℓ_i)
-      L   = −(1/B) Σ_i min(ρ_i A_i, clip(ρ_i, 1 − ε, 1 + ε_h) A_i)  [+ β · token-mean KL_t]
+      L   = −(1/B) Σ_i min(ρ_i A_i, clip(ρ_i, 1 − ε, 1 + ε_h) A_i)   [+ β · mean_t KL_t]
 
   new_logp, old_logp, mask [B, T]; advantages [B] (or [B, T]: their mean over the
   row's mask). A row with no masked position has ρ = 1 and A counts as given. The
