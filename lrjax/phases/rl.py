@@ -64,7 +64,8 @@ def train_context(run) -> RuleContext:
 
 
 def check_heads(run, ctx: RuleContext) -> None:
-  """The heads the objective reads exist (made by an earlier phase, e.g. `value`)."""
+  """The heads the objective reads exist (made by an earlier phase, e.g. `value`), unless
+  the objective makes them itself (`Objective.init_heads`)."""
   obj = objective_of(ctx)
   missing = [h for h in obj.heads if h not in run.heads and obj.init_heads is None]
   if missing:
@@ -92,7 +93,8 @@ def check_param_groups(run) -> None:
 
 def initial_heads(run, ctx: RuleContext) -> dict:
   """params["heads"] at the start of RL: the heads earlier phases made (`run.heads`),
-  or for a check before they ran, freshly initialised ones of the same shapes."""
+  or those the objective makes itself (`Objective.init_heads`, DLR's assistant), or for
+  a check before they ran, freshly initialised ones of the same shapes."""
   from lrjax.phases.value import init_head  # noqa: PLC0415 - only Latent RL needs it
   made = {"value": lambda: init_head(run, jax.random.key(0)),
           "value_start": lambda: init_head(run, jax.random.key(0))}
