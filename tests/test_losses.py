@@ -170,7 +170,7 @@ def loss_and_grad(fn, new, old, adv, mask, **kw):
 
 
 def test_registries():
-  assert POLICY_LOSSES.names() == ["ppo_clip", "reinforce_onpolicy"]
+  assert POLICY_LOSSES.names() == ["gspo_clip", "ppo_clip", "reinforce_onpolicy"]
   assert AGGREGATIONS.names() == AGG_NAMES
   with pytest.raises(ValueError, match="unknown policy loss"):
     POLICY_LOSSES.get("dpo")

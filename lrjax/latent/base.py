@@ -155,6 +155,9 @@ class ThoughtRule(NamedTuple):
   extra_positions(num_latent) -> response positions the rule spends before the
       answer (`hidden`: num_latent latents + `<eot>`); evaluation budgets add it
       to `eval.max_new`.
+  prepare(ctx, params, prompt_ids [B,P], prompt_mask [B,P], key, aux) -> the per-row
+      carry at t = 0 instead of `init_state`, for a rule that computes something from
+      the prompt before the loop (DLR: the assistant's whole chain). None: init_state.
 
   `params` is the full tree {"model", "rule", "heads"}; `aux` a pytree of arrays
   that cannot live in the hashable ctx (e.g. the '####' delimiter tables).
@@ -171,6 +174,7 @@ class ThoughtRule(NamedTuple):
   special_tokens: tuple[str, ...] = ()
   config_fields: tuple[tuple[str, str], ...] = ()
   extra_positions: Callable[[int], int] = no_extra_positions
+  prepare: Callable[..., Any] | None = None
 
 
 RULES: Registry[ThoughtRule] = Registry("thought rule")

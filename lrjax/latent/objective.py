@@ -73,6 +73,10 @@ class Objective(NamedTuple):
   fields become ctx.objective_cfg; `metrics` (optional) gives training metrics of a
   rollout batch before its update, logged as train/<name>.
 
+  `init_heads` makes the heads the objective reads when no earlier phase did (DLR's
+  assistant); `reward` wraps the task's reward into the one the RL phase trains on
+  (held-out evaluation keeps the task's).
+
   `replay_out` is the teacher-forced replay of the trajectory
   (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
   index t is the distribution y_t was drawn from). Terms that score ids read
@@ -87,6 +91,10 @@ class Objective(NamedTuple):
   heads: tuple[str, ...] = ()  # params["heads"] entries the terms read
   config_section: str = ""  # the config section frozen into ctx.objective_cfg
   metrics: Callable[..., dict] | None = None  # (ctx, params, traj, aux) -> {name: scalar}
+  # (ctx, key) -> the `heads` entries, made fresh when no earlier phase made them (DLR)
+  init_heads: Callable[..., dict] | None = None
+  # (task_reward_fn, ctx) -> the training reward fn (e.g. DLR's dual reward); None: the task's
+  reward: Callable[..., Callable[[str, str], float]] | None = None
 
 
 def token_masks(ctx, traj) -> Masks:

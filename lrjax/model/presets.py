@@ -16,6 +16,12 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(vocab_size=64, hidden_size=128, intermediate_size=352, num_layers=2,
                         num_heads=4, num_kv_heads=2, model_type="qwen2", rope_theta=10000.0,
                         tie_word_embeddings=True, max_position_embeddings=2048),
+    # ~0.1M parameters: the DLR assistant beside `tiny` (its vocab_size is set to the main
+    # model's when it is built, `lrjax.latent.assistant`).
+    "tiny-assistant": ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=176,
+                                  num_layers=2, num_heads=4, num_kv_heads=2, model_type="qwen2",
+                                  rope_theta=10000.0, tie_word_embeddings=True,
+                                  max_position_embeddings=2048),
     "qwen2.5-0.5b": ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                 num_layers=24, num_heads=14, num_kv_heads=2, rope_theta=1e6,
                                 tie_word_embeddings=True, rms_norm_eps=1e-6,

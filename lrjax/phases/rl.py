@@ -69,8 +69,10 @@ def train_context(run) -> RuleContext:
 
 
 def check_heads(run, ctx: RuleContext) -> None:
-  """The heads the objective reads exist (made by an earlier phase, e.g. `value`)."""
-  missing = [h for h in objective_of(ctx).heads if h not in run.heads]
+  """The heads the objective reads exist (made by an earlier phase, e.g. `value`), unless
+  the objective makes them itself (`Objective.init_heads`)."""
+  obj = objective_of(ctx)
+  missing = [h for h in obj.heads if h not in run.heads and obj.init_heads is None]
   if missing:
     raise ConfigError(
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
@@ -104,12 +106,16 @@ def check_param_groups(run) -> None:
 
 def initial_heads(run, ctx: RuleContext) -> dict:
   """params["heads"] at the start of RL: the heads earlier phases made (`run.heads`),
-  or for a check before they ran, freshly initialised ones of the same shapes."""
+  or those the objective makes itself (`Objective.init_heads`, DLR's assistant), or for
+  a check before they ran, freshly initialised ones of the same shapes."""
   from lrjax.phases.value import init_head  # noqa: PLC0415 - only Latent RL needs it
   made = {"value": lambda: init_head(run, jax.random.key(0)),
           "value_start": lambda: init_head(run, jax.random.key(0))}
-  return {h: run.heads[h] if h in run.heads else made[h]()
-          for h in objective_of(ctx).heads}
+  obj = objective_of(ctx)
+  if obj.init_heads is not None and any(h not in run.heads for h in obj.heads):
+    fresh = obj.init_heads(ctx, jax.random.fold_in(jax.random.key(run.config.seed), 2))
+    made = {h: (lambda h=h: fresh[h]) for h in fresh}
+  return {h: run.heads[h] if h in run.heads else made[h]() for h in obj.heads}
 
 
 def run_rl(run) -> None:
@@ -120,9 +126,11 @@ def run_rl(run) -> None:
   suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)
+  if objective_of(ctx).reward is not None:  # e.g. DLR's dual reward (evaluation keeps the task's)
+    reward_fn = objective_of(ctx).reward(reward_fn, ctx)
   key = jax.random.key(config.seed)
   check_heads(run, ctx)
-  model = lora.attach(ctx.model_cfg, run.params, jax.random.fold_in(key, 2))  # LoRA: B = 0
+  model = lora.attach(ctx.model_cfg, run.params, jax.random.fold_in(key, 3))  # LoRA: B = 0
   params = {"model": model, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": initial_heads(run, ctx)}
   start_host = parallel.fetch(params)  # a collective with several processes

@@ -12,6 +12,7 @@ from lrjax.rl.advantages import (ADVANTAGES, AdvantageSpec, compute_advantages,
                                  seq_logp_mean)
 from lrjax.rl.aux_losses import AUX_LOSSES, heads_l2
 from lrjax.rl import latent_value  # noqa: F401  (registers `latent_value` and `value_bce`)
+from lrjax.rl import dlr  # noqa: F401  (registers `gspo_clip`, `dlr_chain_kl`, `dlr_contrastive`)
 from lrjax.rl.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3
 from lrjax.rl.losses import (AGGREGATIONS, POLICY_LOSSES, ppo_clip, reinforce_onpolicy, seq_mean,
                              seq_sum_norm, token_mean)

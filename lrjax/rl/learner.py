@@ -203,12 +203,16 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   `rl.microbatch`), the same update with one chunk's activations live at a time.
   With a `mesh`, every call runs under `jax.set_mesh(mesh)`, so the decoder keeps
   its activations' rows split over (data, fsdp) (`lrjax.parallel.constrain_rows`).
+
+  With a frozen group (lr None, e.g. DLR's main model, a LoRA base) only the
+  trainable parameters and the optimizer state are donated: the frozen ones are
+  split off outside the jitted step and passed back unchanged, so their buffers
+  are never donated nor copied.
   """
   groups = getattr(optimizer, "groups", None)
 
-  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
-             poison=False):
-    trainable, frozen = groups.split(params) if groups is not None else (params, None)
+  def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
+           rewards=None, poison=False):
     full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
     grad_fn = jax.value_and_grad(
         lambda t, rows: policy_loss(ctx, spec, full(t), ref_params, *rows[:2], aux, *rows[2:]),
@@ -223,8 +227,32 @@ def make_update(ctx: RuleContext, spec: LossSpec,
       (loss, metrics), grads = grad_fn(trainable, rows)
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
                                                          loss, poison)
-    return full(trainable), opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
-  return on_mesh(jax.jit(update, donate_argnums=(0, 1)), mesh)
+    return trainable, opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
+
+  def split(params):
+    return groups.split(params) if groups is not None else (params, None)
+
+  def merge(trainable, frozen):
+    return ParamGroups.merge(trainable, frozen) if groups is not None else trainable
+
+  if groups is None or all(lr is not None for _, lr in groups.patterns):
+    def update(params, opt_state, ref_params, *rest, **kw):  # one donated tree
+      trainable, frozen = split(params)
+      trainable, opt_state, metrics = step(trainable, opt_state, frozen, ref_params, *rest, **kw)
+      return merge(trainable, frozen), opt_state, metrics
+    return on_mesh(jax.jit(update, donate_argnums=(0, 1)), mesh)
+  jitted = on_mesh(jax.jit(step, donate_argnums=(0, 1)), mesh)
+
+  def update_frozen_apart(params, opt_state, ref_params, *rest, **kw):
+    trainable, frozen = split(params)
+    trainable, opt_state, metrics = jitted(trainable, opt_state, frozen, ref_params, *rest, **kw)
+    return merge(trainable, frozen), opt_state, metrics
+
+  def lower(params, opt_state, ref_params, *rest, **kw):
+    trainable, frozen = split(params)
+    return jitted.lower(trainable, opt_state, frozen, ref_params, *rest, **kw)
+  update_frozen_apart.lower = lower
+  return update_frozen_apart
 
 
 # --------------------------------------------------------------------------- mini-batches

@@ -29,6 +29,9 @@ from lrjax.model.api import embed, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
 
 
+PREPARE_STREAM = 2**30  # fold_in(key, ·) of a rule's `prepare` (steps use fold_in(key, t))
+
+
 def _rows(mask: jax.Array, new, old):
   """Per-row select over pytrees whose leaves lead with the batch axis B."""
   def sel(n, o):
@@ -76,7 +79,9 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   if ctx.return_logits:
     bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
   carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, hidden=hidden,
-               state=rule.init_state(ctx, b),
+               state=(rule.init_state(ctx, b) if rule.prepare is None else rule.prepare(
+                   ctx, params, prompt_ids, prompt_mask, jax.random.fold_in(key, PREPARE_STREAM),
+                   aux)),
                done=jnp.zeros((b,), bool), ended=jnp.zeros((b,), bool), bufs=bufs)
 
 
