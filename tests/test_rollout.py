@@ -119,8 +119,10 @@ def test_phased_cache_equals_one_phase(monkeypatch):
   assert 0 < (~live).sum() and live.all(-1).any()  # rows ended early and ran to N
   for name in ("ids", "span", "sampled", "lengths", "truncated"):
     np.testing.assert_array_equal(getattr(phased, name), getattr(one, name), err_msg=name)
-  np.testing.assert_allclose(phased.logits, one.logits, atol=1e-5)
-  np.testing.assert_allclose(phased.logp, one.logp, atol=1e-5)
+  # attention over a cache of another length sums in another order: float32 agreement,
+  # relative to the logits' size (4.4e-6 relative on an AVX-512 CPU, within 1e-5 on AVX2)
+  np.testing.assert_allclose(phased.logits, one.logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(phased.logp, one.logp, rtol=1e-5, atol=1e-5)
 
 
 def test_bucket_helpers():
