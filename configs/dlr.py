@@ -35,6 +35,9 @@ def get_config(arg=None):
   c.sft.method = "cot"
   c.rule.name = "dlr"
   c.rule.num_latent = 4  # T: latents between <bot> and <eot>
+  # the warm-up shows half its rows a <bot> + T noise inputs + <eot> span (lrjax.sft.span):
+  # without it any chain there drops the main model from 0.405 to ~0.05-0.19 (seed 0)
+  c.sft.latent_span = c.rule.num_latent
   c.rule.assistant = "tiny-assistant"  # a decoder preset, or "mlp" (pooled prompt states)
   c.rule.sigma_init = 0.3  # σ_0 / s at init (s: the main model's embedding RMS)
   c.rule.log_sigma_min = -4.0  # log σ / s is clipped to [min, max]
@@ -88,6 +91,7 @@ def _paper(c):
   c.data.task = "gsm8k"
   c.data.sft_size = 0
   c.rule.num_latent = 32
+  c.sft.latent_span = 32
   c.rule.assistant = "qwen2.5-0.5b"
   c.rl.group_size = 64
   c.rl.num_prompts = 2
