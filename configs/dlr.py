@@ -9,7 +9,9 @@ length-normalised sequence ratio of the chain density (ε = rl.clip_eps), an
 analytic Gaussian KL to the starting assistant (β) and the paper's contrastive
 term (γ). docs/dlr.md separates the paper's settings from lrjax's choices.
 
-With no flags: the warm-up of configs/grpo.py (the same SFT settings; reused
+With no flags: the warm-up of configs/grpo.py (its SFT settings, plus a latent
+span: half the rows read `<bot>` + T noise inputs + `<eot>` before the solution,
+`sft.latent_span`, lrjax/sft/span.py; reused
 when `<workdir>/sft/DONE` exists; its final evaluation is the main model
 alone), an evaluation of main + untrained assistant at RL step 0, DLR training
 and a before/after summary:
