@@ -115,6 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.latent_span = 0
   c.sft.span_prob = 0.5
   c.sft.span_scale = 2.0
+  c.sft.span_hint = 0.0  # a share of the span rows whose span holds the answer's first tokens
 
   c.rule = ml_collections.ConfigDict()
   c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel

@@ -28,6 +28,16 @@ def test_the_span_sits_between_question_and_solution_and_is_never_a_target():
     build_batch([P3], TOK, "coconut", latent_ids=LAT, span=2)
 
 
+def test_a_hint_row_holds_the_answer_in_its_span():
+  b = build_batch([P3], TOK, "cot", max_len=24, latent_ids=LAT, span=3, span_hints=[True])
+  _check_row(b, 0, Q + BOT + [12] + L * 2 + EOT + COT + EOS, response_start=7,
+             latent_cols=(3, 4, 5))  # answer 'd' = 12, then <latent>
+  tok = jnp.ones((1, 2, 64))
+  x = noise_inputs(tok, np.array([[True, False]]), jnp.float32(0.0), 2.0, jax.random.PRNGKey(0),
+                   add_tokens=True)
+  np.testing.assert_array_equal(x, tok)  # s = 0: E[hint] itself
+
+
 def test_span_rows_are_fixed_by_seed_and_step():
   np.testing.assert_array_equal(span_rows(0, 5, 64, 0.5), span_rows(0, 5, 64, 0.5))
   assert not np.array_equal(span_rows(0, 5, 64, 0.5), span_rows(0, 6, 64, 0.5))

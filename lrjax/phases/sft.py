@@ -84,8 +84,11 @@ def _span_kwargs(run, step: int) -> dict:
   if sequences.SFT_METHODS.get(s.method).latent:
     raise ConfigError(f"config.sft.latent_span={s.latent_span} needs a method without latents "
                       f"(cot, nocot), not {s.method!r}")
-  return dict(span=int(s.latent_span), latent_ids=_latent_ids(run),
-              span_rows=span_lib.span_rows(run.config.seed, step, s.batch_size, s.span_prob))
+  rows = span_lib.span_rows(run.config.seed, step, s.batch_size, s.span_prob)
+  hint = float(s.get("span_hint", 0.0))
+  hints = span_lib.span_rows(run.config.seed + 1, step, s.batch_size, hint) if hint else None
+  return dict(span=int(s.latent_span), latent_ids=_latent_ids(run), span_rows=rows,
+              span_hints=hints)
 
 
 def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
@@ -198,7 +201,8 @@ def run_sft(run) -> None:
     evaluate_sft(run, state["params"], 0, cur, 0)
   train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method,
                                         latent_grad=bool(s.latent_grad), mesh=run.mesh,
-                                        span_scale=_span_scale(s))
+                                        span_scale=_span_scale(s),
+                                        span_tokens=float(s.get("span_hint", 0.0)) > 0)
   progress = Progress("sft")
   guard = faults.NonFiniteCounter("sft", config.train.max_nonfinite, ckpt.directory)
   preempt = faults.Preemption()

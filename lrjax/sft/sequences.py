@@ -199,11 +199,17 @@ def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, 
                                  pad_latents, start_latents, max_latents)
 
 
-def with_span(row: tuple[list[int], int, int, int], lat: LatentIds,
-              span: int) -> tuple[list[int], int, int, int]:
-  """A 'cot'/'nocot' row with `<bot> <latent>*span <eot>` between prompt and response."""
+def _hint(problem: Problem, tokenizer: Any, span: int, lat: LatentIds) -> list[int]:
+  ids = _encode(tokenizer, problem.answer)[:span]
+  return ids + [lat.latent] * (span - len(ids))
+
+
+def with_span(row: tuple[list[int], int, int, int], lat: LatentIds, span: int,
+              hint: list[int] | None = None) -> tuple[list[int], int, int, int]:
+  """A 'cot'/'nocot' row with `<bot> <latent>*span <eot>` (or `<bot> hint <eot>`)
+  between prompt and response."""
   ids, start, _, _ = row
-  head = ids[:start] + [lat.bot] + [lat.latent] * span + [lat.eot]
+  head = ids[:start] + [lat.bot] + (hint or [lat.latent] * span) + [lat.eot]
   return head + ids[start:], len(head), start, span
 
 
@@ -212,7 +218,8 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
                 max_latent_stage: int | None = None, pad_latents: bool = False,
                 pad_to_multiple: int | None = None, start_latents: int = 0,
                 max_latents: int = 0, label_markers: bool = False, span: int = 0,
-                span_rows: Sequence[bool] | None = None) -> SFTBatch:
+                span_rows: Sequence[bool] | None = None,
+                span_hints: Sequence[bool] | None = None) -> SFTBatch:
   """Tokenizes `problems` into a right-padded `SFTBatch` of fixed shape.
 
   Args:
@@ -234,7 +241,8 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
     span, span_rows: 'cot'/'nocot' only: the rows with span_rows[i] (all rows when
       None) read `prompt <bot> <latent>*span <eot> | response eos` (`lrjax.sft.span`:
       latent_mask marks the span, bot_pos its `<bot>`, n_latents = span; n_latent_max
-      stays 0, so the Coconut forward is not run).
+      stays 0, so the Coconut forward is not run). span_hints[i]: the span of row i holds
+      the answer's first tokens instead (`with_span`).
 
   Returns:
     an `SFTBatch` with n_latent_max = `nominal_latents(stage, c, max_latent_stage)`
@@ -258,7 +266,9 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
       raise ValueError(f"span={span} needs a method without latents, not {mode!r}")
     lat = resolve_latent_ids(tokenizer, latent_ids)
     on = [True] * len(rows) if span_rows is None else [bool(x) for x in span_rows]
-    rows = [with_span(r, lat, span) if o else r for r, o in zip(rows, on)]
+    hint = [False] * len(rows) if span_hints is None else [bool(x) for x in span_hints]
+    rows = [with_span(r, lat, span, _hint(p, tokenizer, span, lat) if h else None) if o else r
+            for r, o, h, p in zip(rows, on, hint, problems)]
   for i, (row, *_) in enumerate(rows):
     if len(row) > max_len:
       raise ValueError(f"problem {i} is {len(row)} tokens long in mode {mode!r} "

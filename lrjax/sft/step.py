@@ -66,7 +66,7 @@ def _token_mean(nll: jax.Array, pred: jax.Array, labels: jax.Array,
 
 def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
              latent_grad: bool = True, span_scale: float = 0.0,
-             key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+             key: jax.Array | None = None, span_tokens: bool = False) -> tuple[jax.Array, dict]:
   """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
 
   modes without latent rows ('cot'/'nocot') require a batch without latents;
@@ -74,14 +74,15 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
   thought chain with `latent_grad` (Coconut) or on its detached thoughts (LatR).
   With cfg.logits_chunk in (0, V) the CE is read from the hidden states in
   vocabulary chunks (`hidden_cross_entropy`). With `span_scale` > 0 (and a `key`), a
-  'cot'/'nocot' batch's latent_mask columns read noise (`lrjax.sft.span`, r_max = span_scale).
+  'cot'/'nocot' batch's latent_mask columns read noise (`lrjax.sft.span`, r_max = span_scale),
+  added to their token embeddings with `span_tokens` (hint rows).
   """
   if not sft_method(mode).latent and batch.n_latent_max:
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
   if span_scale > 0 and not sft_method(mode).latent:
     if key is None:
       raise ValueError("a latent span (span_scale > 0) needs a key")
-    hidden, logits = span_forward(cfg, params, batch, span_scale, key)  # B T H, B T V
+    hidden, logits = span_forward(cfg, params, batch, span_scale, key, span_tokens)  # B T H, B T V
   else:
     hidden, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T H, B T V
   labels, loss_mask = jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask)
@@ -93,12 +94,14 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                params: dict, opt_state: optax.OptState, batch: SFTBatch,
                latent_grad: bool = True, poison=False, span_scale: float = 0.0,
-               key: jax.Array | None = None) -> tuple[dict, optax.OptState, dict]:
+               key: jax.Array | None = None,
+               span_tokens: bool = False) -> tuple[dict, optax.OptState, dict]:
   """One AdamW update on the SFT loss, skipped when the loss or the gradient norm is
   not finite (`lrjax.faults.guarded_update`; `poison` injects a NaN); metrics: loss,
   accuracy, num_tokens, grad_norm, ok (the update was applied)."""
   grad_fn = jax.value_and_grad(
-      lambda p: sft_loss(cfg, p, batch, mode, latent_grad, span_scale, key), has_aux=True)
+      lambda p: sft_loss(cfg, p, batch, mode, latent_grad, span_scale, key, span_tokens),
+      has_aux=True)
   (loss, aux), grads = grad_fn(params)
   params, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, params, loss,
                                                     poison)
@@ -107,7 +110,7 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                     max_traces: int | None = None, latent_grad: bool = True,
-                    mesh=None, span_scale: float = 0.0) -> Callable:
+                    mesh=None, span_scale: float = 0.0, span_tokens: bool = False) -> Callable:
   """jit(fn(params, opt_state, batch, poison=False, key=None) -> (params, opt_state, metrics)),
   params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
@@ -119,7 +122,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, m
 
   def step(params, opt_state, batch, poison=False, key=None):
     return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad, poison,
-                      span_scale, key)
+                      span_scale, key, span_tokens)
 
   if max_traces is not None:
     # chex counts traces per (definition stack, source, __name__): a unique name
