@@ -110,6 +110,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # '' = start at step 0; else a workdir whose finished SFT phase this run continues
   # (same settings except the step count): the continued-SFT control uses it.
   c.sft.start_from = ""
+  # T > 0: a share span_prob of the CoT rows reads <bot> + T noise inputs + <eot> after the
+  # question (noise s·ρ·ε, ρ ~ U(0, span_scale)), so the model learns to read DLR's chain
+  c.sft.latent_span = 0
+  c.sft.span_prob = 0.5
+  c.sft.span_scale = 2.0
+  c.sft.span_hint = 0.0  # a share of the span rows whose span holds the answer's first tokens
 
   c.rule = ml_collections.ConfigDict()
   c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel

@@ -27,7 +27,7 @@ from lrjax.metrics import Progress, say
 from lrjax.data.order import data_indices
 from lrjax.model import load_hf
 from lrjax.phases import held_out, resume, workdir
-from lrjax.sft import sequences, step as step_lib
+from lrjax.sft import sequences, span as span_lib, step as step_lib
 
 
 def _latent_ids(run):
@@ -69,6 +69,26 @@ class _Curriculum:
     return dict(c=self.c, latent_ids=_latent_ids(run), max_latent_stage=self.max_latent_stage,
                 start_latents=self.start_latents, max_latents=self.max_latents,
                 label_markers=bool(run.config.sft.label_markers))
+
+
+def _span_scale(s) -> float:
+  """r_max of the latent span's noise (`lrjax.sft.span`), 0 without a span."""
+  return float(s.get("span_scale", 0.0)) if int(s.get("latent_span", 0)) > 0 else 0.0
+
+
+def _span_kwargs(run, step: int) -> dict:
+  """`build_batch`'s span arguments at a step: a share sft.span_prob of the rows."""
+  s = run.config.sft
+  if not int(s.get("latent_span", 0)):
+    return {}
+  if sequences.SFT_METHODS.get(s.method).latent:
+    raise ConfigError(f"config.sft.latent_span={s.latent_span} needs a method without latents "
+                      f"(cot, nocot), not {s.method!r}")
+  rows = span_lib.span_rows(run.config.seed, step, s.batch_size, s.span_prob)
+  hint = float(s.get("span_hint", 0.0))
+  hints = span_lib.span_rows(run.config.seed + 1, step, s.batch_size, hint) if hint else None
+  return dict(span=int(s.latent_span), latent_ids=_latent_ids(run), span_rows=rows,
+              span_hints=hints)
 
 
 def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
@@ -180,7 +200,9 @@ def run_sft(run) -> None:
   elif start == 0:
     evaluate_sft(run, state["params"], 0, cur, 0)
   train_step = step_lib.make_train_step(run.model_cfg, optimizer, s.method,
-                                        latent_grad=bool(s.latent_grad), mesh=run.mesh)
+                                        latent_grad=bool(s.latent_grad), mesh=run.mesh,
+                                        span_scale=_span_scale(s),
+                                        span_tokens=float(s.get("span_hint", 0.0)) > 0)
   progress = Progress("sft")
   guard = faults.NonFiniteCounter("sft", config.train.max_nonfinite, ckpt.directory)
   preempt = faults.Preemption()
@@ -210,13 +232,15 @@ def _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckp
     idx = data_indices(config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
                                   stage=stage, max_len=s.max_len, pad_to_multiple=16,
-                                  **cur.batch_kwargs(run))
+                                  **cur.batch_kwargs(run), **_span_kwargs(run, step))
     tokens += int(np.asarray(batch.mask).sum())
     batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows
     done = step + 1
     poison = jax.numpy.asarray(done == config.train.inject_nan_step)
+    key = (dict(key=jax.random.fold_in(jax.random.PRNGKey(config.seed + 7717), step))
+           if _span_scale(s) else {})
     state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch,
-                                                        poison)
+                                                        poison, **key)
     guard.update(bool(parallel.fetch(m["ok"])), done, ckpt.latest_step())
     if done % s.log_every == 0 or done == s.steps:
       m = parallel.fetch(m)

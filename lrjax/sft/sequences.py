@@ -199,11 +199,27 @@ def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, 
                                  pad_latents, start_latents, max_latents)
 
 
+def _hint(problem: Problem, tokenizer: Any, span: int, lat: LatentIds) -> list[int]:
+  ids = _encode(tokenizer, problem.answer)[:span]
+  return ids + [lat.latent] * (span - len(ids))
+
+
+def with_span(row: tuple[list[int], int, int, int], lat: LatentIds, span: int,
+              hint: list[int] | None = None) -> tuple[list[int], int, int, int]:
+  """A 'cot'/'nocot' row with `<bot> <latent>*span <eot>` (or `<bot> hint <eot>`)
+  between prompt and response."""
+  ids, start, _, _ = row
+  head = ids[:start] + [lat.bot] + (hint or [lat.latent] * span) + [lat.eot]
+  return head + ids[start:], len(head), start, span
+
+
 def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: int = 0,
                 c: int = 1, max_len: int = 256, latent_ids: Any = None,
                 max_latent_stage: int | None = None, pad_latents: bool = False,
                 pad_to_multiple: int | None = None, start_latents: int = 0,
-                max_latents: int = 0, label_markers: bool = False) -> SFTBatch:
+                max_latents: int = 0, label_markers: bool = False, span: int = 0,
+                span_rows: Sequence[bool] | None = None,
+                span_hints: Sequence[bool] | None = None) -> SFTBatch:
   """Tokenizes `problems` into a right-padded `SFTBatch` of fixed shape.
 
   Args:
@@ -222,6 +238,11 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
       Coconut's.
     label_markers: `<bot>` and `<eot>` are targets too (LatR's labels; Coconut
       never predicts them). The latent positions are never targets.
+    span, span_rows: 'cot'/'nocot' only: the rows with span_rows[i] (all rows when
+      None) read `prompt <bot> <latent>*span <eot> | response eos` (`lrjax.sft.span`:
+      latent_mask marks the span, bot_pos its `<bot>`, n_latents = span; n_latent_max
+      stays 0, so the Coconut forward is not run). span_hints[i]: the span of row i holds
+      the answer's first tokens instead (`with_span`).
 
   Returns:
     an `SFTBatch` with n_latent_max = `nominal_latents(stage, c, max_latent_stage)`
@@ -240,6 +261,14 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
     raise ValueError("the tokenizer has no pad_token_id")
   rows = [encode_example(p, tokenizer, mode, stage, c, lat, max_latent_stage, pad_latents,
                          start_latents, max_latents) for p in problems]
+  if span:
+    if method.latent:
+      raise ValueError(f"span={span} needs a method without latents, not {mode!r}")
+    lat = resolve_latent_ids(tokenizer, latent_ids)
+    on = [True] * len(rows) if span_rows is None else [bool(x) for x in span_rows]
+    hint = [False] * len(rows) if span_hints is None else [bool(x) for x in span_hints]
+    rows = [with_span(r, lat, span, _hint(p, tokenizer, span, lat) if h else None) if o else r
+            for r, o, h, p in zip(rows, on, hint, problems)]
   for i, (row, *_) in enumerate(rows):
     if len(row) > max_len:
       raise ValueError(f"problem {i} is {len(row)} tokens long in mode {mode!r} "
@@ -265,7 +294,7 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
       loss_mask[i, start - 2] = 1.0  # target ids[start - 1] = <eot>
     bot_pos[i], n_latents[i] = bot, n
     latent_mask[i, bot + 1:bot + 1 + n] = True
-    latent_pos[i, :n] = np.arange(bot + 1, bot + 1 + n)
+    latent_pos[i, :min(n, n_max)] = np.arange(bot + 1, bot + 1 + min(n, n_max))
   labels = np.full((b, t), pad, np.int32)
   labels[:, :-1] = ids[:, 1:]  # B T: the next token
   return SFTBatch(ids, mask, labels, loss_mask, latent_mask, bot_pos, n_latents, latent_pos)

@@ -33,6 +33,7 @@ from lrjax.model.vocab import chunked, vocab_stats
 from lrjax.parallel import on_mesh
 from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import SFTBatch, sft_method
+from lrjax.sft.span import span_forward
 
 _STEP_IDS = itertools.count()
 
@@ -64,18 +65,26 @@ def _token_mean(nll: jax.Array, pred: jax.Array, labels: jax.Array,
 
 
 def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
-             latent_grad: bool = True) -> tuple[jax.Array, dict]:
+             latent_grad: bool = True, span_scale: float = 0.0,
+             key: jax.Array | None = None, span_tokens: bool = False) -> tuple[jax.Array, dict]:
   """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
 
   modes without latent rows ('cot'/'nocot') require a batch without latents;
   'coconut' runs the Coconut forward (plain forward at stage 0), through the
   thought chain with `latent_grad` (Coconut) or on its detached thoughts (LatR).
   With cfg.logits_chunk in (0, V) the CE is read from the hidden states in
-  vocabulary chunks (`hidden_cross_entropy`).
+  vocabulary chunks (`hidden_cross_entropy`). With `span_scale` > 0 (and a `key`), a
+  'cot'/'nocot' batch's latent_mask columns read noise (`lrjax.sft.span`, r_max = span_scale),
+  added to their token embeddings with `span_tokens` (hint rows).
   """
   if not sft_method(mode).latent and batch.n_latent_max:
     raise ValueError(f"mode {mode!r} got a batch with {batch.n_latent_max} latent slots")
-  hidden, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T H, B T V
+  if span_scale > 0 and not sft_method(mode).latent:
+    if key is None:
+      raise ValueError("a latent span (span_scale > 0) needs a key")
+    hidden, logits = span_forward(cfg, params, batch, span_scale, key, span_tokens)  # B T H, B T V
+  else:
+    hidden, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T H, B T V
   labels, loss_mask = jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask)
   if chunked(cfg):
     return hidden_cross_entropy(cfg, params, hidden, labels, loss_mask)
@@ -84,12 +93,15 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                params: dict, opt_state: optax.OptState, batch: SFTBatch,
-               latent_grad: bool = True, poison=False) -> tuple[dict, optax.OptState, dict]:
+               latent_grad: bool = True, poison=False, span_scale: float = 0.0,
+               key: jax.Array | None = None,
+               span_tokens: bool = False) -> tuple[dict, optax.OptState, dict]:
   """One AdamW update on the SFT loss, skipped when the loss or the gradient norm is
   not finite (`lrjax.faults.guarded_update`; `poison` injects a NaN); metrics: loss,
   accuracy, num_tokens, grad_norm, ok (the update was applied)."""
-  grad_fn = jax.value_and_grad(lambda p: sft_loss(cfg, p, batch, mode, latent_grad),
-                               has_aux=True)
+  grad_fn = jax.value_and_grad(
+      lambda p: sft_loss(cfg, p, batch, mode, latent_grad, span_scale, key, span_tokens),
+      has_aux=True)
   (loss, aux), grads = grad_fn(params)
   params, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, params, loss,
                                                     poison)
@@ -98,16 +110,19 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mode: str,
                     max_traces: int | None = None, latent_grad: bool = True,
-                    mesh=None) -> Callable:
-  """jit(fn(params, opt_state, batch, poison=False) -> (params, opt_state, metrics)), params and
+                    mesh=None, span_scale: float = 0.0, span_tokens: bool = False) -> Callable:
+  """jit(fn(params, opt_state, batch, poison=False, key=None) -> (params, opt_state, metrics)),
+  params and
   opt_state donated. One compile per batch shape (B, T, n_latent_max);
   `max_traces` makes a further retrace fail (`chex.assert_max_traces`);
   `latent_grad`: see `sft_loss`; with a `mesh` every call runs under `jax.set_mesh(mesh)`
-  (activation rows over (data, fsdp), `lrjax.parallel.constrain_rows`)."""
+  (activation rows over (data, fsdp), `lrjax.parallel.constrain_rows`); `span_scale` > 0:
+  noise at the span columns (`lrjax.sft.span`), drawn from `key`."""
   sft_method(mode)  # ValueError for an unknown mode
 
-  def step(params, opt_state, batch, poison=False):
-    return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad, poison)
+  def step(params, opt_state, batch, poison=False, key=None):
+    return train_step(cfg, optimizer, mode, params, opt_state, batch, latent_grad, poison,
+                      span_scale, key, span_tokens)
 
   if max_traces is not None:
     # chex counts traces per (definition stack, source, __name__): a unique name
