@@ -178,10 +178,10 @@ def run_sft(run) -> None:
   pdir = workdir.phase_dir(run, "sft")
   if workdir.is_done(run, "sft") and not resume.continue_finished(
       "SFT", pdir, resume.finished_steps(pdir, s.steps), s.steps, "sft.steps"):
-    export_dir = os.path.join(workdir.phase_dir(run, "sft"), "export")
+    export_dir = os.path.join(pdir, "export")
     _, run.params = load_hf(export_dir, dtype=config.model.dtype)
     run.model_num_latent = workdir.load_model_meta(export_dir).get("num_latent")
-    say(f"[lrjax] reusing the finished SFT model in {workdir.phase_dir(run, 'sft')}")
+    say(f"[lrjax] reusing the finished SFT model in {pdir}")
     return
   cur = _Curriculum(config)
   # the decay horizon is its own field, so a continuation (more steps) keeps the schedule
