@@ -10,6 +10,9 @@ Fields:
   task_methods: task -> the methods to run on that task instead of `methods`.
   overrides: "all" and method stems -> tuples of "field=value" strings applied
     to the method's config (after the task preset; "all" first).
+  jobs: (task, seed) groups trained at once, each in a worker process pinned to
+    one core (2: the two cores of the reference machine; 1: everything in this
+    process, one run after another).
 
 `:smoke` is 2 methods (token GRPO, HRPO) x 2 seeds with a few steps each on a
 small problem set: a few minutes on 2 CPU cores.
@@ -29,6 +32,7 @@ def get_config(arg=None):
   c.tasks = ("arith", "prosqa")
   c.task_methods = ml_collections.ConfigDict({"prosqa": ("sft", "coconut", "latr_sft")})
   c.overrides = ml_collections.ConfigDict({"all": ()})
+  c.jobs = 2
   if arg == "smoke":
     _smoke(c)
   return c
@@ -37,6 +41,7 @@ def get_config(arg=None):
 def _smoke(c) -> None:
   c.methods = ("grpo", "hrpo")
   c.seeds = (0, 1)
+  c.jobs = 1
   c.tasks = ("arith",)
   c.task_methods = ml_collections.ConfigDict()
   c.overrides = ml_collections.ConfigDict({"all": (

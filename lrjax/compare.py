@@ -31,7 +31,19 @@ Outputs in the compare workdir:
 * `RESULTS.md`: means ± standard errors over seeds per (task, method), the
   command, versions and machine; methods without a config are listed as such.
 * `accuracy_vs_tokens.png` and `curves.png` (`lrjax.compare_plots`).
-* `compare_log.jsonl`: one line per action (`warmup`, `run`, `reuse`).
+* `compare_log.jsonl`: one line per action (`warmup`, `run`, `reuse`, and
+  `finished` with the wall seconds of an invocation that trained something).
+
+Parallel workers (`jobs` > 1): the (task, seed) groups are independent (their
+warm-ups are shared only within the group), so each group runs in its own
+worker process, `python -m lrjax.compare --workdir=W --group=<task>:<seed>`,
+reading the compare config the parent wrote to `W/compare_config.json`; at
+most `jobs` at a time, longest groups first, each pinned to one CPU core when
+there are at least `jobs` cores (an RL rollout keeps about one core busy, so two
+pinned workers on 2 cores train ~1.3x faster than one run after another).
+Their output goes to `W/logs/<task>_s<seed>.log`. The parent then tabulates
+(the in-process pass that follows finds every run finished). SIGTERM or Ctrl-C
+in the parent is passed to the workers, which save a checkpoint and stop.
 """
 from __future__ import annotations
 
@@ -42,6 +54,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -212,12 +225,128 @@ class Compare:
         rows.append(Row(task, stem, seed, kind, path, "rl"))
     return rows
 
-  def run(self) -> list[Row]:
-    rows = []
-    for task in self.cfg.tasks:
-      for seed in self.cfg.seeds:
-        rows.extend(self.run_task_seed(task, int(seed)))
+  def groups(self) -> list[tuple[str, int]]:
+    return [(task, int(seed)) for task in self.cfg.tasks for seed in self.cfg.seeds]
+
+  def run(self, worker: bool = False) -> list[Row]:
+    """Trains what is missing and returns the rows. The invocation's wall seconds are
+    logged (`finished`, or `stopped` when interrupted) when it trained something;
+    a worker leaves that to its parent."""
+    t0, logged, done = time.time(), self._log_length(), False
+    try:
+      if int(self.cfg.get("jobs", 1)) > 1 and len(self.groups()) > 1:
+        run_workers(self.cfg, self.workdir, self.groups(), int(self.cfg.jobs))
+      rows = []
+      for task, seed in self.groups():  # after workers: finds every run finished
+        rows.extend(self.run_task_seed(task, seed))
+      done = True
+    finally:
+      if not worker and self._log_length() > logged:
+        self.log(action="finished" if done else "stopped", wall_s=time.time() - t0)
     return rows
+
+  def _log_length(self) -> int:
+    try:
+      with open(os.path.join(self.workdir, "compare_log.jsonl")) as f:
+        return sum(1 for _ in f)
+    except OSError:
+      return 0
+
+
+CONFIG_FILE = "compare_config.json"
+
+
+def group_weight(cfg, task: str) -> int:
+  """Sorts groups longest first: the number of methods the task runs."""
+  per_task = cfg.task_methods.get(task) if "task_methods" in cfg else None
+  return len(per_task if per_task else cfg.methods)
+
+
+def worker_cpus(jobs: int) -> list[int] | None:
+  """One core per worker slot when there are enough; None (no pinning) otherwise."""
+  try:
+    cpus = sorted(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return None
+  return cpus[:jobs] if len(cpus) >= jobs else None
+
+
+def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int,
+                command=None) -> None:
+  """Runs each (task, seed) group in a worker process, at most `jobs` at a time.
+
+  `command(task, seed)` gives a worker's argv (default: this module with
+  `--group`). Raises RuntimeError naming the groups whose worker failed, after the
+  others finished."""
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(cfg.to_json(indent=2))
+  os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+  command = command or (lambda task, seed: [
+      sys.executable, "-m", "lrjax.compare", f"--workdir={workdir}", f"--group={task}:{seed}"])
+  pending = sorted(groups, key=lambda g: -group_weight(cfg, g[0]))
+  cpus = worker_cpus(jobs)
+  free = list(range(jobs))
+  running: dict = {}  # Popen -> (task, seed, slot, start, log file)
+  failed = []
+  root = os.path.dirname(_configs_dir())
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+  def stop(signum, frame):
+    del frame
+    for p in running:
+      p.send_signal(signal.SIGTERM)
+    for p in running:
+      p.wait()
+    sys.exit(128 + signum)
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    while pending or running:
+      while pending and free:
+        task, seed = pending.pop(0)
+        slot = free.pop(0)
+        log_path = os.path.join(workdir, "logs", f"{task}_s{seed}.log")
+        log = open(log_path, "a")
+        wenv = dict(env)
+        if cpus is not None:
+          wenv["LRJAX_COMPARE_CPU"] = str(cpus[slot])
+        p = subprocess.Popen(command(task, seed), stdout=log, stderr=subprocess.STDOUT,
+                             env=wenv, cwd=root)
+        running[p] = (task, seed, slot, time.time(), log)
+        where = f" on cpu {cpus[slot]}" if cpus is not None else ""
+        print(f"[lrjax.compare] worker {task} seed {seed}{where} started; log {log_path}",
+              flush=True)
+      time.sleep(0.5)
+      for p in [p for p in running if p.poll() is not None]:
+        task, seed, slot, start, log = running.pop(p)
+        log.close()
+        free.append(slot)
+        status = "finished" if p.returncode == 0 else f"FAILED (exit {p.returncode})"
+        print(f"[lrjax.compare] worker {task} seed {seed} {status} after "
+              f"{time.time() - start:.0f} s", flush=True)
+        if p.returncode != 0:
+          failed.append(f"{task} seed {seed} (exit {p.returncode}, log "
+                        f"{os.path.join(workdir, 'logs', f'{task}_s{seed}.log')})")
+  except KeyboardInterrupt:
+    stop(signal.SIGINT, None)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  if failed:
+    raise RuntimeError("lrjax.compare: these workers failed: " + "; ".join(failed))
+
+
+def run_group(workdir: str, group: str) -> None:
+  """A worker: one (task, seed) group of the compare config in `workdir`."""
+  import ml_collections
+  cpu = os.environ.get("LRJAX_COMPARE_CPU")
+  if cpu is not None:
+    os.sched_setaffinity(0, {int(cpu)})
+  task, _, seed = group.partition(":")
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  cfg.tasks, cfg.seeds, cfg.jobs = (task,), (int(seed),), 1
+  Compare(cfg, workdir).run(worker=True)
 
 
 def run_in_process(config, workdir: str) -> None:
@@ -337,9 +466,30 @@ def write_markdown(summary: list[dict], rows: list[Row], path: str, command: str
                  f"{_fmt(s['gain'])} | {_fmt(s['wall_s'], 0)} |")
   if missing:
     lines += ["", "Not available (no `configs/<method>.py` yet): " + ", ".join(missing) + "."]
+  walls = [r["wall_s"] for r in _read_log(os.path.dirname(path))
+           if r.get("action") in ("finished", "stopped")]
+  rows_wall = sum(float(r["wall_s"]) for r in (result_of(x) for x in rows if x.kind != "missing")
+                  if not math.isnan(float(r["wall_s"])))
+  if walls:
+    lines += ["", f"Wall time of this compare: {_hms(sum(walls))} over {len(walls)} "
+              f"invocation(s) that trained (`finished` / `stopped` in compare_log.jsonl); the rows' "
+              f"training summed: {_hms(rows_wall)}."]
   lines += ["", "Versions and machine: " + versions(), ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
+
+
+def _hms(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  return f"{m // 60} h {m % 60:02d} min {s:02d} s" if m >= 60 else f"{m} min {s:02d} s"
+
+
+def _read_log(workdir: str) -> list[dict]:
+  try:
+    with open(os.path.join(workdir, "compare_log.jsonl")) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except OSError:
+    return []
 
 
 def versions() -> str:
@@ -380,11 +530,14 @@ def tabulate(rows: list[Row], workdir: str, command: str) -> list[dict]:
   return results
 
 
-def main(argv, cfg, workdir: str) -> None:
+def main(argv, cfg, workdir: str, group: str = "") -> None:
   del argv
   from absl import logging as absl_logging
   if not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
+  if group:
+    run_group(workdir, group)
+    return
   if cfg is None:
     sys.exit("lrjax.compare: --config is required (e.g. --config=configs/compare.py)")
   command = "python -m lrjax.compare " + " ".join(sys.argv[1:])
@@ -398,4 +551,6 @@ if __name__ == "__main__":  # the flags exist only in the command (the module is
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/compare.py",
                                             lock_config=False)
   _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "the compare workdir")
-  app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value))
+  _GROUP = flags.DEFINE_string("group", "", "internal: run one '<task>:<seed>' group as a "
+                               "worker of the compare in --workdir")
+  app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _GROUP.value))

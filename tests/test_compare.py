@@ -46,13 +46,19 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path):
 
   with pytest.raises(Interrupt):
     Compare(cfg, work, runner=interrupting).run()
-  rows = Compare(cfg, work).run()  # resumes
+  assert _log(work)[-1]["action"] == "stopped"
+  cfg.jobs = 2  # resumes in two worker processes, one per seed
+  rows = Compare(cfg, work).run()
   log = _log(work)
+  for seed in (0, 1):  # each worker wrote its own log
+    assert os.path.getsize(os.path.join(work, "logs", f"arith_s{seed}.log")) > 0
   warmups = [r for r in log if r["action"] == "warmup"]
   assert sorted(r["seed"] for r in warmups) == [0, 1]  # one per seed, never retrained
   runs = [(r["method"], r["seed"]) for r in log if r["action"] == "run"]
   # grpo s0 ran once; hrpo s0 was started, interrupted, then run again
-  assert runs == [("grpo", 0), ("hrpo", 0), ("hrpo", 0), ("grpo", 1), ("hrpo", 1)]
+  assert runs[:2] == [("grpo", 0), ("hrpo", 0)]
+  assert sorted(runs[2:]) == [("grpo", 1), ("hrpo", 0), ("hrpo", 1)]
+  assert [r["action"] for r in log].count("finished") == 1 and log[-1]["action"] == "finished"
   reuse = sorted((r["method"], r["seed"]) for r in log if r["action"] == "reuse")
   assert reuse == [("grpo", 0), ("grpo", 1), ("hrpo", 0), ("hrpo", 1)]
   for r in rows:  # both RL methods of a seed start from the same warm-up model
@@ -76,7 +82,7 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path):
     accs = [_last_rl_eval(r.workdir)[1]["eval/accuracy"] for r in rows if r.method == s["method"]]
     assert s["accuracy"][0] == pytest.approx(sum(accs) / len(accs))
   md = open(os.path.join(work, "RESULTS.md")).read()
-  assert "| arith | grpo | 2 |" in md and "jax " in md
+  assert "| arith | grpo | 2 |" in md and "jax " in md and "Wall time of this compare" in md
   for png in ("accuracy_vs_tokens.png", "curves.png"):
     assert os.path.getsize(os.path.join(work, png)) > 1000
 
