@@ -267,6 +267,9 @@ ROWS.extend([
     Row("latent_rl.epochs", positive_int, phases=("value",)),
     Row("latent_rl.batch_size", positive_int, phases=("value",)),
     Row("latent_rl.lr", positive, phases=("value",)),
+    # DLR: R = R_corr + lambda R_fmt is > 0 exactly when the answer is correct
+    Row("dlr.lambda_format", in_unit_interval(True, False), phases=("rl",),
+        when=lambda c: "dlr" in c),
     # evaluation (every phase evaluates) and checkpoints
     Row("eval.num_problems", non_negative_int),
     Row("eval.batch_size", positive_int),

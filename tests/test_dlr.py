@@ -10,6 +10,7 @@ finite differences in float64 to 1e-6; replayed chains 1e-5, replayed logits 1e-
 """
 import hashlib
 import os
+from types import SimpleNamespace
 
 import chex
 import jax
@@ -19,6 +20,7 @@ import pytest
 from jax.scipy import stats
 
 from configs import dlr as dlr_config
+from lrjax import rewards
 from lrjax.latent import OBJECTIVES, RuleContext
 from lrjax.latent import dlr as dlr_rule
 from lrjax.latent.gaussian import contrastive, kl, logpdf, mean_logpdf
@@ -271,6 +273,9 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
   lines = [r for r in read_metrics(work) if r["phase"] == "rl" and "train/grad_norm" in r]
   assert [r["step"] for r in lines] == [1, 2]
   assert all(k in lines[0] for k in ("train/contrastive", "train/chain_kl", "train/sigma_mean"))
+  for r in lines:  # the share correct, read off the dual rewards R in {+-1 +- lambda}
+    assert r["train/correct"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert r["train/reward"] <= r["train/correct"] * 1.5 + (1 - r["train/correct"]) * -0.5 + 1e-6
   e = dlr_config.get_config()
   e.unlock()
   e.mode, e.init, e.rule.assistant, e.rule.num_latent = "eval", work, "mlp", 0
@@ -282,7 +287,17 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
   assert OBJECTIVES.get("dlr").heads == ("assistant", "assistant_start")
 
 
+def test_dual_reward_is_positive_exactly_when_correct():
+  ctx = SimpleNamespace(objective_opt=lambda name, default: 0.5)
+  fn = OBJECTIVES.get("dlr").reward(rewards.hash_exact, ctx)
+  cut = OBJECTIVES.get("dlr").correct_above
+  for text, correct in (("1+1=2 #### 2", True), ("#### 2 #### 2", False), ("1+1=3 #### 3", False),
+                        ("no answer", False)):
+    assert (fn(text, "2") > cut) == correct, text
+
+
 def test_configs_validate_and_gamma_zero_is_a_flag():
+  from lrjax.config_utils import ConfigError
   from lrjax.phases import PHASES
   from lrjax.validate import validate_config
   c = dlr_config.get_config()
@@ -290,6 +305,9 @@ def test_configs_validate_and_gamma_zero_is_a_flag():
   assert c.rl.objective == "dlr" and c.rl.loss == "gspo_clip" and c.rl.beta == 0.0
   c.rl.group_size = 16
   assert c.dlr.group_size == 16  # the contrastive groups follow rl.group_size
+  c.dlr.lambda_format = 1.0  # R > 0 would no longer mean a correct answer
+  with pytest.raises(ConfigError, match=r"config.dlr.lambda_format=1.0 must be in \[0, 1\)"):
+    validate_config(c, PHASES)
   p = dlr_config.get_config("paper")
   assert validate_config(p, PHASES) == ["rl"]
   assert (p.rule.num_latent, p.rl.group_size, p.dlr.beta, p.dlr.gamma) == (32, 64, 0.01, 0.1)

@@ -204,7 +204,8 @@ def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
 
 DLR_OBJECTIVE = OBJECTIVES.register("dlr")(Objective(
     masks=objective_masks, terms=objective_terms, heads=("assistant", "assistant_start"),
-    config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward))
+    config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
+    correct_above=0.0))  # R > 0 exactly when correct (lambda_format < 1, validated)
 
 DLR = RULES.register("dlr")(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,

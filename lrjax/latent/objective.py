@@ -75,7 +75,8 @@ class Objective(NamedTuple):
 
   `init_heads` makes the heads the objective reads when no earlier phase did (DLR's
   assistant); `reward` wraps the task's reward into the one the RL phase trains on
-  (held-out evaluation keeps the task's).
+  (held-out evaluation keeps the task's); a training reward above `correct_above`
+  means a correct answer (`train/correct`, the share of correct rollouts).
 
   `replay_out` is the teacher-forced replay of the trajectory
   (`lrjax.rollout.ReplayOut`: hidden [B, N, H], logits [B, N, V] float32; l_t at
@@ -95,6 +96,7 @@ class Objective(NamedTuple):
   init_heads: Callable[..., dict] | None = None
   # (task_reward_fn, ctx) -> the training reward fn (e.g. DLR's dual reward); None: the task's
   reward: Callable[..., Callable[[str, str], float]] | None = None
+  correct_above: float = 0.5  # the task rewards are 1 (correct) or 0
 
 
 def token_masks(ctx, traj) -> Masks:

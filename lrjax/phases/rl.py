@@ -14,7 +14,8 @@ the same sources on resume and checked against them (`lrjax.phases.resume`).
 A finished phase re-run with more `rl.steps` (and allow_config_mismatch)
 trains on from its last checkpoint.
 
-Metrics (phase "rl"): train/reward, train/kl, train/loss, train/grad_norm (of
+Metrics (phase "rl"): train/reward, train/correct (the share of rollouts with a
+correct answer), train/kl, train/loss, train/grad_norm (of
 the trainable parameters' gradients, before clipping; `rl.param_groups` with lr
 None freezes a group; means over the mini-batches), train/clip_frac,
 train/tokens_per_sec, train/response_tokens, train/latent_steps, the rule's own

@@ -70,7 +70,9 @@ def learn(run, ctx: RuleContext, update: Callable, adv_spec: adv_lib.AdvantageSp
       update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows, rewards,
       jax.numpy.asarray(bool(poison)))
   m, lengths, latent = parallel.fetch((m, traj.lengths, traj.latent_mask))
-  line = {"train/reward": float(r.mean()), "train/kl": float(m["kl_mean"]),
+  line = {"train/reward": float(r.mean()),
+          "train/correct": float((np.asarray(r) > objective_of(ctx).correct_above).mean()),
+          "train/kl": float(m["kl_mean"]),
           "train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
           "train/clip_frac": float(m["clip_frac"]),
           "train/response_tokens": float(lengths.mean()),

@@ -89,11 +89,12 @@ class Run:
   def num_latent(self) -> int:
     """The `hidden` chain length to run: `rule.num_latent`, or with 0 the model's own
     (stored with its export); a non-zero value that differs from the model's wins,
-    with a warning."""
+    with a warning (not for a model trained without latent steps, e.g. the CoT model
+    under DLR's chain)."""
     asked, own = int(self.config.rule.num_latent), self.model_num_latent
     if asked == 0:
       return own or 0
-    if own is not None and own != asked:
+    if own and own != asked:
       msg = (f"config.rule.num_latent={asked} overrides the {own} latent steps the model "
              "was trained with")
       logging.warning(msg)
