@@ -29,7 +29,10 @@ Outputs in the compare workdir:
   method's random init); `wall_s` = the seconds this compare spent training
   the row (an RL row: its RL phase; an SFT row: its warm-up).
 * `RESULTS.md`: means ± standard errors over seeds per (task, method), the
-  command, versions and machine; methods without a config are listed as such.
+  command, versions and machine; methods without a config are listed as such;
+  a training-stability section for the RL rows (`lrjax.compare_stability`).
+* `stability.csv`: per RL run, the spread of `train/correct` over its last 20%
+  of steps and its gradient-norm spikes.
 * `accuracy_vs_tokens.png` and `curves.png` (`lrjax.compare_plots`).
 * `compare_log.jsonl`: one line per action (`warmup`, `run`, `reuse`, and
   `finished` with the wall seconds of an invocation that trained something).
@@ -63,8 +66,8 @@ from dataclasses import dataclass
 from absl import app, flags
 from ml_collections import config_flags
 
-from lrjax import compare_plots
-from lrjax.compare_plots import mean_se  # noqa: F401  (part of this module's API)
+from lrjax import compare_plots, compare_stability
+from lrjax.compare_plots import mean_se
 
 COLUMNS = ("task", "method", "seed", "accuracy", "pass@1", "pass@k", "format_rate",
            "response_tokens", "latent_steps", "gain", "wall_s")
@@ -416,13 +419,13 @@ def result_of(row: Row) -> dict:
   return out
 
 
-def write_csv(results: list[dict], path: str) -> None:
+def write_csv(results: list[dict], path: str, columns: tuple[str, ...] = COLUMNS) -> None:
   import csv
   with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w = csv.DictWriter(f, fieldnames=columns)
     w.writeheader()
     for r in results:
-      w.writerow({k: r[k] for k in COLUMNS})
+      w.writerow({k: r[k] for k in columns})
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -447,7 +450,8 @@ def _fmt(pair: tuple[float, float], digits: int = 3) -> str:
   return f"{m:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
 
 
-def write_markdown(summary: list[dict], rows: list[Row], path: str, command: str) -> None:
+def write_markdown(summary: list[dict], rows: list[Row], path: str, command: str,
+                   extra: tuple[str, ...] = ()) -> None:
   missing = sorted({r.method for r in rows if r.kind == "missing"})
   lines = ["# lrjax compare", "", f"    {command}", "",
            "Means ± standard errors over seeds; greedy accuracy on each task's held-out "
@@ -474,6 +478,7 @@ def write_markdown(summary: list[dict], rows: list[Row], path: str, command: str
     lines += ["", f"Wall time of this compare: {_hms(sum(walls))} over {len(walls)} "
               f"invocation(s) that trained (`finished` / `stopped` in compare_log.jsonl); the rows' "
               f"training summed: {_hms(rows_wall)}."]
+  lines += list(extra)
   lines += ["", "Versions and machine: " + versions(), ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
@@ -519,12 +524,24 @@ def curve_series(rows: list[Row]) -> dict:
   return out
 
 
+def stability_table(rows: list[Row]) -> list[dict]:
+  """`lrjax.compare_stability`'s numbers for every RL row."""
+  from lrjax.metrics import read_metrics
+  return [{"task": r.task, "method": r.method, "seed": r.seed,
+           **compare_stability.stability_of(read_metrics(r.workdir))}
+          for r in rows if r.kind == "rl"]
+
+
 def tabulate(rows: list[Row], workdir: str, command: str) -> list[dict]:
-  """Writes results.csv, RESULTS.md and the two plots; returns the result rows."""
+  """Writes results.csv, stability.csv, RESULTS.md and the two plots; returns the
+  result rows."""
   results = [result_of(r) for r in rows if r.kind != "missing"]
   write_csv(results, os.path.join(workdir, "results.csv"))
+  stable = stability_table(rows)
+  write_csv(stable, os.path.join(workdir, "stability.csv"), compare_stability.COLUMNS)
   summary = summarize(results + [result_of(r) for r in rows if r.kind == "missing"])
-  write_markdown(summary, rows, os.path.join(workdir, "RESULTS.md"), command)
+  write_markdown(summary, rows, os.path.join(workdir, "RESULTS.md"), command,
+                 tuple(compare_stability.markdown(stable, mean_se)) if stable else ())
   compare_plots.accuracy_vs_tokens(summary, os.path.join(workdir, "accuracy_vs_tokens.png"))
   compare_plots.curves(curve_series(rows), os.path.join(workdir, "curves.png"))
   return results

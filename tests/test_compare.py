@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from configs import compare as compare_config
@@ -83,6 +84,11 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path):
     assert s["accuracy"][0] == pytest.approx(sum(accs) / len(accs))
   md = open(os.path.join(work, "RESULTS.md")).read()
   assert "| arith | grpo | 2 |" in md and "jax " in md and "Wall time of this compare" in md
+  assert "## Training stability" in md
+  with open(os.path.join(work, "stability.csv")) as f:
+    stable = list(csv.DictReader(f))
+  assert [(t["method"], int(t["seed"]), int(t["steps"])) for t in stable] == [
+      ("grpo", 0, 2), ("hrpo", 0, 2), ("grpo", 1, 2), ("hrpo", 1, 2)]
   for png in ("accuracy_vs_tokens.png", "curves.png"):
     assert os.path.getsize(os.path.join(work, png)) > 1000
 
@@ -106,3 +112,24 @@ def test_mean_se_and_overrides():
     compare.method_config("grpo", "arith", 0, bad)
   # a method without a config becomes a "not available" row, not an error
   assert not compare.method_available("no_such_method")
+
+
+def test_stability_spikes_and_tail_spread():
+  from lrjax.compare_stability import grad_spikes, stability_of, tail_std
+  rng = np.random.default_rng(0)
+  g = list(1.0 + 0.1 * rng.random(40))
+  g[5] = 50.0  # before 10 earlier steps: not counted
+  g[20] = 10.0  # > 3x the median of the 20 before it
+  g[30] = 3.5  # still > 3x (the median stays ~1.05)
+  g[31] = 2.0  # not
+  want = sum(g[t] > 3 * sorted(g[:t])[(t - 1) // 2] if t % 2 else
+             g[t] > 3 * (sorted(g[:t])[t // 2 - 1] + sorted(g[:t])[t // 2]) / 2
+             for t in range(10, 40))
+  assert grad_spikes(g) == want == 2
+  assert tail_std(list(range(10))) == pytest.approx(math.sqrt(0.5))  # [8, 9]
+  assert math.isnan(tail_std([1.0, 2.0]))  # the last 20% of 2 steps: fewer than 2 values
+  recs = [{"phase": "rl", "step": i + 1, "train/grad_norm": x, "train/correct": i / 40}
+          for i, x in enumerate(g)] + [{"phase": "sft", "step": 1, "train/grad_norm": 99.0}]
+  s = stability_of(recs)
+  assert s["steps"] == 40 and s["grad_spikes"] == 2
+  assert s["correct_std"] == pytest.approx(np.std(np.arange(32, 40) / 40, ddof=1))
