@@ -120,13 +120,20 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None
   """Refuses to resume `workdir` with a config that differs from its stored one.
 
   Raises ConfigMismatchError listing every differing field (ignoring
-  `RESUME_IGNORED`); with `allow_mismatch` logs the same list as a warning.
-  Does nothing when the workdir has no stored config.
+  `RESUME_IGNORED`, and the `rl` section when neither config runs an RL phase:
+  an SFT run, or a compare's shared warm-up, does not read it); with
+  `allow_mismatch` logs the same list as a warning. Does nothing when the
+  workdir has no stored config.
   """
   stored = load_config(workdir)
   if stored is None:
     return
-  diffs = config_mismatch(stored, config, ignore=RESUME_IGNORED)
+  ignore = RESUME_IGNORED
+  modes = [c.get("mode") for c in (stored, to_dict(config))]
+  if all(isinstance(m, str) for m in modes) and not any(
+      "rl" in [p.strip() for p in m.split(",")] for m in modes):
+    ignore = ignore + ("rl",)
+  diffs = config_mismatch(stored, config, ignore=ignore)
   if not diffs:
     return
   listing = "\n  ".join(diffs)

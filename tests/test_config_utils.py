@@ -65,6 +65,21 @@ def test_resume_check(tmp_path):
   cu.check_resume_config(workdir, changed, allow_mismatch=True)  # only a warning
 
 
+def test_resume_check_ignores_rl_fields_of_runs_without_rl(tmp_path):
+  stored = _config()
+  stored.mode = "sft"
+  cu.save_config(str(tmp_path), stored)
+  other = _config(lr=1e-4)  # an SFT run (or a shared warm-up) never reads rl.*
+  other.mode = "sft"
+  cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)
+  other.data.task = "prosqa"  # its own sections still count
+  with pytest.raises(cu.ConfigMismatchError, match="data.task"):
+    cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)
+  other.data.task, other.mode = "arith", "sft,rl"
+  with pytest.raises(cu.ConfigMismatchError, match="rl.lr"):
+    cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)
+
+
 def test_validate_choice():
   c = _config()
   assert cu.validate_choice(c, "data.task", ("arith", "prosqa", "gsm8k")) == "arith"
