@@ -35,7 +35,8 @@ Outputs in the compare workdir:
   of steps and its gradient-norm spikes.
 * `accuracy_vs_tokens.png` and `curves.png` (`lrjax.compare_plots`).
 * `compare_log.jsonl`: one line per action (`warmup`, `run`, `reuse`, and
-  `finished` with the wall seconds of an invocation that trained something).
+  `finished` / `stopped` with the wall seconds of an invocation that trained
+  something).
 
 Parallel workers (`jobs` > 1): the (task, seed) groups are independent (their
 warm-ups are shared only within the group), so each group runs in its own
@@ -472,16 +473,25 @@ def write_markdown(summary: list[dict], rows: list[Row], path: str, command: str
     lines += ["", "Not available (no `configs/<method>.py` yet): " + ", ".join(missing) + "."]
   walls = [r["wall_s"] for r in _read_log(os.path.dirname(path))
            if r.get("action") in ("finished", "stopped")]
-  rows_wall = sum(float(r["wall_s"]) for r in (result_of(x) for x in rows if x.kind != "missing")
-                  if not math.isnan(float(r["wall_s"])))
   if walls:
     lines += ["", f"Wall time of this compare: {_hms(sum(walls))} over {len(walls)} "
-              f"invocation(s) that trained (`finished` / `stopped` in compare_log.jsonl); the rows' "
-              f"training summed: {_hms(rows_wall)}."]
+              "invocation(s) that trained (`finished` / `stopped` in compare_log.jsonl); "
+              f"every warm-up and run's training summed: "
+              f"{_hms(training_seconds(os.path.dirname(path)))}."]
   lines += list(extra)
   lines += ["", "Versions and machine: " + versions(), ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
+
+
+def training_seconds(workdir: str) -> float:
+  """The wall seconds recorded by every warm-up and run under `workdir` (their
+  `compare_wall.json`), shared warm-ups that are no row of their own included."""
+  total = 0.0
+  for folder, _, files in os.walk(workdir):
+    if WALL_FILE in files:
+      total += float(_read_json(os.path.join(folder, WALL_FILE)).get("wall_s", 0.0))
+  return total
 
 
 def _hms(seconds: float) -> str:
