@@ -260,6 +260,10 @@ class Compare:
 CONFIG_FILE = "compare_config.json"
 
 
+class WorkerFailed(RuntimeError):
+  """A (task, seed) worker exited with an error (its log names it)."""
+
+
 def group_weight(cfg, task: str) -> int:
   """Sorts groups longest first: the number of methods the task runs."""
   per_task = cfg.task_methods.get(task) if "task_methods" in cfg else None
@@ -280,8 +284,8 @@ def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int,
   """Runs each (task, seed) group in a worker process, at most `jobs` at a time.
 
   `command(task, seed)` gives a worker's argv (default: this module with
-  `--group`). Raises RuntimeError naming the groups whose worker failed, after the
-  others finished."""
+  `--group`). Raises WorkerFailed naming the groups whose worker failed, after
+  the others finished."""
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(cfg.to_json(indent=2))
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
@@ -337,7 +341,8 @@ def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int,
   finally:
     signal.signal(signal.SIGTERM, previous)
   if failed:
-    raise RuntimeError("lrjax.compare: these workers failed: " + "; ".join(failed))
+    raise WorkerFailed("lrjax.compare: these workers failed: " + "; ".join(failed) +
+                       "; re-run the same command to retry them")
 
 
 def run_group(workdir: str, group: str) -> None:
@@ -568,7 +573,10 @@ def main(argv, cfg, workdir: str, group: str = "") -> None:
   if cfg is None:
     sys.exit("lrjax.compare: --config is required (e.g. --config=configs/compare.py)")
   command = "python -m lrjax.compare " + " ".join(sys.argv[1:])
-  rows = Compare(cfg, workdir).run()
+  try:
+    rows = Compare(cfg, workdir).run()
+  except WorkerFailed as e:
+    sys.exit(str(e))
   tabulate(rows, workdir, command)
   with open(os.path.join(workdir, "RESULTS.md")) as f:
     print(f.read(), flush=True)
