@@ -279,18 +279,13 @@ def worker_cpus(jobs: int) -> list[int] | None:
   return cpus[:jobs] if len(cpus) >= jobs else None
 
 
-def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int,
-                command=None) -> None:
-  """Runs each (task, seed) group in a worker process, at most `jobs` at a time.
-
-  `command(task, seed)` gives a worker's argv (default: this module with
-  `--group`). Raises WorkerFailed naming the groups whose worker failed, after
+def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int) -> None:
+  """Runs each (task, seed) group in a worker process (this module with `--group`),
+  at most `jobs` at a time. Raises WorkerFailed naming the groups whose worker failed, after
   the others finished."""
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(cfg.to_json(indent=2))
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-  command = command or (lambda task, seed: [
-      sys.executable, "-m", "lrjax.compare", f"--workdir={workdir}", f"--group={task}:{seed}"])
   pending = sorted(groups, key=lambda g: -group_weight(cfg, g[0]))
   cpus = worker_cpus(jobs)
   free = list(range(jobs))
@@ -319,8 +314,9 @@ def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int,
         wenv = dict(env)
         if cpus is not None:
           wenv["LRJAX_COMPARE_CPU"] = str(cpus[slot])
-        p = subprocess.Popen(command(task, seed), stdout=log, stderr=subprocess.STDOUT,
-                             env=wenv, cwd=root)
+        argv = [sys.executable, "-m", "lrjax.compare", f"--workdir={workdir}",
+                f"--group={task}:{seed}"]
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=wenv, cwd=root)
         running[p] = (task, seed, slot, time.time(), log)
         where = f" on cpu {cpus[slot]}" if cpus is not None else ""
         print(f"[lrjax.compare] worker {task} seed {seed}{where} started; log {log_path}",
