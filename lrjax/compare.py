@@ -165,6 +165,7 @@ class Compare:
   def __init__(self, cfg, workdir: str, runner=None):
     self.cfg, self.workdir = cfg, workdir
     self.runner = runner or run_in_process
+    self.planning = False  # True: train() raises _Unfinished instead of training
     os.makedirs(workdir, exist_ok=True)
 
   # ------------------------------------------------------------------ bookkeeping
@@ -182,6 +183,8 @@ class Compare:
     last = phases_of(config)[-1]
     if os.path.exists(os.path.join(workdir, last, "DONE")):
       return
+    if self.planning:
+      raise _Unfinished
     self.log(action=action, task=task, method=method, seed=seed, workdir=workdir)
     print(f"[lrjax.compare] {action}: {task} seed {seed} {method} -> {workdir}", flush=True)
     wall_path = os.path.join(workdir, WALL_FILE)
@@ -238,8 +241,9 @@ class Compare:
     a worker leaves that to its parent."""
     t0, logged, done = time.time(), self._log_length(), False
     try:
-      if int(self.cfg.get("jobs", 1)) > 1 and len(self.groups()) > 1:
-        run_workers(self.cfg, self.workdir, self.groups(), int(self.cfg.jobs))
+      unfinished = [g for g in self.groups() if not self.finished(*g)]
+      if int(self.cfg.get("jobs", 1)) > 1 and len(unfinished) > 1:
+        run_workers(self.cfg, self.workdir, unfinished, int(self.cfg.jobs))
       rows = []
       for task, seed in self.groups():  # after workers: finds every run finished
         rows.extend(self.run_task_seed(task, seed))
@@ -248,6 +252,17 @@ class Compare:
       if not worker and self._log_length() > logged:
         self.log(action="finished" if done else "stopped", wall_s=time.time() - t0)
     return rows
+
+  def finished(self, task: str, seed: int) -> bool:
+    """Whether every run of the group is done (a dry pass: nothing trains)."""
+    self.planning = True
+    try:
+      self.run_task_seed(task, seed)
+      return True
+    except _Unfinished:
+      return False
+    finally:
+      self.planning = False
 
   def _log_length(self) -> int:
     try:
@@ -258,6 +273,10 @@ class Compare:
 
 
 CONFIG_FILE = "compare_config.json"
+
+
+class _Unfinished(Exception):
+  """A dry pass (`Compare.finished`) met a run that would train."""
 
 
 class WorkerFailed(RuntimeError):

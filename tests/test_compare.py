@@ -31,7 +31,7 @@ def _last_rl_eval(workdir):
   return evals[0], evals[-1]
 
 
-def test_smoke_compare_table_sharing_and_resume(tmp_path):
+def test_smoke_compare_table_sharing_and_resume(tmp_path, monkeypatch):
   cfg = compare_config.get_config("smoke")
   cfg.overrides["all"] = tuple(cfg.overrides["all"]) + (  # smaller still: compile-bound
       "sft.steps=8", "sft.eval_every=8", "checkpoint.every=8", "rl.max_new=32",
@@ -93,6 +93,8 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path):
     assert os.path.getsize(os.path.join(work, png)) > 1000
 
   before = len(_log(work))
+  monkeypatch.setattr(compare, "run_workers",  # finished: not even a worker starts
+                      lambda *a: pytest.fail("a finished compare started workers"))
   again = Compare(cfg, work).run()  # finished: trains nothing, same table
   assert len(_log(work)) == before
   tabulate(again, work, "python -m lrjax.compare --config=configs/compare.py:smoke")
