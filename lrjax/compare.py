@@ -38,14 +38,17 @@ Outputs in the compare workdir:
   `finished` / `stopped` with the wall seconds of an invocation that trained
   something).
 
-Parallel workers (`jobs` > 1): the (task, seed) groups are independent (their
-warm-ups are shared only within the group), so each group runs in its own
-worker process, `python -m lrjax.compare --workdir=W --group=<task>:<seed>`,
-reading the compare config the parent wrote to `W/compare_config.json`; at
-most `jobs` at a time, longest groups first, each pinned to one CPU core when
-there are at least `jobs` cores (an RL rollout keeps about one core busy, so two
-pinned workers on 2 cores train ~1.3x faster than one run after another).
-Their output goes to `W/logs/<task>_s<seed>.log`. The parent then tabulates
+Parallel workers (`jobs` > 1): the methods of one task and seed that share a
+warm-up form a unit (`Compare.units`: e.g. CoT-SFT, the control, token GRPO,
+HRPO, LEPO and Latent-GRPO on the CoT warm-up; LatR GRPO and Latent RL on the
+LatR model; Coconut alone), and units are independent, so each runs in its own
+worker process, `python -m lrjax.compare --workdir=W
+--group=<task>:<seed>:<method>,...`, reading the compare config the parent
+wrote to `W/compare_config.json`; at most `jobs` at a time, largest units
+first, each pinned to one CPU core when there are at least `jobs` cores (an RL
+rollout keeps about one core busy, so two pinned workers on 2 cores train ~1.3x
+faster than one run after another). Their output goes to
+`W/logs/<task>_s<seed>_<methods>.log`. The parent then tabulates
 (the in-process pass that follows finds every run finished). SIGTERM or Ctrl-C
 in the parent is passed to the workers, which save a checkpoint and stop.
 """
@@ -159,6 +162,22 @@ class Row:
   start_step: int | None = None  # the control: the warm-up's last step
 
 
+@dataclass(frozen=True)
+class Unit:
+  """Methods of one task and seed that share a warm-up: one worker's work."""
+  task: str
+  seed: int
+  methods: tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    return f"{self.task}_s{self.seed}_{'+'.join(self.methods)}"
+
+  @property
+  def flag(self) -> str:
+    return f"{self.task}:{self.seed}:{','.join(self.methods)}"
+
+
 class Compare:
   """Runs and tabulates one compare config in `workdir`."""
 
@@ -206,9 +225,13 @@ class Compare:
     self.train(w, path, "warmup", task, method, seed)
     return path
 
-  def run_task_seed(self, task: str, seed: int) -> list[Row]:
+  def run_task_seed(self, task: str, seed: int, only: tuple[str, ...] | None = None) -> list[Row]:
+    """The rows of one task and seed (of the methods in `only`, if given), training
+    what is missing."""
     rows = []
     for stem in self.methods_for(task):
+      if only is not None and stem not in only:
+        continue
       if not method_available(stem):
         rows.append(Row(task, stem, seed, "missing", None))
         continue
@@ -232,8 +255,31 @@ class Compare:
         rows.append(Row(task, stem, seed, kind, path, "rl"))
     return rows
 
+  def seeds_for(self, task: str) -> tuple[int, ...]:
+    per_task = self.cfg.task_seeds.get(task) if "task_seeds" in self.cfg else None
+    return tuple(int(s) for s in (per_task if per_task else self.cfg.seeds))
+
   def groups(self) -> list[tuple[str, int]]:
-    return [(task, int(seed)) for task in self.cfg.tasks for seed in self.cfg.seeds]
+    return [(task, seed) for task in self.cfg.tasks for seed in self.seeds_for(task)]
+
+  def units(self) -> list[Unit]:
+    """The independent pieces of work: per (task, seed), the methods that share a
+    warm-up (the continued-SFT control goes with the CoT warm-up it continues; a
+    method without an SFT phase is a unit of its own)."""
+    out = []
+    for task, seed in self.groups():
+      by_key: dict[str, list[str]] = {}
+      for stem in self.methods_for(task):
+        if not method_available(stem):
+          continue
+        c = method_config(stem, task, seed, self.cfg)
+        if kind_of(stem, c) == "control":
+          key = warmup_key(method_config("sft", task, seed, self.cfg))
+        else:
+          key = warmup_key(c) if "sft" in phases_of(c) else stem
+        by_key.setdefault(key, []).append(stem)
+      out += [Unit(task, seed, tuple(m)) for m in by_key.values()]
+    return out
 
   def run(self, worker: bool = False) -> list[Row]:
     """Trains what is missing and returns the rows. The invocation's wall seconds are
@@ -241,9 +287,10 @@ class Compare:
     a worker leaves that to its parent."""
     t0, logged, done = time.time(), self._log_length(), False
     try:
-      unfinished = [g for g in self.groups() if not self.finished(*g)]
-      if int(self.cfg.get("jobs", 1)) > 1 and len(unfinished) > 1:
-        run_workers(self.cfg, self.workdir, unfinished, int(self.cfg.jobs))
+      if int(self.cfg.get("jobs", 1)) > 1:
+        unfinished = [u for u in self.units() if not self.finished(u)]
+        if len(unfinished) > 1:
+          run_workers(self.cfg, self.workdir, unfinished, int(self.cfg.jobs))
       rows = []
       for task, seed in self.groups():  # after workers: finds every run finished
         rows.extend(self.run_task_seed(task, seed))
@@ -253,11 +300,11 @@ class Compare:
         self.log(action="finished" if done else "stopped", wall_s=time.time() - t0)
     return rows
 
-  def finished(self, task: str, seed: int) -> bool:
-    """Whether every run of the group is done (a dry pass: nothing trains)."""
+  def finished(self, unit: Unit) -> bool:
+    """Whether every run of the unit is done (a dry pass: nothing trains)."""
     self.planning = True
     try:
-      self.run_task_seed(task, seed)
+      self.run_task_seed(unit.task, unit.seed, unit.methods)
       return True
     except _Unfinished:
       return False
@@ -283,10 +330,9 @@ class WorkerFailed(RuntimeError):
   """A (task, seed) worker exited with an error (its log names it)."""
 
 
-def group_weight(cfg, task: str) -> int:
-  """Sorts groups longest first: the number of methods the task runs."""
-  per_task = cfg.task_methods.get(task) if "task_methods" in cfg else None
-  return len(per_task if per_task else cfg.methods)
+def unit_weight(unit: Unit) -> int:
+  """Sorts units longest first: the number of methods (each trains a phase of its own)."""
+  return len(unit.methods)
 
 
 def worker_cpus(jobs: int) -> list[int] | None:
@@ -298,17 +344,17 @@ def worker_cpus(jobs: int) -> list[int] | None:
   return cpus[:jobs] if len(cpus) >= jobs else None
 
 
-def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int) -> None:
-  """Runs each (task, seed) group in a worker process (this module with `--group`),
-  at most `jobs` at a time. Raises WorkerFailed naming the groups whose worker failed, after
-  the others finished."""
+def run_workers(cfg, workdir: str, units: list[Unit], jobs: int) -> None:
+  """Runs each unit in a worker process (this module with `--group`), at most `jobs`
+  at a time, longest first. Raises WorkerFailed naming the units whose worker
+  failed, after the others finished."""
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(cfg.to_json(indent=2))
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-  pending = sorted(groups, key=lambda g: -group_weight(cfg, g[0]))
+  pending = sorted(units, key=lambda u: -unit_weight(u))  # stable: task, seed order kept
   cpus = worker_cpus(jobs)
   free = list(range(jobs))
-  running: dict = {}  # Popen -> (task, seed, slot, start, log file)
+  running: dict = {}  # Popen -> (unit, slot, start, log file)
   failed = []
   root = os.path.dirname(_configs_dir())
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -326,31 +372,29 @@ def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int) -> 
   try:
     while pending or running:
       while pending and free:
-        task, seed = pending.pop(0)
-        slot = free.pop(0)
-        log_path = os.path.join(workdir, "logs", f"{task}_s{seed}.log")
+        unit, slot = pending.pop(0), free.pop(0)
+        log_path = os.path.join(workdir, "logs", f"{unit.name}.log")
         log = open(log_path, "a")
         wenv = dict(env)
         if cpus is not None:
           wenv["LRJAX_COMPARE_CPU"] = str(cpus[slot])
         argv = [sys.executable, "-m", "lrjax.compare", f"--workdir={workdir}",
-                f"--group={task}:{seed}"]
+                f"--group={unit.flag}"]
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=wenv, cwd=root)
-        running[p] = (task, seed, slot, time.time(), log)
+        running[p] = (unit, slot, time.time(), log)
         where = f" on cpu {cpus[slot]}" if cpus is not None else ""
-        print(f"[lrjax.compare] worker {task} seed {seed}{where} started; log {log_path}",
-              flush=True)
+        print(f"[lrjax.compare] worker {unit.name}{where} started; log {log_path}", flush=True)
       time.sleep(0.5)
       for p in [p for p in running if p.poll() is not None]:
-        task, seed, slot, start, log = running.pop(p)
+        unit, slot, start, log = running.pop(p)
         log.close()
         free.append(slot)
         status = "finished" if p.returncode == 0 else f"FAILED (exit {p.returncode})"
-        print(f"[lrjax.compare] worker {task} seed {seed} {status} after "
-              f"{time.time() - start:.0f} s", flush=True)
+        print(f"[lrjax.compare] worker {unit.name} {status} after {time.time() - start:.0f} s",
+              flush=True)
         if p.returncode != 0:
-          failed.append(f"{task} seed {seed} (exit {p.returncode}, log "
-                        f"{os.path.join(workdir, 'logs', f'{task}_s{seed}.log')})")
+          failed.append(f"{unit.name} (exit {p.returncode}, log "
+                        f"{os.path.join(workdir, 'logs', unit.name + '.log')})")
   except KeyboardInterrupt:
     stop(signal.SIGINT, None)
   finally:
@@ -361,16 +405,18 @@ def run_workers(cfg, workdir: str, groups: list[tuple[str, int]], jobs: int) -> 
 
 
 def run_group(workdir: str, group: str) -> None:
-  """A worker: one (task, seed) group of the compare config in `workdir`."""
+  """A worker: one unit ('<task>:<seed>:<method>,<method>...') of the compare config
+  in `workdir`."""
   import ml_collections
   cpu = os.environ.get("LRJAX_COMPARE_CPU")
   if cpu is not None:
     os.sched_setaffinity(0, {int(cpu)})
-  task, _, seed = group.partition(":")
+  task, seed, methods = group.split(":")
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   cfg.tasks, cfg.seeds, cfg.jobs = (task,), (int(seed),), 1
-  Compare(cfg, workdir).run(worker=True)
+  cfg.task_seeds = ml_collections.ConfigDict()
+  Compare(cfg, workdir).run_task_seed(task, int(seed), tuple(methods.split(",")))
 
 
 def run_in_process(config, workdir: str) -> None:
@@ -601,6 +647,6 @@ if __name__ == "__main__":  # the flags exist only in the command (the module is
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/compare.py",
                                             lock_config=False)
   _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "the compare workdir")
-  _GROUP = flags.DEFINE_string("group", "", "internal: run one '<task>:<seed>' group as a "
+  _GROUP = flags.DEFINE_string("group", "", "internal: run one '<task>:<seed>:<methods>' unit as a "
                                "worker of the compare in --workdir")
   app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value, _GROUP.value))

@@ -48,11 +48,11 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path, monkeypatch):
   with pytest.raises(Interrupt):
     Compare(cfg, work, runner=interrupting).run()
   assert _log(work)[-1]["action"] == "stopped"
-  cfg.jobs = 2  # resumes in two worker processes, one per seed
+  cfg.jobs = 2  # resumes in two worker processes, one per seed (grpo + hrpo share a warm-up)
   rows = Compare(cfg, work).run()
   log = _log(work)
-  for seed in (0, 1):  # each worker wrote its own log
-    assert os.path.getsize(os.path.join(work, "logs", f"arith_s{seed}.log")) > 0
+  assert sorted(os.listdir(os.path.join(work, "logs"))) == [
+      "arith_s0_grpo+hrpo.log", "arith_s1_grpo+hrpo.log"]
   warmups = [r for r in log if r["action"] == "warmup"]
   assert sorted(r["seed"] for r in warmups) == [0, 1]  # one per seed, never retrained
   runs = [(r["method"], r["seed"]) for r in log if r["action"] == "run"]
@@ -135,3 +135,14 @@ def test_stability_spikes_and_tail_spread():
   s = stability_of(recs)
   assert s["steps"] == 40 and s["grad_spikes"] == 2
   assert s["correct_std"] == pytest.approx(np.std(np.arange(32, 40) / 40, ddof=1))
+
+
+def test_units_group_the_methods_that_share_a_warm_up(tmp_path):
+  units = Compare(compare_config.get_config(), str(tmp_path)).units()
+  arith0 = [u.methods for u in units if u.task == "arith" and u.seed == 0]
+  assert arith0 == [("sft", "sft_control", "grpo", "hrpo", "lepo", "latent_grpo"), ("nocot",),
+                    ("coconut",), ("latr", "latent_rl"), ("dlr",)]
+  assert [u.methods for u in units if u.task == "prosqa" and u.seed == 1] == [
+      ("sft",), ("coconut",), ("latr_sft",)]
+  assert len(units) == 3 * 5 + 2 * 3  # prosqa: 2 seeds
+  assert units[0].flag == "arith:0:sft,sft_control,grpo,hrpo,lepo,latent_grpo"
