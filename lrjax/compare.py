@@ -590,13 +590,13 @@ def versions() -> str:
 
 
 def curve_series(rows: list[Row]) -> dict:
-  """{task: {method: {rl step: [accuracy per seed]}}} of the RL rows."""
+  """{task: {method: {seed: {rl step: accuracy}}}} of the RL rows."""
   out: dict = {}
   for r in rows:
     if r.kind == "rl":
-      by_step = out.setdefault(r.task, {}).setdefault(r.method, {})
+      by_step = out.setdefault(r.task, {}).setdefault(r.method, {}).setdefault(r.seed, {})
       for e in evals_of(r):
-        by_step.setdefault(int(e["step"]), []).append(float(e["eval/accuracy"]))
+        by_step[int(e["step"])] = float(e["eval/accuracy"])
   return out
 
 

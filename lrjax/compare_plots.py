@@ -4,7 +4,8 @@
   its mean response length (positions, latent ones included), error bars of one
   standard error both ways, one marker per (task, method).
 * `curves(series, path)`: held-out accuracy against RL step per RL method (mean over
-  seeds, a band of ± one standard error), one panel per task.
+  seeds, a band of ± one standard error) and, beside it, each seed's gain over its
+  own RL step 0; one row per task.
 
 `mean_se` is the mean ± standard error both use (and `lrjax.compare`'s table).
 """
@@ -20,53 +21,77 @@ def _plt():
   return plt
 
 
+MARKERS = "osD^v<>pPX*hd"
+
+
 def accuracy_vs_tokens(summary: list[dict], path: str) -> None:
+  """One row per task: every method (left) and, zoomed, the methods whose response
+  length is within 10% of the most accurate one's (right; where the RL methods
+  cluster), each point its mean ± 1 s.e. both ways."""
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(7, 5))
+  points: dict[str, list[tuple]] = {}
   for s in summary:
     (acc, acc_se), (tok, tok_se) = s["accuracy"], s["response_tokens"]
-    if math.isnan(acc) or math.isnan(tok):
-      continue
-    ax.errorbar(tok, acc, xerr=0 if math.isnan(tok_se) else tok_se,
-                yerr=0 if math.isnan(acc_se) else acc_se, fmt="o", capsize=3,
-                label=f"{s['method']} ({s['task']})")
-    ax.annotate(s["method"], (tok, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
-  ax.set_xlabel("response positions (mean)")
-  ax.set_ylabel("held-out greedy accuracy (mean)")
-  ax.set_title("accuracy against response length (± 1 s.e. over seeds)")
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=7, loc="best")
+    if not (math.isnan(acc) or math.isnan(tok)):
+      points.setdefault(s["task"], []).append(
+          (s["method"], tok, 0.0 if math.isnan(tok_se) else tok_se, acc,
+           0.0 if math.isnan(acc_se) else acc_se))
+  tasks = sorted(points) or [""]
+  fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.5 * len(tasks)), squeeze=False)
+  for (ax_all, ax_zoom), task in zip(axes, tasks):
+    pts = points.get(task, [])
+    best_tok = max(pts, key=lambda p: p[3])[1] if pts else 0.0
+    for i, (m, tok, tok_se, acc, acc_se) in enumerate(pts):
+      style = dict(fmt=MARKERS[i % len(MARKERS)], capsize=3, color=f"C{i % 10}", label=m)
+      ax_all.errorbar(tok, acc, xerr=tok_se, yerr=acc_se, **style)
+      ax_all.annotate(m, (tok, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+      if abs(tok - best_tok) <= 0.1 * max(best_tok, 1e-9):
+        ax_zoom.errorbar(tok, acc, xerr=tok_se, yerr=acc_se, **style)
+    ax_all.set_title(f"{task}: accuracy against response length (± 1 s.e. over seeds)")
+    ax_zoom.set_title(f"{task}: zoom near the most accurate method's length")
+    for ax in (ax_all, ax_zoom):
+      ax.set_xlabel("response positions (mean; latent ones included)")
+      ax.set_ylabel("held-out greedy accuracy (mean)")
+      ax.grid(alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
 def curves(series: dict, path: str) -> None:
-  """series: {task: {method: {rl step: [held-out accuracy of each seed]}}}."""
+  """series: {task: {method: {seed: {rl step: held-out accuracy}}}}. One row per task:
+  the accuracy (left: mean ± 1 s.e. over seeds) and each seed's gain over its own
+  RL step 0 (right: paired, so the spread between seeds' starting models drops out)."""
   plt = _plt()
-  tasks = sorted(series)
-  fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(6 * max(len(tasks), 1), 4.5),
-                           squeeze=False)
-  for ax, task in zip(axes[0], tasks):
-    for m, by_step in sorted(series[task].items()):
-      steps = sorted(by_step)
+  tasks = sorted(series) or [""]
+  fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.5 * len(tasks)), squeeze=False)
+  for (ax_acc, ax_gain), task in zip(axes, tasks):
+    for i, (m, by_seed) in enumerate(sorted(series.get(task, {}).items())):
+      steps = sorted({st for runs in by_seed.values() for st in runs})
       if not steps:
         continue
-      stats = [mean_se(by_step[s]) for s in steps]
-      mean = [a for a, _ in stats]
-      se = [0.0 if math.isnan(b) else b for _, b in stats]
-      ax.plot(steps, mean, marker="o", label=m)
-      ax.fill_between(steps, [a - b for a, b in zip(mean, se)],
-                      [a + b for a, b in zip(mean, se)], alpha=0.2)
-    ax.set_title(f"{task}: held-out accuracy during RL (mean ± 1 s.e.)")
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("greedy accuracy")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
+      acc = [mean_se([r[st] for r in by_seed.values() if st in r]) for st in steps]
+      gain = [mean_se([r[st] - r[min(r)] for r in by_seed.values() if st in r]) for st in steps]
+      for ax, stats in ((ax_acc, acc), (ax_gain, gain)):
+        mean = [a for a, _ in stats]
+        se = [0.0 if math.isnan(b) else b for _, b in stats]
+        ax.plot(steps, mean, marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=m)
+        ax.fill_between(steps, [a - b for a, b in zip(mean, se)],
+                        [a + b for a, b in zip(mean, se)], color=f"C{i % 10}", alpha=0.15)
+    ax_acc.set_title(f"{task}: held-out accuracy during RL (mean ± 1 s.e.)")
+    ax_acc.set_ylabel("greedy accuracy")
+    ax_gain.set_title(f"{task}: gain over each run's RL step 0 (mean ± 1 s.e.)")
+    ax_gain.set_ylabel("greedy accuracy − RL step 0's")
+    ax_gain.axhline(0.0, color="k", lw=0.8)
+    for ax in (ax_acc, ax_gain):
+      ax.set_xlabel("RL step")
+      ax.grid(alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
