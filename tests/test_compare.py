@@ -142,7 +142,7 @@ def test_units_group_the_methods_that_share_a_warm_up(tmp_path):
   arith0 = [u.methods for u in units if u.task == "arith" and u.seed == 0]
   assert arith0 == [("sft", "sft_control", "grpo", "hrpo", "lepo", "latent_grpo"), ("nocot",),
                     ("coconut",), ("latr", "latent_rl"), ("dlr",)]
-  assert [u.methods for u in units if u.task == "prosqa" and u.seed == 1] == [
+  assert [u.methods for u in units if u.task == "prosqa"] == [
       ("sft",), ("coconut",), ("latr_sft",)]
-  assert len(units) == 3 * 5 + 2 * 3  # prosqa: 2 seeds
+  assert len(units) == 3 * 5 + 3  # prosqa: seed 0 only
   assert units[0].flag == "arith:0:sft,sft_control,grpo,hrpo,lepo,latent_grpo"
