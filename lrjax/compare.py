@@ -281,10 +281,9 @@ class Compare:
       out += [Unit(task, seed, tuple(m)) for m in by_key.values()]
     return out
 
-  def run(self, worker: bool = False) -> list[Row]:
+  def run(self) -> list[Row]:
     """Trains what is missing and returns the rows. The invocation's wall seconds are
-    logged (`finished`, or `stopped` when interrupted) when it trained something;
-    a worker leaves that to its parent."""
+    logged (`finished`, or `stopped` when interrupted) when it trained something."""
     t0, logged, done = time.time(), self._log_length(), False
     try:
       if int(self.cfg.get("jobs", 1)) > 1:
@@ -296,12 +295,13 @@ class Compare:
         rows.extend(self.run_task_seed(task, seed))
       done = True
     finally:
-      if not worker and self._log_length() > logged:
+      if self._log_length() > logged:
         self.log(action="finished" if done else "stopped", wall_s=time.time() - t0)
     return rows
 
   def finished(self, unit: Unit) -> bool:
-    """Whether every run of the unit is done (a dry pass: nothing trains)."""
+    """Whether every run of the unit is done (a dry pass: nothing trains; a finished
+    warm-up may be copied into an RL run's folder, as the real pass would)."""
     self.planning = True
     try:
       self.run_task_seed(unit.task, unit.seed, unit.methods)
