@@ -72,6 +72,7 @@ from ml_collections import config_flags
 
 from lrjax import compare_plots, compare_stability
 from lrjax.compare_plots import mean_se
+from lrjax.config_utils import mode_phases
 
 COLUMNS = ("task", "method", "seed", "accuracy", "pass@1", "pass@k", "format_rate",
            "response_tokens", "latent_steps", "gain", "wall_s")
@@ -132,7 +133,7 @@ def method_config(stem: str, task: str, seed: int, compare_cfg):
 
 
 def phases_of(config) -> list[str]:
-  return [p.strip() for p in config.mode.split(",") if p.strip()]
+  return mode_phases(config.mode)
 
 
 def kind_of(stem: str, config) -> str:
@@ -312,11 +313,7 @@ class Compare:
       self.planning = False
 
   def _log_length(self) -> int:
-    try:
-      with open(os.path.join(self.workdir, "compare_log.jsonl")) as f:
-        return sum(1 for _ in f)
-    except OSError:
-      return 0
+    return len(_read_log(self.workdir))
 
 
 CONFIG_FILE = "compare_config.json"
@@ -328,11 +325,6 @@ class _Unfinished(Exception):
 
 class WorkerFailed(RuntimeError):
   """A (task, seed) worker exited with an error (its log names it)."""
-
-
-def unit_weight(unit: Unit) -> int:
-  """Sorts units longest first: the number of methods (each trains a phase of its own)."""
-  return len(unit.methods)
 
 
 def worker_cpus(jobs: int) -> list[int] | None:
@@ -351,7 +343,8 @@ def run_workers(cfg, workdir: str, units: list[Unit], jobs: int) -> None:
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(cfg.to_json(indent=2))
   os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-  pending = sorted(units, key=lambda u: -unit_weight(u))  # stable: task, seed order kept
+  # largest first (each method trains a phase of its own); stable: task, seed order kept
+  pending = sorted(units, key=lambda u: -len(u.methods))
   cpus = worker_cpus(jobs)
   free = list(range(jobs))
   running: dict = {}  # Popen -> (unit, slot, start, log file)
@@ -617,7 +610,7 @@ def tabulate(rows: list[Row], workdir: str, command: str) -> list[dict]:
   write_csv(stable, os.path.join(workdir, "stability.csv"), compare_stability.COLUMNS)
   summary = summarize(results + [result_of(r) for r in rows if r.kind == "missing"])
   write_markdown(summary, rows, os.path.join(workdir, "RESULTS.md"), command,
-                 tuple(compare_stability.markdown(stable, mean_se)) if stable else ())
+                 tuple(compare_stability.markdown(stable, _fmt)) if stable else ())
   compare_plots.accuracy_vs_tokens(summary, os.path.join(workdir, "accuracy_vs_tokens.png"))
   compare_plots.curves(curve_series(rows), os.path.join(workdir, "curves.png"))
   return results

@@ -34,7 +34,7 @@ def grad_spikes(norms, factor: float = SPIKE_FACTOR, min_history: int = MIN_HIST
 def tail_std(values, tail: float = TAIL) -> float:
   """The sample standard deviation of the last `tail` share of `values` (NaN below 2)."""
   v = [float(x) for x in values if x is not None]
-  last = v[len(v) - max(int(round(tail * len(v))), 0):] if v else []
+  last = v[len(v) - int(round(tail * len(v))):]
   return float(np.std(last, ddof=1)) if len(last) >= 2 else math.nan
 
 
@@ -42,16 +42,18 @@ def stability_of(records: list[dict]) -> dict:
   """The two numbers (and the step count, the median norm) of one run's RL lines."""
   lines = sorted((r for r in records if r.get("phase") == "rl" and "train/grad_norm" in r),
                  key=lambda r: r["step"])
-  norms = [r["train/grad_norm"] for r in lines]
+  finite = [float(r["train/grad_norm"]) for r in lines if r["train/grad_norm"] is not None
+            and math.isfinite(float(r["train/grad_norm"]))]
   correct = [r["train/correct"] for r in lines if "train/correct" in r]
-  finite = [float(x) for x in norms if x is not None and math.isfinite(float(x))]
   return {"steps": len(lines), "correct_std": tail_std(correct),
-          "grad_spikes": grad_spikes(norms) if lines else math.nan,
+          "grad_spikes": grad_spikes(finite) if lines else math.nan,
           "grad_norm_median": float(np.median(finite)) if finite else math.nan}
 
 
-def markdown(table: list[dict], mean_se) -> list[str]:
-  """RESULTS.md lines: mean ± s.e. over seeds per (task, method)."""
+def markdown(table: list[dict], fmt) -> list[str]:
+  """RESULTS.md lines: mean ± s.e. over seeds per (task, method); `fmt((mean, se),
+  digits)` writes a cell (`lrjax.compare`'s, so both tables read alike)."""
+  from lrjax.compare_plots import mean_se
   groups: dict[tuple[str, str], list[dict]] = {}
   for r in table:
     groups.setdefault((r["task"], r["method"]), []).append(r)
@@ -63,10 +65,7 @@ def markdown(table: list[dict], mean_se) -> list[str]:
          "| task | method | seeds | correct std, last 20% | grad-norm spikes | median grad norm |",
          "|---|---|---|---|---|---|"]
   for (task, method), rs in groups.items():
-    cells = []
-    for k, digits in (("correct_std", 3), ("grad_spikes", 1), ("grad_norm_median", 3)):
-      m, se = mean_se([float(r[k]) for r in rs])
-      cells.append("–" if math.isnan(m) else
-                   f"{m:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}"))
+    cells = [fmt(mean_se([float(r[k]) for r in rs]), digits)
+             for k, digits in (("correct_std", 3), ("grad_spikes", 1), ("grad_norm_median", 3))]
     out.append(f"| {task} | {method} | {len(rs)} | " + " | ".join(cells) + " |")
   return out

@@ -116,6 +116,11 @@ def load_config(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def mode_phases(mode: str) -> list[str]:
+  """The phases of a `config.mode` string: 'sft, rl' -> ['sft', 'rl']."""
+  return [p.strip() for p in mode.split(",") if p.strip()]
+
+
 def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None:
   """Refuses to resume `workdir` with a config that differs from its stored one.
 
@@ -130,8 +135,7 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None
     return
   ignore = RESUME_IGNORED
   modes = [c.get("mode") for c in (stored, to_dict(config))]
-  if all(isinstance(m, str) for m in modes) and not any(
-      "rl" in [p.strip() for p in m.split(",")] for m in modes):
+  if all(isinstance(m, str) for m in modes) and not any("rl" in mode_phases(m) for m in modes):
     ignore = ignore + ("rl",)
   diffs = config_mismatch(stored, config, ignore=ignore)
   if not diffs:

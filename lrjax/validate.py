@@ -34,7 +34,7 @@ from lrjax.config_checks import (ROWS, Check, Row, _compare, _is_int, _is_number
                                   boolean, check_rows, in_unit_interval, non_negative,
                                   non_negative_int, off_or_above_one, off_or_non_negative, one_of,
                                   param_groups, positive, positive_int)
-from lrjax.config_utils import ConfigError, get_field
+from lrjax.config_utils import ConfigError, get_field, mode_phases
 
 def _aux_losses(value, config) -> str | None:
   """A (possibly empty) sequence of (name in AUX_LOSSES, weight >= 0) pairs."""
@@ -97,7 +97,7 @@ def _objective_heads(value, config) -> str | None:
   """An objective that reads a head needs the phase that trains it in config.mode."""
   from lrjax.latent import OBJECTIVES
   heads = OBJECTIVES.get(value).heads if value else ()
-  phases = [p.strip() for p in config.mode.split(",")]
+  phases = mode_phases(config.mode)
   if "value" in heads and "value" not in phases:
     return ("reads the value head: run the 'value' phase before 'rl' (config.mode "
             "'sft,value,rl', or 'value,rl' with config.init)")
@@ -290,7 +290,7 @@ def validate_config(config, phases_registry) -> list[str]:
 
   Raises a one-line ConfigError naming the field otherwise.
   """
-  phases = [p.strip() for p in config.mode.split(",") if p.strip()]
+  phases = mode_phases(config.mode)
   if not phases:
     raise ConfigError("config.mode is empty; use e.g. 'sft', 'sft,rl' or 'eval'")
   for p in phases:
