@@ -281,9 +281,14 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
   e.mode, e.init, e.rule.assistant, e.rule.num_latent = "eval", work, "mlp", 0
   e.eval.num_problems, e.eval.batch_size, e.eval.sampled, e.eval.max_new = 4, 4, False, 4
   e.eval.show_samples, e.data.train_size, e.data.sft_size = 0, 200, 100
-  PHASES.get("eval")(Run.create(e, str(tmp_path / "eval")))
+  pair = Run.create(e, str(tmp_path / "eval"))
+  PHASES.get("eval")(pair)
   got = [r for r in read_metrics(str(tmp_path / "eval")) if r["phase"] == "eval"][-1]
   assert got["eval/latent_steps"] == 3.0  # 2 latents + <eot>: the assistant's chain was read
+  PHASES.get("span_probe")(pair)  # the main model read with token spans of T = 2 (stored)
+  [m] = [r for r in read_metrics(str(tmp_path / "eval")) if r["phase"] == "span_probe"]
+  assert all(0.0 <= m[f"probe/accuracy_{f}"] <= 1.0 for f in ("none", "answer", "other"))
+  assert m["probe/answer_gain"] == m["probe/accuracy_answer"] - m["probe/accuracy_other"]
   assert OBJECTIVES.get("dlr").heads == ("assistant", "assistant_start")
 
 

@@ -4,6 +4,7 @@
     value phases/value.py Latent RL's value head on thoughts: run.heads["value"], <workdir>/value/
     rl    phases/rl.py    rollout, rewards, advantages, updates: run.params, <workdir>/rl/
     eval  phases/eval.py  held-out metrics of `config.init` (and its rule sidecar)
+    span_probe  phases/span_probe.py  does `config.init` read information from a latent span?
 
 and what the phases share:
 
@@ -44,6 +45,12 @@ def _sft(run) -> None:
 def _eval(run) -> None:
   from lrjax.phases.eval import run_eval
   run_eval(run)
+
+
+@PHASES.register("span_probe")
+def _span_probe(run) -> None:
+  from lrjax.phases.span_probe import run_span_probe
+  run_span_probe(run)
 
 
 @PHASES.register("value")
