@@ -1,8 +1,8 @@
 """The lrjax entrypoint: `python -m lrjax.main --config=configs/hrpo.py [--workdir=W]`.
 
-The config's `mode` lists the phases to run (`sft`, `rl`, `eval`, e.g.
-'sft,rl'); each phase is a function in `PHASES`. A workdir that already holds
-a run resumes it (a differing config is refused unless
+The config's `mode` lists the phases to run (`sft`, `value`, `rl`, `eval`,
+`span_probe`, e.g. 'sft,rl'); each phase is a function in `PHASES`. A workdir
+that already holds a run resumes it (a differing config is refused unless
 `--config.allow_config_mismatch=True`).
 """
 from __future__ import annotations

@@ -86,6 +86,7 @@ def test_the_phase_refuses_a_model_without_span_tokens_or_span_length(tmp_path):
   from lrjax.config_utils import ConfigError
   from lrjax.phases import PHASES
   from lrjax.phases.run import Run
+  from lrjax.validate import validate_config
 
   def cfg(**rule):
     c = dlr_config.get_config()
@@ -97,6 +98,8 @@ def test_the_phase_refuses_a_model_without_span_tokens_or_span_length(tmp_path):
       c.rule[k] = v
     return c
 
+  with pytest.raises(ConfigError, match="config.init must name .* for mode=span_probe"):
+    validate_config(cfg(num_latent=2), PHASES)  # probing a fresh model says nothing
   with pytest.raises(ConfigError, match="num_latent >= 1"):
     PHASES.get("span_probe")(Run.create(cfg(num_latent=0), str(tmp_path / "t0")))
   c = cfg(num_latent=2)
