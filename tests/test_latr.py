@@ -7,8 +7,6 @@ absolute / 1e-4 relative (float32, as tests/test_coconut.py).
 """
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -24,7 +22,7 @@ from lrjax.phases.workdir import MODEL_META, load_model_meta, save_model_meta
 from lrjax.sft import build_batch, latr_counts, make_train_step
 from lrjax.validate import validate_config
 from tests.test_coconut import CFG, LR, PARAMS, PROBLEMS, SGD, _batch, _loss_and_grad, reference_loss
-from tests.test_main import FAST, ROOT, _metrics
+from tests.test_main import FAST, _metrics
 from tests.test_sft_sequences import LAT, P3, TOK
 
 CFG_STEP = make_train_step(CFG, SGD, "coconut", max_traces=1, latent_grad=False)
@@ -109,34 +107,43 @@ def test_model_meta_round_trip_and_bad_file(tmp_path):
     load_model_meta(str(tmp_path))
 
 
-COCONUT_FAST = ["--config.sft.steps=8", "--config.sft.stage_steps=(2,2,2)",
-                "--config.sft.num_stages=3", "--config.sft.eval_every=8",
+COCONUT_FAST = ["--config.sft.steps=4", "--config.sft.stage_steps=(1,1,1)",
+                "--config.sft.num_stages=3", "--config.sft.eval_every=4",
                 "--config.sft.warmup_steps=1"]
 
 
-def _main(workdir, *args):
-  """configs/coconut.py through the entrypoint, with test_main's short settings."""
-  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/coconut.py",
-         f"--workdir={workdir}", *FAST, *args]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  return proc.returncode, proc.stdout, proc.stderr
+def _run(workdir, *flags):
+  """configs/coconut.py with test_main's short settings and `flags` (`--config.a.b=v`), run
+  in this process as `python -m lrjax.main` would (lrjax.phases.pipeline): the second run
+  reuses the first one's compiled rollout."""
+  import ast
+  from configs import coconut
+  from lrjax.phases.pipeline import prepare, run_phases
+  c = coconut.get_config()
+  for flag in (*FAST, *flags):
+    path, value = flag.removeprefix("--config.").split("=", 1)
+    *parents, leaf = path.split(".")
+    node = c
+    for name in parents:
+      node = node[name]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value
+  run_phases(*prepare(c, str(workdir)))
 
 
 def test_evaluating_a_saved_coconut_run_uses_its_chain_length(tmp_path):
   """A Coconut run ending in its all-latent stage (2 thoughts) stores 2 with its export;
   --config.mode=eval with rule.num_latent = 0 runs 2 thoughts + <eot>."""
   w = tmp_path / "coconut"
-  rc, out, err = _main(w, *COCONUT_FAST)
-  assert rc == 0, err[-3000:]
+  _run(w, *COCONUT_FAST)
   with open(os.path.join(w, "sft", "export", MODEL_META)) as f:
     assert json.load(f) == {"num_latent": 2}
   last_sft = [r for r in _metrics(w) if "eval/latent_steps" in r][-1]
   assert last_sft["eval/latent_steps"] == 3.0
   e = tmp_path / "eval"
-  rc, out, err = _main(e, *COCONUT_FAST, "--config.mode=eval", f"--config.init={w}")
-  assert rc == 0, err[-3000:]
+  _run(e, *COCONUT_FAST, "--config.mode=eval", f"--config.init={w}")
   ev = [r for r in _metrics(e) if r["phase"] == "eval"][-1]
   assert ev["eval/latent_steps"] == 3.0  # 2 thoughts + <eot>
   assert ev["eval/accuracy"] == last_sft["eval/accuracy"]

@@ -80,29 +80,23 @@ def test_span_metrics_count_accuracy_gain_and_copies():
   assert m["probe/answer_gain"] == pytest.approx(0.75)
 
 
-def test_the_phase_refuses_a_model_without_span_tokens_or_span_length(tmp_path):
+def test_the_phase_refuses_a_model_without_span_tokens_or_span_length():
   """(The phase's metrics on a trained pair: tests/test_dlr.py's short run.)"""
+  from types import SimpleNamespace
   from configs import dlr as dlr_config
   from lrjax.config_utils import ConfigError
   from lrjax.phases import PHASES
-  from lrjax.phases.run import Run
+  from lrjax.phases.span_probe import run_span_probe
   from lrjax.validate import validate_config
-
-  def cfg(**rule):
-    c = dlr_config.get_config()
-    c.unlock()
-    c.mode = "span_probe"
-    c.data.train_size, c.data.sft_size = 200, 100
-    c.eval.num_problems, c.eval.batch_size, c.eval.max_new = 5, 5, 4
-    for k, v in rule.items():
-      c.rule[k] = v
-    return c
-
+  c = dlr_config.get_config()
+  c.unlock()
+  c.mode = "span_probe"
   with pytest.raises(ConfigError, match="config.init must name .* for mode=span_probe"):
-    validate_config(cfg(num_latent=2), PHASES)  # probing a fresh model says nothing
+    validate_config(c, PHASES)  # probing a fresh model says nothing
+  _, ids = _tok()
+  run = lambda special, t: SimpleNamespace(config=SimpleNamespace(init="runs/x"),
+                                           special=special, num_latent=lambda: t)
   with pytest.raises(ConfigError, match="num_latent >= 1"):
-    PHASES.get("span_probe")(Run.create(cfg(num_latent=0), str(tmp_path / "t0")))
-  c = cfg(num_latent=2)
-  c.rule.name = "token"  # a plain run: its tokenizer has no <bot>/<latent>/<eot>
-  with pytest.raises(ConfigError, match="<bot>/<latent>/<eot>"):
-    PHASES.get("span_probe")(Run.create(c, str(tmp_path / "plain")))
+    run_span_probe(run(ids, 0))
+  with pytest.raises(ConfigError, match="<bot>/<latent>/<eot> tokens; the tokenizer of runs/x"):
+    run_span_probe(run({"eos_id": 1, "pad_id": 0}, 2))  # a plain model's tokenizer

@@ -10,8 +10,9 @@ times with the plain token rule:
     answer  prompt <bot> a_1 .. a_T <eot>       the first T tokens of the problem's own answer
     other   prompt <bot> a'_1 .. a'_T <eot>     the same for the next problem with another answer
 
-(T = `rule.num_latent`, shorter answers padded with `<latent>`; the span holds token
-embeddings, the most readable chain there is) and logs at ("span_probe", 0):
+(T = `rule.num_latent`, or with 0 the chain length stored with the model; shorter
+answers padded with `<latent>`; the span holds token embeddings, the most readable
+chain there is) and logs at ("span_probe", 0):
 
     probe/accuracy_none, probe/accuracy_answer, probe/accuracy_other
     probe/answer_gain    accuracy_answer - accuracy_other: what the span's content is worth
