@@ -611,8 +611,10 @@ def tabulate(rows: list[Row], workdir: str, command: str) -> list[dict]:
   summary = summarize(results + [result_of(r) for r in rows if r.kind == "missing"])
   write_markdown(summary, rows, os.path.join(workdir, "RESULTS.md"), command,
                  tuple(compare_stability.markdown(stable, _fmt)) if stable else ())
-  compare_plots.accuracy_vs_tokens(summary, os.path.join(workdir, "accuracy_vs_tokens.png"))
-  compare_plots.curves(curve_series(rows), os.path.join(workdir, "curves.png"))
+  methods = [r.method for r in rows]  # one style per method in both plots
+  compare_plots.accuracy_vs_tokens(summary, os.path.join(workdir, "accuracy_vs_tokens.png"),
+                                   methods)
+  compare_plots.curves(curve_series(rows), os.path.join(workdir, "curves.png"), methods)
   return results
 
 

@@ -146,3 +146,14 @@ def test_units_group_the_methods_that_share_a_warm_up(tmp_path):
       ("sft",), ("coconut",), ("latr_sft",)]
   assert len(units) == 3 * 5 + 3  # prosqa: seed 0 only
   assert units[0].flag == "arith:0:sft,sft_control,grpo,hrpo,lepo,latent_grpo"
+
+
+def test_plot_styles_are_fixed_per_method_and_distinct():
+  """A method keeps its marker and colour whatever order the plots meet it in; the 11
+  methods of the default compare get 11 different colours."""
+  from lrjax.compare_plots import styles
+  names = list(compare_config.get_config().methods)
+  assert len(names) == 11
+  a, b = styles(names), styles(list(reversed(names)) + names[:3])
+  assert a == b
+  assert len({colour for _, colour in a.values()}) == 11
