@@ -1,6 +1,7 @@
 """The entrypoint end to end: config errors, SIGKILL + resume = uninterrupted run."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,10 +67,17 @@ def _params(workdir):
   return load_file(os.path.join(workdir, "sft", "export", "model.safetensors"))
 
 
-def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
-  full, cut = tmp_path / "full", tmp_path / "cut"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """An uninterrupted, finished FAST run (read-only: copy it to change it)."""
+  full = tmp_path_factory.mktemp("finished") / "w"
   rc, out, err = _main(full)
   assert rc == 0, err[-3000:]
+  return full
+
+
+def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path, finished):
+  full, cut = finished, tmp_path / "cut"
 
   proc = _main(cut, wait=False)
   ckpt = cut / "sft" / "ckpt"
@@ -98,9 +106,9 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
   assert steps == sorted(set(steps))
 
 
-def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
+def test_rerun_of_a_finished_run_changes_nothing(tmp_path, finished):
   w = tmp_path / "w"
-  assert _main(w)[0] == 0
+  shutil.copytree(finished, w)
   before = _params(w)
   rc, out, err = _main(w)
   assert rc == 0
