@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from lrjax.compare_plots import mean_se
+
 SPIKE_FACTOR = 3.0
 MIN_HISTORY = 10
 TAIL = 0.2
@@ -53,7 +55,6 @@ def stability_of(records: list[dict]) -> dict:
 def markdown(table: list[dict], fmt) -> list[str]:
   """RESULTS.md lines: mean ± s.e. over seeds per (task, method); `fmt((mean, se),
   digits)` writes a cell (`lrjax.compare`'s, so both tables read alike)."""
-  from lrjax.compare_plots import mean_se
   groups: dict[tuple[str, str], list[dict]] = {}
   for r in table:
     groups.setdefault((r["task"], r["method"]), []).append(r)

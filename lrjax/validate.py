@@ -296,7 +296,8 @@ def validate_config(config, phases_registry) -> list[str]:
   for p in phases:
     if p not in phases_registry:
       raise ConfigError(f"config.mode phase {p!r} is not one of: {', '.join(phases_registry.names())}")
-  if len(phases) == 1 and phases[0] in ("eval", "span_probe") and not config.init:
+  from lrjax.phases import READS_INIT
+  if len(phases) == 1 and phases[0] in READS_INIT and not config.init:
     raise ConfigError(f"config.init must name a workdir or HF folder for mode={phases[0]}")
   check_rows(config, phases)
   return phases

@@ -116,20 +116,11 @@ def _run(workdir, *flags):
   """configs/coconut.py with test_main's short settings and `flags` (`--config.a.b=v`), run
   in this process as `python -m lrjax.main` would (lrjax.phases.pipeline): the second run
   reuses the first one's compiled rollout."""
-  import ast
   from configs import coconut
+  from lrjax.compare import apply_overrides
   from lrjax.phases.pipeline import prepare, run_phases
   c = coconut.get_config()
-  for flag in (*FAST, *flags):
-    path, value = flag.removeprefix("--config.").split("=", 1)
-    *parents, leaf = path.split(".")
-    node = c
-    for name in parents:
-      node = node[name]
-    try:
-      node[leaf] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[leaf] = value
+  apply_overrides(c, [f.removeprefix("--config.") for f in (*FAST, *flags)])
   run_phases(*prepare(c, str(workdir)))
 
 

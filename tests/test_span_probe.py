@@ -11,7 +11,7 @@ from lrjax.model import init, logits, preset
 from lrjax.phases.span_probe import (FILLS, completions, other_answers, span_metrics,
                                      span_prompts)
 from lrjax.rewards import hash_exact
-from lrjax.rollout import Sampling
+from lrjax.rollout import Sampling, encode_prompts
 
 PROBLEMS = [Problem("a=1+2,a?", ("<<1+2=3>>",), "3"), Problem("a=9+9,a?", ("<<9+9=18>>",), "18"),
             Problem("a=1+2,b=a+0,b?", ("<<1+2=3>>", "<<3+0=3>>"), "3"),
@@ -31,12 +31,13 @@ def test_other_answers_skip_equal_ones_and_span_prompts_hold_the_fill():
   assert other_answers(PROBLEMS[:1] * 3) == ["3"] * 3  # nothing else to take
   tok, ids = _tok()
   enc = lambda s: tok.encode(s, add_special_tokens=False)
-  got = span_prompts(tok, PROBLEMS[1:], ["18", "3", "891"], 2, ids)
+  got = span_prompts(tok, encode_prompts(tok, PROBLEMS[1:]), ["18", "3", "891"], 2, ids)
   bot, lat, eot = ids["bot_id"], ids["latent_id"], ids["eot_id"]
   assert got[0] == enc(prompt_text(PROBLEMS[1])) + [bot] + enc("18") + [eot]
   assert got[1] == enc(prompt_text(PROBLEMS[2])) + [bot] + enc("3") + [lat] + [eot]
   assert got[2] == enc(prompt_text(PROBLEMS[3])) + [bot] + enc("89") + [eot]  # first T tokens
-  assert span_prompts(tok, PROBLEMS, None, 2, ids) == [enc(prompt_text(p)) for p in PROBLEMS]
+  assert span_prompts(tok, encode_prompts(tok, PROBLEMS), None, 2, ids) == [
+      enc(prompt_text(p)) for p in PROBLEMS]
 
 
 def test_completions_equal_a_full_forward_greedy_loop():
@@ -50,7 +51,7 @@ def test_completions_equal_a_full_forward_greedy_loop():
                     pad_id=tok.pad_token_id, max_new=max_new)
   step = jax.jit(lambda ids, mask, col: logits(cfg, params, ids, mask)[:, col].argmax(-1))
   for fill in (None, other_answers(PROBLEMS)):
-    prompts = span_prompts(tok, PROBLEMS, fill, 3, ids)
+    prompts = span_prompts(tok, encode_prompts(tok, PROBLEMS), fill, 3, ids)
     got = completions(ctx, {"model": params, "rule": {}, "heads": {}}, tok, prompts,
                       jax.random.key(0), batch_size=3)
     width = 24  # every prompt left-padded to end at column width - 1; causal: the

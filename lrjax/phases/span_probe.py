@@ -44,18 +44,15 @@ def other_answers(problems: Sequence[Problem]) -> list[str]:
   """For each problem, the answer of the next problem (cyclically) whose answer differs;
   its own answer when all are equal."""
   answers = [p.answer.strip() for p in problems]
-  out = []
-  for i, a in enumerate(answers):
-    rest = answers[i + 1:] + answers[:i]
-    out.append(next((b for b in rest if b != a), a))
-  return out
+  n = len(answers)
+  return [next((answers[(i + k) % n] for k in range(1, n) if answers[(i + k) % n] != a), a)
+          for i, a in enumerate(answers)]
 
 
-def span_prompts(tokenizer: Any, problems: Sequence[Problem], fill: Sequence[str] | None,
+def span_prompts(tokenizer: Any, prompts: list[list[int]], fill: Sequence[str] | None,
                  span: int, ids: dict) -> list[list[int]]:
-  """Each prompt's ids, then `<bot>` + the first `span` tokens of fill[i] (padded with
-  `<latent>`) + `<eot>`; fill None: the prompts alone."""
-  prompts = encode_prompts(tokenizer, problems)
+  """Each prompt's ids (`encode_prompts`), then `<bot>` + the first `span` tokens of
+  fill[i] (padded with `<latent>`) + `<eot>`; fill None: the prompts alone."""
   if fill is None:
     return prompts
   out = []
@@ -91,8 +88,9 @@ def probe(ctx, params: dict, tokenizer: Any, problems: Sequence[Problem], reward
   answers = [p.answer for p in problems]
   others = other_answers(problems)
   fills = {"none": None, "answer": answers, "other": others}
+  prompts = encode_prompts(tokenizer, problems)
   texts = {name: completions(ctx, params, tokenizer,
-                             span_prompts(tokenizer, problems, fills[name], span, ids), key,
+                             span_prompts(tokenizer, prompts, fills[name], span, ids), key,
                              batch_size, mesh) for name in FILLS}
   return span_metrics(texts, answers, others, rewards_lib.REWARDS.get(reward))
 
