@@ -285,6 +285,10 @@ ROWS.extend([
 ])
 
 
+# phases that read a trained model from config.init: alone in config.mode, they need one
+READS_INIT = ("eval", "span_probe")
+
+
 def validate_config(config, phases_registry) -> list[str]:
   """The phases to run (`config.mode`), after every row of `ROWS` passed.
 
@@ -296,7 +300,6 @@ def validate_config(config, phases_registry) -> list[str]:
   for p in phases:
     if p not in phases_registry:
       raise ConfigError(f"config.mode phase {p!r} is not one of: {', '.join(phases_registry.names())}")
-  from lrjax.phases import READS_INIT
   if len(phases) == 1 and phases[0] in READS_INIT and not config.init:
     raise ConfigError(f"config.init must name a workdir or HF folder for mode={phases[0]}")
   check_rows(config, phases)

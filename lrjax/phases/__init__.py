@@ -33,8 +33,6 @@ from lrjax.registry import Registry
 PHASES: Registry = Registry("phase")
 # phase name -> fn(run) -> None, raising ConfigError
 PRECHECKS: Registry = Registry("phase check")
-# phases that read a trained model from config.init: alone in config.mode, they need one
-READS_INIT = ("eval", "span_probe")
 
 
 @PHASES.register("sft")
