@@ -1,0 +1,97 @@
+"""Short runs of lrjax's own commands, for the end-to-end tests.
+
+`short_flags(config_arg)` derives, from a config file's own values, the overrides
+that make any method config a run of seconds that still passes through every one
+of its phases (SFT with each curriculum stage, the value phase, a few RL steps,
+sampled evaluation with pass@k). Nothing here names a method: a config added to
+`configs/` is shortened the same way.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_RUNS = ("base", "compare", "__init__")  # configs that are not a method's run
+
+
+def method_configs() -> list[str]:
+  """Every method config in `configs/` (listed, so a new one joins the tests)."""
+  return sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                if f.endswith(".py") and f[:-3] not in NOT_RUNS)
+
+
+def load_config(config_arg: str):
+  """The ConfigDict of `configs/<m>.py[:preset]` (a path relative to the checkout)."""
+  path, _, preset = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_lrjax_cfg", os.path.join(ROOT, path))
+  mod = importlib.util.module_from_spec(spec)
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  spec.loader.exec_module(mod)
+  return mod.get_config(preset or None)
+
+
+SFT_STEPS = 16  # per run without a curriculum; 4 per curriculum stage otherwise
+RL_STEPS = 2
+
+
+def short_flags(config_arg: str, overrides: list[str] = ()) -> list[str]:
+  """Overrides for a seconds-long run of `config_arg` (after the command's own
+  `--config.a.b=v` `overrides`) through all its phases."""
+  from lrjax.compare import apply_overrides
+  c = load_config(config_arg)
+  apply_overrides(c, [o.removeprefix("--config.") for o in overrides])
+  phases = c.mode.split(",")
+  f = {"data.train_size": 2000, "checkpoint.every": 4,
+       "eval.num_problems": 16, "eval.batch_size": 16, "eval.max_new": 40,
+       "eval.num_samples": 2, "eval.pass_k": (1, 2), "eval.show_samples": 2}
+  if c.data.sft_size > 2000:
+    f["data.sft_size"] = 2000
+  if "sft" in phases:
+    steps = SFT_STEPS
+    if c.sft.method == "coconut":  # every curriculum stage, then the all-latent stage
+      f["sft.stage_steps"] = (4,) * c.sft.num_stages
+      steps = 4 * c.sft.num_stages + 4
+    if c.sft.start_from or c.sft.get("decay_steps", 0) and c.sft.decay_steps < c.sft.steps:
+      # a continued warm-up: the warm-up's schedule, then as many steps again
+      f["sft.decay_steps"] = steps
+      steps *= 2
+    f.update({"sft.steps": steps, "sft.batch_size": 8, "sft.warmup_steps": 2,
+              "sft.log_every": 4, "sft.eval_every": steps})
+  if "value" in phases:
+    f.update({"latent_rl.prompts": 8, "latent_rl.samples": 2, "latent_rl.epochs": 2,
+              "latent_rl.batch_size": 64})
+  if "rl" in phases:
+    prompts = max(2, c.rl.updates_per_batch)
+    f.update({"rl.steps": RL_STEPS, "rl.num_prompts": prompts, "rl.max_new": 40,
+              "rl.eval_every": RL_STEPS, "rl.log_every": 1})
+    if not c.rl.greedy:
+      f["rl.group_size"] = min(c.rl.group_size, 4)
+  return [f"--config.{k}={_flag_value(v)}" for k, v in f.items()]
+
+
+def _flag_value(v) -> str:
+  return "(" + ",".join(map(str, v)) + ",)" if isinstance(v, tuple) else str(v)
+
+
+def env() -> dict:
+  e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+           PYTHONUNBUFFERED="1")
+  e.pop("XLA_FLAGS", None)
+  return e
+
+
+def run(args: list[str], cwd: str, timeout: int = 600) -> tuple[int, str, str]:
+  """`python <args>` in `cwd`; (returncode, stdout, stderr)."""
+  proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env(), capture_output=True,
+                        text=True, timeout=timeout)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def metrics(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+    return [json.loads(line) for line in fh if line.strip()]
