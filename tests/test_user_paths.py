@@ -119,7 +119,10 @@ def validate(cmd: Command) -> None:
 
 
 def runnable(cmd: Command) -> list[str]:
-  """The command's arguments with the short-run overrides (lrjax.main only)."""
+  """The command's arguments with the short-run overrides: a compare runs its first
+  seed only (its units are the same per seed)."""
+  if cmd.module == "lrjax.compare":
+    return cmd.args + ["--config.seeds=(0,)"]
   if cmd.module != "lrjax.main":
     return cmd.args
   return cmd.args + e2e.short_flags(cmd.flag("config"), cmd.overrides)
