@@ -216,3 +216,74 @@ def test_constant_advantage():
   a = ADVANTAGES.get("constant")(jnp.asarray([0.0, 1.0, 0.0]), 1,
                                  valid=jnp.asarray([True, False, True]))
   np.testing.assert_array_equal(a, [1.0, 0.0, 1.0])
+
+
+# --- the value phase's head training (`phases.value.train_head`) ----------------------
+
+class _Metrics:
+  def __init__(self):
+    self.lines = []
+
+  def write(self, phase, step, values):
+    self.lines.append((phase, step, values))
+
+
+def _value_run(epochs=3):
+  import types  # noqa: PLC0415
+  c = latent_rl_config.get_config()
+  c.latent_rl.widths, c.latent_rl.epochs, c.latent_rl.batch_size = (8,), epochs, 64
+  c.latent_rl.lr, c.latent_rl.dropout = 3e-2, 0.0
+  return types.SimpleNamespace(config=c, model_cfg=types.SimpleNamespace(hidden_size=6),
+                               metrics=_Metrics())
+
+
+def _value_data(labels, n_latent=2, seed=0):
+  """States whose first coordinate is the label (+ noise): a learnable signal."""
+  labels = np.asarray(labels, bool)
+  rng = np.random.default_rng(seed)
+  states = rng.normal(size=(len(labels), n_latent, 6)).astype(np.float32)
+  states[..., 0] += 3.0 * labels[:, None]
+  return {"states": states, "labels": labels, "problem": np.arange(len(labels))}
+
+
+def test_train_head_keeps_the_best_epoch_as_a_host_copy():
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  run = _value_run(epochs=6)
+  labels = np.random.default_rng(1).random(200) < 0.4
+  head, summary = train_head(run, _value_data(labels), jax.random.key(0))
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(head))
+  aucs = [m["value/roc_auc"] for _, _, m in run.metrics.lines]
+  assert [s for _, s, _ in run.metrics.lines] == list(range(1, 7))
+  assert summary["best_epoch"] == 1 + int(np.argmax(aucs)) and summary["best_roc_auc"] == max(aucs)
+  assert summary["best_roc_auc"] > 0.9  # the first coordinate separates the classes
+  held = split_by_problem(200, run.config.latent_rl.holdout, run.config.seed)
+  assert (summary["train_problems"], summary["heldout_problems"]) == (160, 40)
+  assert summary["pos_weight"] == auto_pos_weight(np.repeat(labels[~held], 2))
+  # the returned head scores the held-out states with the AUC it was kept for
+  d = _value_data(labels)
+  x = d["states"][held].reshape(-1, 6)
+  y = np.repeat(labels[held], 2)
+  assert roc_auc(np.asarray(value_logits(head, jnp.asarray(x))), y) == pytest.approx(
+      summary["best_roc_auc"])
+
+
+def test_train_head_without_a_better_epoch_returns_a_host_copy():
+  """Held-out problems of one class: every epoch's AUC is NaN, no epoch beats the
+  start, and the initial head comes back on the host, not as the live device tree
+  (placed twice, as "value" and "value_start", it would alias one donated buffer)."""
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  run = _value_run(epochs=1)
+  held = split_by_problem(40, run.config.latent_rl.holdout, run.config.seed)
+  labels = ~held  # held-out: all wrong; training: all right, but one wrong below
+  labels[np.flatnonzero(~held)[0]] = False
+  head, summary = train_head(run, _value_data(labels), jax.random.key(0))
+  assert summary["best_epoch"] == 0 and np.isnan(run.metrics.lines[0][2]["value/roc_auc"])
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(head))
+
+
+@pytest.mark.parametrize("label, says", [(False, "no correct"), (True, "no wrong")])
+def test_value_phase_with_one_class_is_one_line_error(label, says):
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  with pytest.raises(ConfigError, match=f"20 rollouts have {says} response") as e:
+    train_head(_value_run(), _value_data(np.full(20, label)), jax.random.key(0))
+  assert "\n" not in str(e.value) and "config.sft.steps" in str(e.value)
