@@ -168,7 +168,14 @@ def test_objective_and_bce_values(rollout):
   from lrjax.rl.latent_value import value_metrics  # noqa: PLC0415
   vm = value_metrics(ctx, params, traj)
   np.testing.assert_allclose(float(vm["value_mean"]), sig[mask].mean(), rtol=1e-4)
-  np.testing.assert_allclose(float(vm["value_mean_start"]), float(vm["value_mean"]), rtol=1e-6)
+  # "value_start" is read from its own slot: a different frozen head gives its own mean
+  start = fit_input_norm(init_value_head(CFG.hidden_size, jax.random.key(8)),
+                         np.asarray(traj.records["hidden"]).reshape(-1, CFG.hidden_size))
+  vm = value_metrics(ctx, {**params, "heads": {**params["heads"], "value_start": start}}, traj)
+  sig_start = 1 / (1 + np.exp(-_np_head(start, np.asarray(traj.records["hidden"]))))
+  np.testing.assert_allclose(float(vm["value_mean_start"]), sig_start[mask].mean(), rtol=1e-4)
+  np.testing.assert_allclose(float(vm["value_mean"]), sig[mask].mean(), rtol=1e-4)
+  assert abs(sig_start[mask].mean() - sig[mask].mean()) > 1e-3
 
 
 def test_each_term_moves_only_its_own_parameters(rollout):
