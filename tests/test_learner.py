@@ -443,6 +443,29 @@ def test_minibatch_updates_equal_the_same_updates_by_hand(params):
                                                          jax.tree.leaves(want))) > 1e-6
 
 
+def test_a_non_finite_rl_update_changes_nothing(params):
+  """The RL update's non-finite guard (as SFT's, tests/test_sft_step.py): a poisoned
+  update (`train.inject_nan_step`) and one whose advantages hold a NaN leave the
+  parameters and the AdamW state bit-identical with metrics["ok"] False; a clean
+  one updates."""
+  ctx, traj = contexts()["hidden"], make_traj("hidden")
+  spec = L.LossSpec(loss="ppo_clip", beta=0.05, kl_reference="policy_inputs")
+  opt = optax.adamw(1e-2)
+  update = L.make_update(ctx, spec, opt)
+  before = jax.tree.map(np.asarray, (params, opt.init(params)))
+  nan_adv = _adv(4).at[1].set(jnp.nan)
+  for adv, poison in ((_adv(4), True), (nan_adv, False)):
+    p, o, m = update(*jax.tree.map(jnp.asarray, before), _copy(params), traj, adv, None,
+                     poison=jnp.asarray(poison))
+    assert not bool(m["ok"]), poison
+    jax.tree.map(np.testing.assert_array_equal, (p, o), before)
+  p, o, m = update(*jax.tree.map(jnp.asarray, before), _copy(params), traj, _adv(4), None,
+                   poison=jnp.asarray(False))
+  assert bool(m["ok"]) and np.isfinite(float(m["grad_norm"]))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p),
+                                                     jax.tree.leaves(before[0])))
+
+
 def test_schedule_counts_optimizer_updates():
   rl = _rl(schedule="cosine", warmup_steps=1, steps=3, updates_per_batch=2,
            param_groups=((".*", 1.0),), clip_norm=0.0)
