@@ -6,6 +6,8 @@ config checks.
 
 Tolerances: float32 head forward vs float64 NumPy 1e-5; losses 1e-5.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,3 +296,60 @@ def test_value_phase_with_one_class_is_one_line_error(label, says):
   with pytest.raises(ConfigError, match=f"20 rollouts have {says} response") as e:
     train_head(_value_run(), _value_data(np.full(20, label)), jax.random.key(0))
   assert "\n" not in str(e.value) and "config.sft.steps" in str(e.value)
+
+
+# --- the value phase end to end, in process: collect, train_head, run_value, then RL ---
+
+def test_value_phase_then_rl(tmp_path, capsys):
+  """configs/latent_rl.py's 'value,rl' on a random tiny model (2 thoughts) with a test
+  reward that marks the problems with an even answer correct: the rollouts' labels are
+  that reward, the phase writes its metrics, head file and DONE, hands "value" and
+  "value_start" over as separate buffers (the donated RL update of one must not delete
+  the other: 2 held-out problems of one class leave the best epoch at 0, the case that
+  crashed), RL runs, and a second run reuses the finished head."""
+  import json  # noqa: PLC0415
+  from lrjax import rewards  # noqa: PLC0415
+  from lrjax.compare import apply_overrides  # noqa: PLC0415
+  from lrjax.data.order import data_window  # noqa: PLC0415
+  from lrjax.phases.pipeline import prepare, run_phases  # noqa: PLC0415
+  from lrjax.phases.value import HEAD_FILE, VALUE_STREAM, run_value  # noqa: PLC0415
+  from tests.test_main import FAST  # noqa: PLC0415
+  even = lambda completion, answer: float(answer[-1:] in "02468")  # noqa: E731
+  rewards.REWARDS.register("test_even_answer")(even)
+  try:
+    c = latent_rl_config.get_config()
+    apply_overrides(c, [f.removeprefix("--config.") for f in FAST] + [
+        "mode=value,rl", "rule.num_latent=2", "latent_rl.prompts=12", "latent_rl.epochs=2",
+        "latent_rl.batch_size=8", "latent_rl.widths=(8,)", "rl.reward=test_even_answer",
+        "rl.steps=1", "rl.num_prompts=4", "rl.max_new=8", "eval.num_problems=4",
+        "eval.batch_size=4", "eval.max_new=8", "rl.eval_every=1", "rl.log_every=1"])
+    w = str(tmp_path / "w")
+    run, phases = prepare(c, w)
+    problems = [run.rl_train[i] for i in data_window(c.seed + VALUE_STREAM, len(run.rl_train),
+                                                     0, 12)]
+    run_phases(run, phases)
+    recs = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+    value = [r for r in recs if r["phase"] == "value"]
+    assert [r["step"] for r in value if "value/roc_auc" in r] == [1, 2]
+    summary = [r for r in value if "value/best_roc_auc" in r][-1]
+    assert summary["value/best_epoch"] == 0.0  # held-out problems of one class: AUC NaN
+    assert summary["value/train_states"] + summary["value/heldout_states"] == 12 * 2
+    assert summary["value/pos_rate"] == pytest.approx(np.mean([even("", p.answer) for p in problems]))
+    assert 0 < summary["value/pos_rate"] < 1
+    assert os.path.exists(os.path.join(w, "value", HEAD_FILE))
+    assert json.load(open(os.path.join(w, "value", "DONE")))["best_epoch"] == 0
+    rl = [r for r in recs if r["phase"] == "rl" and "train/loss" in r]
+    assert [r["step"] for r in rl] == [1] and np.isfinite(rl[0]["train/loss"])
+    assert 0 < rl[0]["train/value_mean_start"] < 1 and 0 < rl[0]["train/value_mean"] < 1
+    # a second run reuses the finished head (no rollouts)
+    run2, _ = prepare(c, w)
+    capsys.readouterr()
+    run_value(run2)
+    assert "value: reusing the finished head" in capsys.readouterr().out
+    a, b = run2.heads["value"], run2.heads["value_start"]
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert all(x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    run2.close()
+  finally:
+    rewards.REWARDS.unregister("test_even_answer")
