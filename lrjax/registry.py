@@ -31,6 +31,10 @@ class Registry(Generic[T]):
       return obj
     return deco
 
+  def unregister(self, name: str) -> T:
+    """Removes `name` (e.g. a rule a test registered for itself); returns its object."""
+    return self._items.pop(name)
+
   def get(self, name: str) -> T:
     if name not in self._items:
       raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")

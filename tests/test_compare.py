@@ -157,3 +157,19 @@ def test_plot_styles_are_fixed_per_method_and_distinct():
   a, b = styles(names), styles(list(reversed(names)) + names[:3])
   assert a == b
   assert len({colour for _, colour in a.values()}) == 11
+
+
+def test_failed_workers_are_named_with_their_logs(tmp_path, capsys):
+  """Workers that exit with an error (here: a task no config knows) are reported
+  together, each with its exit code and log, after every worker ended."""
+  cfg = compare_config.get_config("smoke")
+  units = [compare.Unit("nosuch", 0, ("grpo",)), compare.Unit("nosuch2", 1, ("grpo", "hrpo"))]
+  with pytest.raises(compare.WorkerFailed) as e:
+    compare.run_workers(cfg, str(tmp_path), units, 2)
+  msg = str(e.value)
+  for u in units:
+    log = tmp_path / "logs" / f"{u.name}.log"
+    assert f"{u.name} (exit 1, log {log})" in msg and "re-run the same command" in msg
+    assert f"unknown preset {u.task!r}" in log.read_text()  # the worker's own error
+  out = capsys.readouterr().out
+  assert out.count("FAILED (exit 1)") == 2 and out.count("started; log") == 2

@@ -169,6 +169,54 @@ def test_injected_nan_is_skipped_counted_and_stops_after_the_limit(tmp_path):
                                                          "model.safetensors")).values())
 
 
+# An Orbax save finalises (renames its tmp folder) only once lrjax waits for it
+# (`Checkpointer.wait` / `close`), or after 60 s: a phase that raises after a save is
+# then always left with that save in flight, as it sometimes is in a real run.
+_SAVE_IN_FLIGHT = """
+import asyncio, runpy, sys, threading
+from lrjax import checkpoint
+waited = threading.Event()
+for name in ("wait", "close"):
+  def gated(self, _orig=getattr(checkpoint.Checkpointer, name)):
+    waited.set()
+    return _orig(self)
+  setattr(checkpoint.Checkpointer, name, gated)
+to_thread = asyncio.to_thread
+async def gated_to_thread(func, *a, **k):
+  if getattr(func, "__name__", "") == "rename":
+    waited.wait(60)
+  return await to_thread(func, *a, **k)
+asyncio.to_thread = gated_to_thread
+sys.argv = ["lrjax.main", *sys.argv[1:]]
+runpy.run_module("lrjax.main", run_name="__main__")
+"""
+
+
+def test_error_with_a_save_in_flight_stays_one_line(tmp_path):
+  """A phase that stops while its last checkpoint is still being written (here the
+  non-finite guard, one step after an async save) prints its one line and nothing else
+  (no Orbax background-thread traceback), and the checkpoint that line names is there."""
+  from tests.test_main import FAST
+  w = tmp_path / "w"
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "-c", _SAVE_IN_FLIGHT, "--config=configs/sft.py", f"--workdir={w}", *FAST,
+       "--config.eval.num_problems=8", "--config.eval.batch_size=8", "--config.eval.max_new=8",
+       "--config.train.inject_nan_step=5", "--config.train.max_nonfinite=1"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith("lrjax: sft stopped at step 5"), proc.stderr[-3000:]
+  assert "the last checkpoint is step 4" in lines[-1]
+  # before it only the progress line (no Orbax traceback, no RuntimeError)
+  assert all(re.fullmatch(r"sft \d+/24 loss=\S+ stage=0", x) for x in lines[:-1]), \
+      proc.stderr[-3000:]
+  ckpt = Checkpointer(str(w / "sft" / "ckpt"), async_save=False)
+  assert ckpt.latest_step() == 4  # finalised before the process exited
+  ckpt.close()
+
+
 # --- SIGTERM and SIGKILL across the SFT and RL phases of configs/hrpo.py -----------------
 
 # HRPO's default, shortened: 16 SFT steps, 12 RL steps of 4 prompts x 4, a checkpoint every 2.

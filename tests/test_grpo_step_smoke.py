@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("trl")
+_WHY = ("needs torch and trl, which the `benchmarks` extra installs (pip install -e "
+        "'.[benchmarks]'); the `test` extra leaves them out to keep its dependencies small")
+pytest.importorskip("torch", reason=_WHY)
+pytest.importorskip("trl", reason=_WHY)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

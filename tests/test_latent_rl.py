@@ -6,6 +6,8 @@ config checks.
 
 Tolerances: float32 head forward vs float64 NumPy 1e-5; losses 1e-5.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,7 +170,14 @@ def test_objective_and_bce_values(rollout):
   from lrjax.rl.latent_value import value_metrics  # noqa: PLC0415
   vm = value_metrics(ctx, params, traj)
   np.testing.assert_allclose(float(vm["value_mean"]), sig[mask].mean(), rtol=1e-4)
-  np.testing.assert_allclose(float(vm["value_mean_start"]), float(vm["value_mean"]), rtol=1e-6)
+  # "value_start" is read from its own slot: a different frozen head gives its own mean
+  start = fit_input_norm(init_value_head(CFG.hidden_size, jax.random.key(8)),
+                         np.asarray(traj.records["hidden"]).reshape(-1, CFG.hidden_size))
+  vm = value_metrics(ctx, {**params, "heads": {**params["heads"], "value_start": start}}, traj)
+  sig_start = 1 / (1 + np.exp(-_np_head(start, np.asarray(traj.records["hidden"]))))
+  np.testing.assert_allclose(float(vm["value_mean_start"]), sig_start[mask].mean(), rtol=1e-4)
+  np.testing.assert_allclose(float(vm["value_mean"]), sig[mask].mean(), rtol=1e-4)
+  assert abs(sig_start[mask].mean() - sig[mask].mean()) > 1e-3
 
 
 def test_each_term_moves_only_its_own_parameters(rollout):
@@ -216,3 +225,131 @@ def test_constant_advantage():
   a = ADVANTAGES.get("constant")(jnp.asarray([0.0, 1.0, 0.0]), 1,
                                  valid=jnp.asarray([True, False, True]))
   np.testing.assert_array_equal(a, [1.0, 0.0, 1.0])
+
+
+# --- the value phase's head training (`phases.value.train_head`) ----------------------
+
+class _Metrics:
+  def __init__(self):
+    self.lines = []
+
+  def write(self, phase, step, values):
+    self.lines.append((phase, step, values))
+
+
+def _value_run(epochs=3):
+  import types  # noqa: PLC0415
+  c = latent_rl_config.get_config()
+  c.latent_rl.widths, c.latent_rl.epochs, c.latent_rl.batch_size = (8,), epochs, 64
+  c.latent_rl.lr, c.latent_rl.dropout = 3e-2, 0.0
+  return types.SimpleNamespace(config=c, model_cfg=types.SimpleNamespace(hidden_size=6),
+                               metrics=_Metrics())
+
+
+def _value_data(labels, n_latent=2, seed=0):
+  """States whose first coordinate is the label (+ noise): a learnable signal."""
+  labels = np.asarray(labels, bool)
+  rng = np.random.default_rng(seed)
+  states = rng.normal(size=(len(labels), n_latent, 6)).astype(np.float32)
+  states[..., 0] += 3.0 * labels[:, None]
+  return {"states": states, "labels": labels, "problem": np.arange(len(labels))}
+
+
+def test_train_head_keeps_the_best_epoch_as_a_host_copy():
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  run = _value_run(epochs=6)
+  labels = np.random.default_rng(1).random(200) < 0.4
+  head, summary = train_head(run, _value_data(labels), jax.random.key(0))
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(head))
+  aucs = [m["value/roc_auc"] for _, _, m in run.metrics.lines]
+  assert [s for _, s, _ in run.metrics.lines] == list(range(1, 7))
+  assert summary["best_epoch"] == 1 + int(np.argmax(aucs)) and summary["best_roc_auc"] == max(aucs)
+  assert summary["best_roc_auc"] > 0.9  # the first coordinate separates the classes
+  held = split_by_problem(200, run.config.latent_rl.holdout, run.config.seed)
+  assert (summary["train_problems"], summary["heldout_problems"]) == (160, 40)
+  assert summary["pos_weight"] == auto_pos_weight(np.repeat(labels[~held], 2))
+  # the returned head scores the held-out states with the AUC it was kept for
+  d = _value_data(labels)
+  x = d["states"][held].reshape(-1, 6)
+  y = np.repeat(labels[held], 2)
+  assert roc_auc(np.asarray(value_logits(head, jnp.asarray(x))), y) == pytest.approx(
+      summary["best_roc_auc"])
+
+
+def test_train_head_without_a_better_epoch_returns_a_host_copy():
+  """Held-out problems of one class: every epoch's AUC is NaN, no epoch beats the
+  start, and the initial head comes back on the host, not as the live device tree
+  (placed twice, as "value" and "value_start", it would alias one donated buffer)."""
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  run = _value_run(epochs=1)
+  held = split_by_problem(40, run.config.latent_rl.holdout, run.config.seed)
+  labels = ~held  # held-out: all wrong; training: all right, but one wrong below
+  labels[np.flatnonzero(~held)[0]] = False
+  head, summary = train_head(run, _value_data(labels), jax.random.key(0))
+  assert summary["best_epoch"] == 0 and np.isnan(run.metrics.lines[0][2]["value/roc_auc"])
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(head))
+
+
+@pytest.mark.parametrize("label, says", [(False, "no correct"), (True, "no wrong")])
+def test_value_phase_with_one_class_is_one_line_error(label, says):
+  from lrjax.phases.value import train_head  # noqa: PLC0415
+  with pytest.raises(ConfigError, match=f"20 rollouts have {says} response") as e:
+    train_head(_value_run(), _value_data(np.full(20, label)), jax.random.key(0))
+  assert "\n" not in str(e.value) and "config.sft.steps" in str(e.value)
+
+
+# --- the value phase end to end, in process: collect, train_head, run_value, then RL ---
+
+def test_value_phase_then_rl(tmp_path, capsys):
+  """configs/latent_rl.py's 'value,rl' on a random tiny model (2 thoughts) with a test
+  reward that marks the problems with an even answer correct: the rollouts' labels are
+  that reward, the phase writes its metrics, head file and DONE, hands "value" and
+  "value_start" over as separate buffers (the donated RL update of one must not delete
+  the other: 2 held-out problems of one class leave the best epoch at 0, the case that
+  crashed), RL runs, and a second run reuses the finished head."""
+  import json  # noqa: PLC0415
+  from lrjax import rewards  # noqa: PLC0415
+  from lrjax.compare import apply_overrides  # noqa: PLC0415
+  from lrjax.data.order import data_window  # noqa: PLC0415
+  from lrjax.phases.pipeline import prepare, run_phases  # noqa: PLC0415
+  from lrjax.phases.value import HEAD_FILE, VALUE_STREAM, run_value  # noqa: PLC0415
+  from tests.test_main import FAST  # noqa: PLC0415
+  even = lambda completion, answer: float(answer[-1:] in "02468")  # noqa: E731
+  rewards.REWARDS.register("test_even_answer")(even)
+  try:
+    c = latent_rl_config.get_config()
+    apply_overrides(c, [f.removeprefix("--config.") for f in FAST] + [
+        "mode=value,rl", "rule.num_latent=2", "latent_rl.prompts=12", "latent_rl.epochs=2",
+        "latent_rl.batch_size=8", "latent_rl.widths=(8,)", "rl.reward=test_even_answer",
+        "rl.steps=1", "rl.num_prompts=4", "rl.max_new=8", "eval.num_problems=4",
+        "eval.batch_size=4", "eval.max_new=8", "rl.eval_every=1", "rl.log_every=1"])
+    w = str(tmp_path / "w")
+    run, phases = prepare(c, w)
+    problems = [run.rl_train[i] for i in data_window(c.seed + VALUE_STREAM, len(run.rl_train),
+                                                     0, 12)]
+    run_phases(run, phases)
+    recs = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+    value = [r for r in recs if r["phase"] == "value"]
+    assert [r["step"] for r in value if "value/roc_auc" in r] == [1, 2]
+    summary = [r for r in value if "value/best_roc_auc" in r][-1]
+    assert summary["value/best_epoch"] == 0.0  # held-out problems of one class: AUC NaN
+    assert summary["value/train_states"] + summary["value/heldout_states"] == 12 * 2
+    assert summary["value/pos_rate"] == pytest.approx(np.mean([even("", p.answer) for p in problems]))
+    assert 0 < summary["value/pos_rate"] < 1
+    assert os.path.exists(os.path.join(w, "value", HEAD_FILE))
+    assert json.load(open(os.path.join(w, "value", "DONE")))["best_epoch"] == 0
+    rl = [r for r in recs if r["phase"] == "rl" and "train/loss" in r]
+    assert [r["step"] for r in rl] == [1] and np.isfinite(rl[0]["train/loss"])
+    assert 0 < rl[0]["train/value_mean_start"] < 1 and 0 < rl[0]["train/value_mean"] < 1
+    # a second run reuses the finished head (no rollouts)
+    run2, _ = prepare(c, w)
+    capsys.readouterr()
+    run_value(run2)
+    assert "value: reusing the finished head" in capsys.readouterr().out
+    a, b = run2.heads["value"], run2.heads["value_start"]
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert all(x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    run2.close()
+  finally:
+    rewards.REWARDS.unregister("test_even_answer")

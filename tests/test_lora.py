@@ -7,6 +7,8 @@ tests/test_learner.py.
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,3 +239,58 @@ def test_config_rows_name_the_lora_field():
     validate_config(c, PHASES)
   c.model.lora.targets = "q,v"
   validate_config(c, PHASES)
+
+
+# --- LoRA through the RL phase, with resume --------------------------------------------
+
+def _lora_rl(workdir, reward):
+  """configs/grpo.py's RL phase alone on the random tiny model, rank-2 adapters on q and
+  v (the base frozen by the groups), 3 steps, a checkpoint every step; the run."""
+  from configs import grpo  # noqa: PLC0415
+  from lrjax.compare import apply_overrides  # noqa: PLC0415
+  from lrjax.phases.pipeline import prepare, run_phases  # noqa: PLC0415
+  from tests.test_main import FAST  # noqa: PLC0415
+  c = grpo.get_config()
+  apply_overrides(c, [f.removeprefix("--config.") for f in FAST] + [
+      "mode=rl", "model.lora.rank=2", "model.lora.alpha=4.0", "model.lora.targets=q,v",
+      "rl.param_groups=(('model/lora/.*', 0.01), ('model/.*', None), ('.*', 0.01))",
+      f"rl.reward={reward}", "rl.steps=3", "rl.num_prompts=4", "rl.group_size=2",
+      "rl.max_new=8", "eval.num_problems=4", "eval.batch_size=4", "eval.max_new=8",
+      "rl.eval_every=3", "rl.log_every=1", "checkpoint.every=1"])
+  run, phases = prepare(c, str(workdir))
+  start = jax.device_get(run.params)
+  run_phases(run, phases)
+  return start, run
+
+
+def test_lora_rl_phase_resumes_bit_identical(tmp_path, capsys):
+  """The adapters train, the base stays as it started, and a run resumed from its
+  step-2 checkpoint (step 3's checkpoint, export and DONE removed, as a kill leaves
+  it) ends with the uninterrupted run's adapters and export, bit for bit."""
+  import shutil  # noqa: PLC0415
+  from safetensors.numpy import load_file  # noqa: PLC0415
+  from lrjax import rewards  # noqa: PLC0415
+  rewards.REWARDS.register("test_even_length")(
+      lambda completion, answer: float(len(completion) % 2 == 0))  # varies within a group
+  try:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    start, run = _lora_rl(full, "test_even_length")
+    params = jax.device_get(run.params)
+    assert set(params["lora"]["attn"]) == {"q", "v"}
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(params["lora"]))  # B moved
+    base = {k: v for k, v in params.items() if k != "lora"}
+    jax.tree.map(np.testing.assert_array_equal, base, start)  # frozen
+    shutil.copytree(full, cut)
+    for p in ("rl/DONE", "rl/ckpt/3", "rl/export"):
+      shutil.rmtree(cut / p) if (cut / p).is_dir() else os.remove(cut / p)
+    capsys.readouterr()
+    _, resumed = _lora_rl(cut, "test_even_length")
+    assert "resuming phase 'rl' from its checkpoint at step 2" in capsys.readouterr().out
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), params)
+    a = load_file(str(full / "rl" / "export" / "model.safetensors"))
+    b = load_file(str(cut / "rl" / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and not any("lora" in k for k in a)  # merged kernels
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  finally:
+    rewards.REWARDS.unregister("test_even_length")

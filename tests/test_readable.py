@@ -100,3 +100,31 @@ def test_samples_file_truncation_and_transcript(tmp_path, capsys):
     inspect_lib.read_samples(w)
   with pytest.raises(FileNotFoundError, match="show_samples"):
     inspect_lib.read_samples(str(tmp_path / "none"))
+
+
+def test_inspect_command_line(tmp_path):
+  """`python -m lrjax.inspect` (its main() behind the flags): the chosen evaluation's
+  transcript on stdout; a workdir without samples is one line on stderr, exit 1."""
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  w = str(tmp_path)
+  for phase, step, reward in (("sft", 0, 0.0), ("rl", 0, 1.0), ("rl", 10, 0.0)):
+    write_samples(w, phase, step, [{"prompt": "1+1?", "answer": "2", "reward": reward,
+                                    "completion": f"#### {step}", "latent": []}] * 2)
+  env = dict(os.environ, PYTHONPATH=root)
+
+  def inspect(*args):
+    return subprocess.run([sys.executable, "-m", "lrjax.inspect", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+  r = inspect(f"--workdir={w}", "--phase=rl", "--step=0", "--n=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.count("── rl step 0 ── reward 1") == 1 and "'#### 0'" in r.stdout
+  r = inspect(f"--workdir={w}")  # default: the last evaluation, 3 problems (2 written)
+  assert r.returncode == 0 and r.stdout.count("── rl step 10 ──") == 2, r.stderr[-2000:]
+  r = inspect(f"--workdir={tmp_path / 'none'}")
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert r.stderr.strip().splitlines() == [
+      f"lrjax.inspect: {tmp_path / 'none' / 'samples.jsonl'}: no samples (run with "
+      "eval.show_samples > 0)"]

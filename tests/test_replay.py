@@ -83,10 +83,16 @@ def _double_spec(ctx, batch, max_new):
           "topk_w": jax.ShapeDtypeStruct((batch, max_new, K), jnp.float32)}
 
 
-if "test_topk_mix" not in RULES:
+@pytest.fixture(scope="module", autouse=True)
+def topk_mix_rule():
+  """The test rule is in the global RULES registry for this module's tests only."""
   RULES.register("test_topk_mix")(ThoughtRule(
       step=_double_step, replay_inputs=_double_replay,
       init_state=lambda ctx, b: {"t": jnp.zeros((b,), jnp.int32)}, record_spec=_double_spec))
+  try:
+    yield
+  finally:
+    RULES.unregister("test_topk_mix")
 
 
 # --- shared contexts (tests/test_rollout.py uses identical ones: one compile each) ---

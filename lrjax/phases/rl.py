@@ -150,29 +150,31 @@ def run_rl(run) -> None:
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = run.place({"params": params, "opt_state": optimizer.init(params)})
   ckpt = workdir.checkpointer(run, "rl")
-  state, start, meta = workdir.try_resume(run, "rl", ckpt, state)
-  if meta.get("num_latent", ctx.num_latent) != ctx.num_latent:
-    raise ConfigError(f"the RL checkpoint in {workdir.phase_dir(run, 'rl')} was trained with "
-                      f"{meta['num_latent']} latent steps, this run would use {ctx.num_latent} "
-                      "(config.rule.num_latent)")
-  pdir = workdir.phase_dir(run, "rl")
-  resume.check_start(meta.get("start_hashes"), start_hashes, pdir)
-  if workdir.is_done(run, "rl"):  # a finished phase asked for more steps trains on
-    resume.continue_finished("RL", pdir, start, rl.steps, "rl.steps")  # its last checkpoint
-  if start == 0:
-    held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
-  cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
-  progress = metrics_lib.Progress("rl")
-  guard = faults.NonFiniteCounter("rl", config.train.max_nonfinite, ckpt.directory)
-  preempt = faults.Preemption()
-  try:
-    _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
-                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model,
-                {"num_latent": ctx.num_latent, "start_hashes": start_hashes})
+  try:  # closed on every exit: an error leaves no save in flight nor Orbax thread behind
+    state, start, meta = workdir.try_resume(run, "rl", ckpt, state)
+    if meta.get("num_latent", ctx.num_latent) != ctx.num_latent:
+      raise ConfigError(f"the RL checkpoint in {workdir.phase_dir(run, 'rl')} was trained with "
+                        f"{meta['num_latent']} latent steps, this run would use {ctx.num_latent} "
+                        "(config.rule.num_latent)")
+    pdir = workdir.phase_dir(run, "rl")
+    resume.check_start(meta.get("start_hashes"), start_hashes, pdir)
+    if workdir.is_done(run, "rl"):  # a finished phase asked for more steps trains on
+      resume.continue_finished("RL", pdir, start, rl.steps, "rl.steps")  # its last checkpoint
+    if start == 0:
+      held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
+    cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
+    progress = metrics_lib.Progress("rl")
+    guard = faults.NonFiniteCounter("rl", config.train.max_nonfinite, ckpt.directory)
+    preempt = faults.Preemption()
+    try:
+      _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
+                  ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model,
+                  {"num_latent": ctx.num_latent, "start_hashes": start_hashes})
+    finally:
+      preempt.close()
+    progress.close()
   finally:
-    preempt.close()
-  progress.close()
-  ckpt.wait()
+    ckpt.close()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
   run.heads = dict(state["params"]["heads"])
   run.model_num_latent = ctx.num_latent

@@ -192,6 +192,18 @@ def run_sft(run) -> None:
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = run.place({"params": params, "opt_state": optimizer.init(params)})
   ckpt = workdir.checkpointer(run, "sft")
+  try:  # closed on every exit: an error leaves no save in flight nor Orbax thread behind
+    state = _resume_and_train(run, s, cur, optimizer, state, ckpt)
+  finally:
+    ckpt.close()
+  run.params = state["params"]
+  run.model_num_latent = cur.num_latent(cur.stage(s.steps - 1))
+  workdir.export(run, "sft", run.params, num_latent=run.model_num_latent)
+  workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})
+
+
+def _resume_and_train(run, s, cur, optimizer, state, ckpt) -> dict:
+  """Restores the newest checkpoint and trains to s.steps (the caller closes `ckpt`)."""
   state, start, _ = workdir.try_resume(run, "sft", ckpt, state)
   # a continuation evaluates every eval_every steps counted from where it starts
   eval_base = _finished_steps(s.start_from) if s.start_from else 0
@@ -204,7 +216,7 @@ def run_sft(run) -> None:
                                         span_scale=_span_scale(s),
                                         span_tokens=float(s.get("span_hint", 0.0)) > 0)
   progress = Progress("sft")
-  guard = faults.NonFiniteCounter("sft", config.train.max_nonfinite, ckpt.directory)
+  guard = faults.NonFiniteCounter("sft", run.config.train.max_nonfinite, ckpt.directory)
   preempt = faults.Preemption()
   try:
     _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,
@@ -212,11 +224,7 @@ def run_sft(run) -> None:
   finally:
     preempt.close()
   progress.close()
-  ckpt.wait()
-  run.params = state["params"]
-  run.model_num_latent = cur.num_latent(cur.stage(s.steps - 1))
-  workdir.export(run, "sft", run.params, num_latent=run.model_num_latent)
-  workdir.mark_done(run, "sft", {"steps": s.steps, "method": s.method})
+  return state
 
 
 def _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,

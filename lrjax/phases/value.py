@@ -129,8 +129,18 @@ def trainable(head: dict) -> dict:
 
 
 def train_head(run, data: dict, key: jax.Array) -> tuple[dict, dict]:
-  """Trains V on the training problems' states; (best head, summary)."""
+  """Trains V on the training problems' states; (best head on the host, summary).
+
+  Rollouts with no correct (or no wrong) response are a ConfigError: a head
+  trained on one class rates every thought alike."""
   v = run.config.latent_rl
+  n_pos, n = int(np.sum(data["labels"])), len(data["labels"])
+  if n_pos in (0, n):
+    raise ConfigError(
+        f"the value phase's {n} rollouts have {'no correct' if n_pos == 0 else 'no wrong'} "
+        "response, so the value head has one class to learn: start from a model that solves "
+        "some but not all problems (a longer warm-up, config.sft.steps) or roll out more "
+        "(config.latent_rl.prompts)")
   held = split_by_problem(int(data["problem"].max()) + 1, v.holdout, run.config.seed)
   n_lat, hsize = data["states"].shape[1:]
   row_held = held[data["problem"]]  # M
@@ -146,7 +156,9 @@ def train_head(run, data: dict, key: jax.Array) -> tuple[dict, dict]:
   score = jax.jit(lambda hd, x: value_logits(hd, x))
   heldout_loss = jax.jit(lambda hd, x, y: weighted_bce(value_logits(hd, x), y, pos_weight))
   rng = np.random.default_rng([run.config.seed, VALUE_STREAM, 1])
-  best = {"auc": -1.0, "epoch": 0, "head": head}
+  # a host copy in every branch: the caller places it twice ("value", "value_start"), and
+  # the RL update donates its buffers
+  best = {"auc": -1.0, "epoch": 0, "head": jax.device_get(head)}
   bs = int(v.batch_size)
   for epoch in range(1, v.epochs + 1):
     order = rng.permutation(len(x_tr))
