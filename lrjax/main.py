@@ -17,6 +17,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>, "
                                 "runs/<config name>-<mode> for eval / span_probe)")
+_PRINT_WORKDIR = flags.DEFINE_bool("print_workdir", False,
+                                   "print the run's workdir (absolute) and exit")
 
 # Phases that read a trained model (config.init) and train nothing: their runs
 # get a workdir of their own, never the trained run's.
@@ -45,8 +47,11 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None:
     sys.exit("lrjax: --config is required (e.g. --config=configs/hrpo.py)")
-  from lrjax.phases.pipeline import prepare, run_phases
   workdir = _WORKDIR.value or default_workdir(config)
+  if _PRINT_WORKDIR.value:
+    print(os.path.abspath(workdir))
+    return
+  from lrjax.phases.pipeline import prepare, run_phases
   try:
     run, phases = prepare(config, workdir)
   except ConfigMismatchError as e:  # multi-line: one line per differing field
