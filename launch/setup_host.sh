@@ -21,7 +21,7 @@
 # Runs on a worker: the TPU launchers copy it there and run it on every worker.
 set -euo pipefail
 
-PROG="$(basename "$0")"
+PROG="${0##*/}"
 MIN_PY="3.11"
 PLATFORM=""
 SOURCE=""
