@@ -3,7 +3,9 @@
 The config's `mode` lists the phases to run (`sft`, `value`, `rl`, `eval`,
 `span_probe`, e.g. 'sft,rl'); each phase is a function in `PHASES`. A workdir
 that already holds a run resumes it (a differing config is refused unless
-`--config.allow_config_mismatch=True`).
+`--config.allow_config_mismatch=True`; the mesh and the logging cadence may
+change). `--config=configs/<m>.py` resolves from any directory (the configs
+ship with the package); `--print_workdir` prints the workdir and exits.
 """
 from __future__ import annotations
 
