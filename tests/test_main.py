@@ -174,3 +174,20 @@ def test_resume_on_another_mesh_and_logging_cadence(tmp_path, finished):
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
   assert [r["step"] for r in _metrics(w) if "train/loss" in r][-3:] == [20, 22, 24]
+
+
+def test_config_path_resolves_from_any_directory(tmp_path, monkeypatch):
+  """`configs/<m>.py` from another directory is the installed `configs` package's file
+  (here: the checkout's, on the import path); a local file of that path wins, and a
+  file in a `configs/` package folder reads its own siblings."""
+  from lrjax.main import resolve_config_path
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  assert resolve_config_path("configs/grpo.py:prosqa") == os.path.join(
+      ROOT, "configs", "grpo.py") + ":prosqa"
+  assert resolve_config_path("configs/nope.py") == "configs/nope.py"  # the flag reports it
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "__init__.py").write_text("")
+  (tmp_path / "configs" / "grpo.py").write_text("")
+  assert resolve_config_path("configs/grpo.py:prosqa") == "configs/grpo.py:prosqa"
+  assert sys.path[0] == str(tmp_path)
