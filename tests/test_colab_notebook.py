@@ -98,6 +98,6 @@ def test_notebook_runs_short_in_the_venv_with_its_own_install(tmp_path, venv):
   table = text[text.rindex("sft_final"):].splitlines()  # the notebook's table, the last
   assert [line.split()[:2] for line in table[:3]] == [["sft_final", "4"], ["rl_step0", "0"],
                                                        ["rl_final", "2"]]
-  workdir = run_dir / "runs" / "hrpo"  # lrjax.main's default, outside the checkout
+  workdir = run_dir / "runs" / "hrpo"  # outside the checkout
   assert (workdir / "rl" / "DONE").exists() and (workdir / "rl" / "export").is_dir()
   assert len(images) >= 2  # the train and eval curves
