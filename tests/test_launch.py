@@ -104,7 +104,8 @@ def test_tpu_pod_dry_run_every_worker(fakes):
   notes, cmds = _ok(fakes, "tpu_pod.sh", "--zone=z", "--accelerator=v4-32", "--bucket=bk",
                     "--mesh=-1,2,2", "--no-create", "--source=git+https://example.com/lrjax@v1",
                     "--config=configs/grpo.py:prosqa")
-  where = "/mnt/bk/runs/<config name> (lrjax.main's default; <config name>-<mode> for eval / span_probe)"
+  where = ("/mnt/bk/runs/<config name> (lrjax.main's default; <config name>-<mode> for eval / "
+           "span_probe)")
   assert notes[:2] == ["# config: configs/grpo.py:prosqa",
                        "# mesh: data=4 fsdp=2 tensor=2 (16 devices of v4-32 over 4 hosts)"]
   assert notes[2:6] == [f"# worker {i}: process {i} of 4, workdir {where}" for i in range(4)]
@@ -317,7 +318,8 @@ exit 0
     ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--mesh=2,2,1",
                    "--config.mesh.data=2"], "give the mesh once"),
     ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--spot"], "--spot needs --bucket=B"),
-    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--buckt=b"], "unknown option --buckt=b"),
+    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--buckt=b"],
+     "unknown option --buckt=b"),
     ("tpu_pod.sh", ["--zone=z", "--config=configs/hrpo.py"], "needs a workdir every worker sees"),
     ("gpu.sh", ["--config=configs/hrpo.py", "--no-dry-run"], "is it a GPU node?"),
     ("gpu.sh", ["--gpus=0", "--config=configs/hrpo.py"], "want a positive number of GPUs"),
