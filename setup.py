@@ -16,8 +16,11 @@ setuptools.setup(
     description="Latent-reasoning reinforcement learning (HRPO, LEPO, Latent-GRPO, LatR, DLR) in JAX/Flax",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["lrjax", "lrjax.*"]),
-    python_requires=">=3.10",
+    # configs/ (the method configs, `--config=configs/<m>.py`) ships as the top-level
+    # package `configs`, so an installed lrjax resolves them from any directory.
+    packages=setuptools.find_packages(include=["lrjax", "lrjax.*", "configs"]),
+    # jax / jaxlib 0.10 and flax 0.12 require Python >= 3.11
+    python_requires=">=3.11",
     install_requires=REQUIREMENTS,
     extras_require={
         # torch is the numerical reference in tests only; pinned so pip never

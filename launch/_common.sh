@@ -10,8 +10,9 @@ PROG="$(basename "$0")"
 DRY_RUN=0
 CONFIG=""         # --config=FILE[:preset]
 OVERRIDES=()      # --config.a.b=value ...
-WORKDIR=""
-MESH=""           # data,fsdp,tensor (-1 = the rest)
+WORKDIR=""        # "" = lrjax.main's default (runs/<config.name>, in the run directory)
+MESH=""           # data,fsdp,tensor (-1 = the rest); "" = the config's own mesh
+MESH_OVERRIDES=() # --config.mesh.a=value ...
 SOURCE="$ROOT"    # what to install: this checkout, or a git URL (git+https://...[@ref])
 EXTRA=()          # the launcher's own options, parsed by the launcher
 
@@ -25,14 +26,15 @@ die() {
   exit 2
 }
 
-# Splits "$@" into CONFIG / OVERRIDES / WORKDIR / MESH / SOURCE / DRY_RUN and EXTRA.
+# Splits "$@" into CONFIG / OVERRIDES (MESH_OVERRIDES: the --config.mesh.* ones) /
+# WORKDIR / MESH / SOURCE / DRY_RUN and EXTRA.
 parse_common() {
   local arg
   for arg in "$@"; do
     case "$arg" in
       --dry-run) DRY_RUN=1 ;;
       --config=*) CONFIG="${arg#--config=}" ;;
-      --config.mesh.*) die "set the mesh with --mesh=DATA,FSDP,TENSOR, not $arg" ;;
+      --config.mesh.*=*) MESH_OVERRIDES+=("$arg"); OVERRIDES+=("$arg") ;;
       --config.*=*) OVERRIDES+=("$arg") ;;
       --config.*) die "a config override needs a value: $arg=VALUE" ;;
       --workdir=*) WORKDIR="${arg#--workdir=}" ;;
@@ -48,11 +50,8 @@ parse_common() {
   if is_local_source && [[ ! -f "$SOURCE/$file" ]]; then
     die "no config file $file in $SOURCE (give it relative to the repository root)"
   fi
-  if [[ -z "$WORKDIR" ]]; then  # lrjax.main's default: runs/<config name>
-    local name
-    name="$(basename "$file" .py)"
-    [[ "$CONFIG" == *:* ]] && name="$name-${CONFIG#*:}"
-    WORKDIR="runs/$name"
+  if [[ -n "$MESH" && ${#MESH_OVERRIDES[@]} -gt 0 ]]; then
+    die "give the mesh once: --mesh=$MESH or ${MESH_OVERRIDES[*]}"
   fi
 }
 
@@ -117,16 +116,23 @@ run() {
   fi
 }
 
-# Sets MESH_DATA MESH_FSDP MESH_TENSOR from --mesh (default -1,1,1) for N devices.
+# Checks --mesh=DATA,FSDP,TENSOR against N devices (0: not known) and sets MESH_DATA
+# MESH_FSDP MESH_TENSOR; without --mesh the config's own mesh (or --config.mesh.*) stands.
 resolve_mesh() {
   local n="$1" d f t known
-  IFS=, read -r d f t <<< "${MESH:--1,1,1}"
+  MESH_DATA="" MESH_FSDP="" MESH_TENSOR=""
+  [[ -n "$MESH" ]] || return 0
+  IFS=, read -r d f t <<< "$MESH"
   for v in "$d" "$f" "$t"; do
     [[ "$v" =~ ^(-1|[1-9][0-9]*)$ ]] || die "--mesh=$MESH: want DATA,FSDP,TENSOR (integers, one may be -1)"
   done
   known=$(( (d < 0 ? 1 : d) * (f < 0 ? 1 : f) * (t < 0 ? 1 : t) ))
   if (( (d < 0) + (f < 0) + (t < 0) > 1 )); then
     die "--mesh=$MESH: at most one axis may be -1"
+  fi
+  if (( n == 0 )); then  # the device count is not known here: lrjax resolves the -1
+    MESH_DATA=$d MESH_FSDP=$f MESH_TENSOR=$t
+    return 0
   fi
   if (( d < 0 || f < 0 || t < 0 )); then
     (( n % known == 0 )) || die "--mesh=$MESH: $n devices are not divisible by $known"
@@ -138,22 +144,47 @@ resolve_mesh() {
   MESH_DATA=$d MESH_FSDP=$f MESH_TENSOR=$t
 }
 
-# Sets LRJAX_ARGV: the lrjax.main command (run from the repository root).
+# Sets LRJAX_ARGV: the lrjax.main arguments after `python -m lrjax.main` (--config
+# as CONFIG_ARG, default CONFIG); the mesh only when --mesh was given, the workdir
+# only when --workdir was given (else lrjax.main's default).
 lrjax_argv() {
-  LRJAX_ARGV=(python -m lrjax.main "--config=$CONFIG" "--workdir=$WORKDIR"
-    "--config.mesh.data=$MESH_DATA" "--config.mesh.fsdp=$MESH_FSDP"
-    "--config.mesh.tensor=$MESH_TENSOR" "${OVERRIDES[@]}")
+  LRJAX_ARGV=("--config=${CONFIG_ARG:-$CONFIG}")
+  [[ -n "$WORKDIR" ]] && LRJAX_ARGV+=("--workdir=$WORKDIR")
+  if [[ -n "$MESH_DATA" ]]; then
+    LRJAX_ARGV+=("--config.mesh.data=$MESH_DATA" "--config.mesh.fsdp=$MESH_FSDP"
+                 "--config.mesh.tensor=$MESH_TENSOR")
+  fi
+  LRJAX_ARGV+=("${OVERRIDES[@]}")
 }
 
-# The lrjax.main command as one quoted line (for a remote shell).
-lrjax_command() {
-  lrjax_argv
-  q "${LRJAX_ARGV[@]}"
-}
-
-# What the dry run (and a real run) reports first: the config, the mesh, the workdir.
+# What the dry run (and a real run) reports first: the config, the mesh.
 summary() {
   local devices="$1"
   echo "# config: $CONFIG${OVERRIDES[*]:+ ${OVERRIDES[*]}}"
-  echo "# mesh: data=$MESH_DATA fsdp=$MESH_FSDP tensor=$MESH_TENSOR ($devices)"
+  if [[ -n "$MESH_DATA" ]]; then
+    echo "# mesh: data=$MESH_DATA fsdp=$MESH_FSDP tensor=$MESH_TENSOR ($devices)"
+  elif (( ${#MESH_OVERRIDES[@]} )); then
+    echo "# mesh: the config's, with ${MESH_OVERRIDES[*]} ($devices)"
+  else
+    echo "# mesh: the config's own ($devices)"
+  fi
 }
+
+# The workdir as the summary states it, relative to the run directory DIR.
+workdir_note() {
+  local dir="$1"
+  if [[ -z "$WORKDIR" ]]; then
+    echo "$dir/runs/<config name> (lrjax.main's default; <config name>-<mode> for eval / span_probe)"
+  elif [[ "$WORKDIR" == /* ]]; then
+    echo "$WORKDIR"
+  else
+    echo "$dir/$WORKDIR"
+  fi
+}
+
+# The source tarball: the checkout without virtualenvs, runs, caches, build
+# outputs and git history.
+TAR_EXCLUDES=(--exclude=./runs --exclude=./.git --exclude=.venv --exclude=venv
+  --exclude=.env --exclude='*-venv' --exclude=__pycache__ --exclude=.pytest_cache
+  --exclude=.hypothesis --exclude=.ipynb_checkpoints --exclude='*.egg-info'
+  --exclude=./build --exclude=./dist)

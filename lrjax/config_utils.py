@@ -7,7 +7,11 @@
 A run resumed with a config that differs from the stored one is refused with a
 `ConfigMismatchError` listing every differing field, unless
 `--config.allow_config_mismatch=True` (then it only logs a warning). Fields in
-`RESUME_IGNORED` (and everything below them) never count as differences.
+`RESUME_IGNORED` (and everything below them) never count as differences; those
+in `RESUME_FREE` (the mesh, the logging cadence) do not either, but a resume
+that changes them says so: checkpoints restore onto any mesh, exact in values
+(a different mesh may reorder floating-point reductions, so the continuation
+is not promised bit-identical to a run on the old mesh).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from absl import logging
 
 CONFIG_FILE = "config.json"
 RESUME_IGNORED: tuple[str, ...] = ("allow_config_mismatch", "workdir", "distributed")
+RESUME_FREE: tuple[str, ...] = ("mesh", "sft.log_every", "rl.log_every")
 _ABSENT = "<absent>"
 
 
@@ -125,8 +130,9 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None
   """Refuses to resume `workdir` with a config that differs from its stored one.
 
   Raises ConfigMismatchError listing every differing field (ignoring
-  `RESUME_IGNORED`, and the `rl` section when neither config runs an RL phase:
-  an SFT run, or a compare's shared warm-up, does not read it); with
+  `RESUME_IGNORED`, `RESUME_FREE` (a change there is said, not refused), and
+  the `rl` section when neither config runs an RL phase: an SFT run, or a
+  compare's shared warm-up, does not read it); with
   `allow_mismatch` logs the same list as a warning. Does nothing when the
   workdir has no stored config.
   """
@@ -138,6 +144,12 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None
   if all(isinstance(m, str) for m in modes) and not any("rl" in mode_phases(m) for m in modes):
     ignore = ignore + ("rl",)
   diffs = config_mismatch(stored, config, ignore=ignore)
+  free = [d for d in diffs if any(d.startswith((f + ":", f + ".")) for f in RESUME_FREE)]
+  diffs = [d for d in diffs if d not in free]
+  if free:
+    from lrjax.metrics import say  # deferred: keeps this module free of jax imports
+    say(f"[lrjax] resuming {workdir} with another mesh or logging cadence (allowed: values "
+        "are exact, not promised bit-identical on another mesh): " + "; ".join(free))
   if not diffs:
     return
   listing = "\n  ".join(diffs)

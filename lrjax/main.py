@@ -3,7 +3,9 @@
 The config's `mode` lists the phases to run (`sft`, `value`, `rl`, `eval`,
 `span_probe`, e.g. 'sft,rl'); each phase is a function in `PHASES`. A workdir
 that already holds a run resumes it (a differing config is refused unless
-`--config.allow_config_mismatch=True`).
+`--config.allow_config_mismatch=True`; the mesh and the logging cadence may
+change). `--config=configs/<m>.py` resolves from any directory (the configs
+ship with the package); `--print_workdir` prints the workdir and exits.
 """
 from __future__ import annotations
 
@@ -15,10 +17,26 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default runs/<config name>, "
+                                "runs/<config name>-<mode> for eval / span_probe)")
+_PRINT_WORKDIR = flags.DEFINE_bool("print_workdir", False,
+                                   "print the run's workdir (absolute) and exit")
+
+# Phases that read a trained model (config.init) and train nothing: their runs
+# get a workdir of their own, never the trained run's.
+READ_ONLY_MODES = ("eval", "span_probe")
+
 
 def default_workdir(config) -> str:
-  return os.path.join("runs", config.get("name") or "run")
+  """`runs/<config.name>`; `runs/<name>-<mode>` for a run of evaluation phases only
+  (e.g. `runs/sft-eval`), so that `--config.mode=eval --config.init=runs/sft`
+  never writes into the SFT run's workdir."""
+  from lrjax.config_utils import mode_phases
+  name = config.get("name") or "run"
+  phases = mode_phases(str(config.get("mode") or ""))
+  if phases and all(p in READ_ONLY_MODES for p in phases):
+    name = "-".join([name, *phases])
+  return os.path.join("runs", name)
 
 
 def main(argv) -> None:
@@ -31,8 +49,11 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None:
     sys.exit("lrjax: --config is required (e.g. --config=configs/hrpo.py)")
-  from lrjax.phases.pipeline import prepare, run_phases
   workdir = _WORKDIR.value or default_workdir(config)
+  if _PRINT_WORKDIR.value:
+    print(os.path.abspath(workdir))
+    return
+  from lrjax.phases.pipeline import prepare, run_phases
   try:
     run, phases = prepare(config, workdir)
   except ConfigMismatchError as e:  # multi-line: one line per differing field
@@ -58,7 +79,42 @@ def _one_line_error(argv, err: Exception) -> str:
   return text.removeprefix("flag ")
 
 
+def resolve_config_path(value: str) -> str:
+  """A `--config=PATH[:preset]` value as lrjax.main reads it, from any directory.
+
+  PATH as given when that file exists (a local file wins; a file inside a
+  `configs/` package folder also puts that folder's parent first on `sys.path`,
+  so its `from configs import base` reads its own siblings); else
+  `configs/<m>.py` is the file of the installed `configs` package (the configs
+  ship with lrjax). Anything else is left for the config flag to report.
+  """
+  import importlib.util
+  path, sep, preset = value.partition(":")
+  if os.path.isfile(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) == "configs" and os.path.isfile(
+        os.path.join(folder, "__init__.py")):
+      parent = os.path.dirname(folder)
+      if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return value
+  rel = os.path.normpath(path)
+  if not rel.startswith("configs" + os.sep):
+    return value
+  try:
+    spec = importlib.util.find_spec("configs")
+  except (ImportError, ValueError):
+    spec = None
+  for location in (spec.submodule_search_locations or []) if spec else []:
+    candidate = os.path.join(location, rel[len("configs" + os.sep):])
+    if os.path.isfile(candidate):
+      return candidate + sep + preset
+  return value
+
+
 def parse_flags(argv):
+  argv = [f"--config={resolve_config_path(a[len('--config='):])}" if a.startswith("--config=")
+          else a for a in argv]
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:

@@ -91,3 +91,23 @@ def test_validate_choice():
     cu.get_field(c, "data.tsk")
   with pytest.raises(cu.ConfigError, match="no field 'nope'"):
     cu.validate_choice({"a": 1}, "nope", ("x",))
+
+
+def test_resume_check_allows_another_mesh_and_logging_cadence(tmp_path, capsys):
+  stored = _config(log_every=10)
+  stored.mode = "sft,rl"
+  stored.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  cu.save_config(str(tmp_path), stored)
+  other = _config(log_every=1)
+  other.mode = "sft,rl"
+  other.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 2, "tensor": 1})
+  cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)  # said, not refused
+  said = capsys.readouterr().out
+  assert "another mesh or logging cadence" in said
+  for line in ("mesh.data: -1 (stored) != 1 (now)", "mesh.fsdp: 1 (stored) != 2 (now)",
+               "rl.log_every: 10 (stored) != 1 (now)"):
+    assert line in said
+  other.rl.lr = 1e-4  # any other field still counts, and only it is listed
+  with pytest.raises(cu.ConfigMismatchError) as e:
+    cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)
+  assert "1 field(s)" in str(e.value) and "mesh" not in str(e.value)

@@ -55,59 +55,129 @@ def _remote(cmd):
   return shlex.split(arg[len("--command="):])
 
 
-def _lrjax(config, workdir, mesh, *overrides):
-  return ["python", "-m", "lrjax.main", f"--config={config}", f"--workdir={workdir}",
-          *(f"--config.mesh.{k}={v}" for k, v in zip(("data", "fsdp", "tensor"), mesh)),
-          *overrides]
+def _lrjax(config, *args, python="python"):
+  return [python, "-m", "lrjax.main", f"--config={config}", *args]
+
+
+def _mesh(*mesh):
+  return [f"--config.mesh.{k}={v}" for k, v in zip(("data", "fsdp", "tensor"), mesh)]
+
+
+def _job(cmd, action="start"):
+  """The run a `bash ~/job.sh ACTION 'CMD'` remote command starts, as argv."""
+  remote = _remote(cmd)
+  assert remote[:3] == ["bash", "~/job.sh", action], remote
+  return shlex.split(remote[3])
+
+
+VENV_PY = "~/lrjax-venv/bin/python"
 
 
 def test_tpu_vm_dry_run(fakes):
   notes, cmds = _ok(fakes, "tpu_vm.sh", "--zone=us-central2-b", "--accelerator=v4-8",
                     "--name=box", "--config=configs/hrpo.py", HRPO, "--config.rl.steps=5")
   assert notes[:3] == [f"# config: configs/hrpo.py {HRPO} --config.rl.steps=5",
-                       "# mesh: data=4 fsdp=1 tensor=1 (4 devices of v4-8, 1 host)",
-                       "# workdir: ~/lrjax/runs/hrpo on box"]
-  create, tar, scp, install, train = cmds
+                       "# mesh: the config's own (4 devices of v4-8, 1 host)",
+                       "# workdir: ~/lrjax/runs/<config name> (lrjax.main's default; "
+                       "<config name>-<mode> for eval / span_probe) on box"]
+  create, mkdir, tar, scp, setup, start = cmds
   assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "box",
                     "--zone=us-central2-b", "--accelerator-type=v4-8",
                     "--version=tpu-ubuntu2204-base"]
-  assert tar[:4] == ["tar", "-czf", "/tmp/lrjax-src.tgz", "-C"] and tar[4] == ROOT
-  assert scp[4] == "scp" and "--worker=0" in scp
-  assert "jax[tpu]" in " ".join(_remote(install)) and install[4:6] == ["ssh", "box"]
-  assert train[4:7] == ["ssh", "box", "--zone=us-central2-b"]
-  assert _remote(train) == ["cd", "~/lrjax", "&&", *_lrjax(
-      "configs/hrpo.py", "runs/hrpo", (4, 1, 1), HRPO, "--config.rl.steps=5")]
+  assert tar[:2] == ["tar", "-czf"] and tar[-3:] == ["-C", ROOT, "."]
+  for excluded in ("./runs", "./.git", ".venv", "venv", "__pycache__", ".pytest_cache"):
+    assert f"--exclude={excluded}" in tar, excluded
+  assert scp[4] == "scp" and "--worker=all" in scp
+  assert [os.path.basename(a) for a in scp if a.startswith("/")] == [
+      "setup_host.sh", "job.sh", "lrjax-src.tgz"]
+  assert setup[4:6] == ["ssh", "box"]
+  assert _remote(setup) == ["bash", "~/setup_host.sh", "--platform=tpu",
+                            "--source=~/lrjax-src.tgz"]
+  assert start[4:7] == ["ssh", "box", "--zone=us-central2-b"]
+  # the config's own mesh and lrjax.main's default workdir: neither is passed
+  assert _job(start) == ["mkdir", "-p", "~/lrjax", "&&", "cd", "~/lrjax", "&&", *_lrjax(
+      "configs/hrpo.py", HRPO, "--config.rl.steps=5", python=VENV_PY)]
+  assert "# detached: follow the run with the same command and --logs" in notes
 
 
 def test_tpu_pod_dry_run_every_worker(fakes):
   notes, cmds = _ok(fakes, "tpu_pod.sh", "--zone=z", "--accelerator=v4-32", "--bucket=bk",
                     "--mesh=-1,2,2", "--no-create", "--source=git+https://example.com/lrjax@v1",
                     "--config=configs/grpo.py:prosqa")
-  workdir = "/mnt/bk/runs/grpo-prosqa"
+  where = ("/mnt/bk/runs/<config name> (lrjax.main's default; <config name>-<mode> for eval / "
+           "span_probe)")
   assert notes[:2] == ["# config: configs/grpo.py:prosqa",
                        "# mesh: data=4 fsdp=2 tensor=2 (16 devices of v4-32 over 4 hosts)"]
-  assert notes[2:6] == [f"# worker {i}: process {i} of 4, workdir {workdir}" for i in range(4)]
+  assert notes[2:6] == [f"# worker {i}: process {i} of 4, workdir {where}" for i in range(4)]
   assert all(c[4] != "create" for c in cmds)  # --no-create
-  clone, mount, train = cmds
-  assert _remote(clone)[:9] == ["rm", "-rf", "~/lrjax", "&&", "git", "clone", "--depth", "1",
-                                "--branch"]
-  assert "https://example.com/lrjax" in _remote(clone)
+  scp, setup, mount, start = cmds
+  assert [os.path.basename(a) for a in scp if a.startswith("/")] == ["setup_host.sh", "job.sh"]
+  assert _remote(setup) == ["bash", "~/setup_host.sh", "--platform=tpu",
+                            "--source=git+https://example.com/lrjax@v1"]
   assert "gcsfuse" in " ".join(_remote(mount)) and "--worker=all" in mount
-  assert "--worker=all" in train
-  assert _remote(train) == ["cd", "~/lrjax", "&&", "LRJAX_DISTRIBUTED=1", *_lrjax(
-      "configs/grpo.py:prosqa", workdir, (4, 2, 2))]
+  assert "--worker=all" in start
+  assert _job(start) == ["mkdir", "-p", "/mnt/bk", "&&", "cd", "/mnt/bk", "&&",
+                         "LRJAX_DISTRIBUTED=1", *_lrjax("configs/grpo.py:prosqa", *_mesh(4, 2, 2),
+                                                        python=VENV_PY)]
+  # a checkout's config is read from its copy on the worker; --config.mesh.* passes through
+  _, cmds = _ok(fakes, "tpu_pod.sh", "--zone=z", "--accelerator=v4-32", "--bucket=bk",
+                "--config=configs/hrpo.py", "--config.mesh.fsdp=4")
+  assert _job(cmds[-1])[-2:] == ["--config=$HOME/lrjax/configs/hrpo.py", "--config.mesh.fsdp=4"]
+
+
+@pytest.mark.parametrize("accelerator, image", [
+    ("v2-8", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"),
+    ("v4-8", "tpu-ubuntu2204-base"), ("v5p-8", "v2-alpha-tpuv5"),
+    ("v5litepod-8", "v2-alpha-tpuv5-lite"), ("v6e-8", "v2-alpha-tpuv6e")])
+def test_every_tpu_generation_gets_a_python_jax_accepts(fakes, accelerator, image):
+  notes, cmds = _ok(fakes, "tpu_vm.sh", "--zone=z", f"--accelerator={accelerator}",
+                    "--config=configs/hrpo.py")
+  assert cmds[0][-1] == f"--version={image}"
+  assert (f"# python on the workers: {image} is Ubuntu 22.04 with Python 3.10; jax 0.10 needs "
+          ">= 3.11, so setup_host.sh makes the venv with uv and CPython 3.11 where the image's "
+          "is older") in notes
+  (setup,) = [c for c in cmds if "--command=bash ~/setup_host.sh" in " ".join(c)]
+  assert _remote(setup)[:3] == ["bash", "~/setup_host.sh", "--platform=tpu"]
+
+
+def test_setup_host_installs_a_newer_python_where_the_host_has_3_10(tmp_path):
+  """The dry run on a host whose only python3 is 3.10 (a fake): uv makes a 3.11 venv."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  _script(bin_dir / "python3", "#!/bin/sh\ncase \"$*\" in *--version*) echo 'Python 3.10.12' ;; "
+          "*) exit 1 ;; esac\n")
+  env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+  p = subprocess.run(["/bin/bash", os.path.join(ROOT, "launch", "setup_host.sh"), "--dry-run",
+                      "--platform=tpu", "--source=~/lrjax-src.tgz"], env=env,
+                     capture_output=True, text=True, timeout=30)
+  assert p.returncode == 0, p.stderr
+  lines = p.stdout.splitlines()
+  assert lines[0] == ("# python: Python 3.10.12 on this host, jax needs >= 3.11: uv makes the "
+                      f"venv {tmp_path}/lrjax-venv with CPython 3.11")
+  cmds = [shlex.split(l) for l in lines[1:]]
+  venv_py = f"{tmp_path}/lrjax-venv/bin/python"
+  assert cmds[0] == ["python3", "-m", "pip", "install", "--user", "-q", "uv"]
+  assert cmds[1] == [f"{tmp_path}/.local/bin/uv", "venv", "--seed", "--python", "3.11",
+                     f"{tmp_path}/lrjax-venv"]
+  assert cmds[-3][:1] == ["tar"] and f"{tmp_path}/lrjax-src.tgz" in cmds[-3]  # ~ expanded
+  assert cmds[-2] == [venv_py, "-m", "pip", "install", "-q", "jax[tpu]>=0.10",
+                      f"{tmp_path}/lrjax"]
+  assert cmds[-1][0] == venv_py
 
 
 def test_gpu_dry_run_is_a_command_lrjax_accepts(fakes):
   notes, cmds = _ok(fakes, "gpu.sh", "--gpus=8", "--mesh=-1,2,1", "--install",
-                    "--workdir=/data/run1", "--config=configs/hrpo.py", HRPO)
-  assert notes == [f"# config: configs/hrpo.py {HRPO}",
-                   "# mesh: data=4 fsdp=2 tensor=1 (8 GPUs, 1 process)",
-                   f"# workdir: /data/run1 (in {ROOT})"]
-  jax_install, lrjax_install, cd, train = cmds
-  assert jax_install == ["pip", "install", "-U", "jax[cuda12]"]
-  assert lrjax_install == ["pip", "install", "-e", ROOT] and cd == ["cd", ROOT]
-  argv = _lrjax("configs/hrpo.py", "/data/run1", (4, 2, 1), HRPO)
+                    "--venv=/opt/v", "--workdir=/data/run1", "--config=configs/hrpo.py", HRPO)
+  assert notes[:3] == [f"# config: configs/hrpo.py {HRPO}",
+                       "# mesh: data=4 fsdp=2 tensor=1 (8 GPUs, 1 process)",
+                       "# workdir: /data/run1"]
+  assert any(n.startswith("# python: ") for n in notes)
+  *setup, cd, train = cmds
+  assert setup[-2] == ["/opt/v/bin/python", "-m", "pip", "install", "-q", "jax[cuda12]>=0.10",
+                       ROOT]
+  assert cd == ["cd", ROOT]
+  argv = _lrjax("configs/hrpo.py", "--workdir=/data/run1", *_mesh(4, 2, 1), HRPO,
+                python="/opt/v/bin/python")
   assert train == ["env", "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7",
                    "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", *argv]
   from absl import flags
@@ -121,12 +191,116 @@ def test_gpu_dry_run_is_a_command_lrjax_accepts(fakes):
   assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (4, 2, 1) and fv.workdir == "/data/run1"
   assert c.rl.param_groups == (("rule/.*", 1e-3), (".*", 3e-5))
 
-  _, (_, train) = _ok(fakes, "gpu.sh", "--config=configs/grpo.py",
-                      env={"PATH": fakes["GPU_PATH"]})  # every GPU nvidia-smi lists
-  assert train[1] == "CUDA_VISIBLE_DEVICES=0,1" and "--config.mesh.data=2" in train
-  _, (_, train) = _ok(fakes, "gpu.sh", "--config=configs/grpo.py", "--mesh=1,1,3",
-                      env={"CUDA_VISIBLE_DEVICES": "2,5,7"})  # a scheduler's choice is kept
-  assert train[1] == "CUDA_VISIBLE_DEVICES=2,5,7" and "--config.mesh.tensor=3" in train
+  env = {"PATH": fakes["GPU_PATH"], "HOME": str(fakes["calls"].parent)}  # no venv there
+  _, (_, train) = _ok(fakes, "gpu.sh", "--config=configs/grpo.py", env=env)  # nvidia-smi's GPUs
+  assert train == ["env", "CUDA_VISIBLE_DEVICES=0,1", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",
+                   *_lrjax("configs/grpo.py")]  # the config's mesh, lrjax.main's workdir
+  _, (_, train) = _ok(fakes, "gpu.sh", "--config=configs/grpo.py", "--config.mesh.tensor=3",
+                      env={"CUDA_VISIBLE_DEVICES": "2,5,7", **env})  # a scheduler's choice is kept
+  assert train[1] == "CUDA_VISIBLE_DEVICES=2,5,7" and train[-1] == "--config.mesh.tensor=3"
+  # the README's laptop dry run: no nvidia-smi, no GPU; the -1 is left to lrjax
+  notes, (_, train) = _ok(fakes, "gpu.sh", "--mesh=-1,4,1", "--config=configs/hrpo.py",
+                          env={"HOME": env["HOME"]})
+  assert train[-3:] == _mesh(-1, 4, 1) and "CUDA_VISIBLE_DEVICES" not in " ".join(train)
+
+
+def test_gpu_git_source_is_installed_and_run_installed(fakes, tmp_path):
+  clone = tmp_path / "clone"
+  subprocess.run(["git", "clone", "-q", ROOT, str(clone)], check=True, timeout=60)
+  sha = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True,
+                       text=True, check=True).stdout.strip()
+  source = f"git+file://{clone}@{sha}"
+  home = tmp_path / "home"
+  notes, cmds = _ok(fakes, "gpu.sh", f"--source={source}", "--gpus=1", "--config=configs/hrpo.py",
+                    env={"HOME": str(home)})
+  *setup, cd, train = cmds
+  py = f"{home}/lrjax-venv/bin/python"
+  assert [py, "-m", "pip", "install", "-q", "jax[cuda12]>=0.10", source] in setup
+  assert cd == ["cd", f"{home}/lrjax"]  # not the checkout: the installed package runs
+  assert train[3:] == _lrjax("configs/hrpo.py", python=py)
+
+
+def test_tarball_leaves_out_virtualenvs_runs_caches_and_git(tmp_path):
+  src = tmp_path / "src"
+  for f in ("lrjax/a.py", "configs/b.py", ".venv/bin/python", "venv/x", "runs/r/ckpt",
+            ".git/HEAD", "lrjax/__pycache__/a.pyc", ".pytest_cache/jax/c", "lrjax.egg-info/P",
+            "docs/runs.md"):
+    (src / f).parent.mkdir(parents=True, exist_ok=True)
+    (src / f).write_text("x")
+  out = tmp_path / "s.tgz"
+  subprocess.run(["bash", "-c", f'source {ROOT}/launch/_common.sh && '
+                  f'tar -czf {out} "${{TAR_EXCLUDES[@]}}" -C {src} .'], check=True, timeout=30)
+  names = subprocess.run(["tar", "-tzf", str(out)], capture_output=True, text=True,
+                         check=True).stdout.split()
+  files = sorted(n[2:] for n in names if not n.endswith("/"))
+  assert files == ["configs/b.py", "docs/runs.md", "lrjax/a.py"]
+
+
+def test_job_runs_detached_and_reports_its_end(tmp_path):
+  """launch/job.sh with a stand-in for lrjax.main: start returns at once, the job
+  runs on alone, attach prints its log to the end and exits with its status."""
+  fake = tmp_path / "fake_main.sh"
+  _script(fake, f"#!/bin/sh\ncase \"$*\" in *--print_workdir*) echo {tmp_path}/runs/x; exit 0 ;; "
+          "esac\nsleep 1; echo trained $1; exit 0\n")
+  cmd = f"cd {tmp_path} && {fake} --config=c"
+  job = lambda action: subprocess.run(["bash", os.path.join(ROOT, "launch", "job.sh"), action,
+                                       cmd], capture_output=True, text=True, timeout=30)
+  started = job("start")
+  assert started.returncode == 0 and "started on" in started.stdout, started.stderr
+  assert job("status").stdout.strip() == "running"
+  attached = job("attach")
+  assert attached.returncode == 0 and "trained --config=c" in attached.stdout
+  assert job("status").stdout.strip() == "done"
+  logs = tmp_path / "runs" / "x" / "logs"
+  assert [p.suffix for p in sorted(logs.iterdir())] == [".exit", ".log", ".pid"]
+
+
+def test_spot_supervisor_recreates_a_preempted_tpu_and_reruns(tmp_path):
+  """--spot with a fake gcloud whose TPU is preempted once after the run starts: the
+  supervisor deletes it, creates it again, sets it up, starts the same command, and
+  stops when worker 0 reports the run done; --delete-when-done then deletes it."""
+  bin_dir, state = tmp_path / "bin", tmp_path / "state"
+  bin_dir.mkdir(), state.mkdir()
+  calls = state / "calls"
+  _script(bin_dir / "gcloud", f"""#!/bin/bash
+echo "$*" >> {calls}
+starts=$(grep -c 'job.sh start' {calls})
+case "$*" in
+  *" describe "*)
+    [ -f {state}/gone ] && exit 1
+    if [ "$starts" -ge 1 ] && [ ! -f {state}/preempted ]; then
+      touch {state}/preempted; echo PREEMPTED; exit 0
+    fi
+    echo READY ;;
+  *" create "*) rm -f {state}/gone ;;
+  *" delete "*) touch {state}/gone ;;
+  *"job.sh status"*) if [ "$starts" -ge 2 ]; then echo done; else echo running; fi ;;
+esac
+exit 0
+""")
+  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmp_path))
+  env.pop("ZONE", None)
+  p = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu_vm.sh"), "--zone=z", "--name=s",
+                      "--bucket=bk", "--spot", "--poll=0", "--delete-when-done",
+                      "--config=configs/sft.py"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=60)
+  assert p.returncode == 0, p.stderr
+  assert "s is PREEMPTED: re-creating it and re-running the command" in p.stderr
+  log = [line.split() for line in calls.read_text().splitlines()]
+  what = []
+  for c in log:
+    sub = c[3]
+    if sub == "ssh":
+      command = " ".join(c)
+      sub = next(k for k in ("setup_host.sh", "gcsfuse", "job.sh start", "job.sh status")
+                 if k in command)
+    what.append(sub)
+  once = ["create", "scp", "setup_host.sh", "gcsfuse", "job.sh start"]
+  assert what == [*once, "describe", "delete", *once, "describe", "job.sh status", "delete"]
+  creates = [c for c in log if c[3] == "create"]
+  assert all("--spot" in c for c in creates) and creates[0] == creates[1]
+  starts = [" ".join(c) for c in log if "job.sh start" in " ".join(c)]
+  assert starts[0] == starts[1] and "/mnt/bk" in starts[0]  # the same command, same workdir
 
 
 @pytest.mark.parametrize("script, args, message", [
@@ -141,14 +315,17 @@ def test_gpu_dry_run_is_a_command_lrjax_accepts(fakes):
      "at most one axis may be -1"),
     ("tpu_vm.sh", ["--zone=z", "--accelerator=tpu9-8", "--config=configs/hrpo.py"],
      "unknown TPU type"),
-    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--config.mesh.data=2"],
-     "set the mesh with --mesh=DATA,FSDP,TENSOR"),
-    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--bucket=b"], "unknown option --bucket=b"),
+    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--mesh=2,2,1",
+                   "--config.mesh.data=2"], "give the mesh once"),
+    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--spot"], "--spot needs --bucket=B"),
+    ("tpu_vm.sh", ["--zone=z", "--config=configs/hrpo.py", "--buckt=b"],
+     "unknown option --buckt=b"),
     ("tpu_pod.sh", ["--zone=z", "--config=configs/hrpo.py"], "needs a workdir every worker sees"),
-    ("gpu.sh", ["--config=configs/hrpo.py"], "is it a GPU node?"),
+    ("gpu.sh", ["--config=configs/hrpo.py", "--no-dry-run"], "is it a GPU node?"),
     ("gpu.sh", ["--gpus=0", "--config=configs/hrpo.py"], "want a positive number of GPUs"),
 ])
 def test_bad_launch_settings_say_what_is_wrong(fakes, script, args, message):
-  p = _launch(fakes, script, "--dry-run", *args)
+  dry = [] if "--no-dry-run" in args else ["--dry-run"]
+  p = _launch(fakes, script, *dry, *[a for a in args if a != "--no-dry-run"])
   assert p.returncode == 2 and message in p.stderr, (p.returncode, p.stderr)
   assert p.stdout == ""

@@ -18,12 +18,15 @@ FAST = ["--config.sft.steps=24", "--config.sft.batch_size=16", "--config.sft.log
         "--config.data.train_size=2000", "--config.sft.warmup_steps=2"]
 
 
-def _main(workdir, *args, wait=True):
+def _main(workdir, *args, wait=True, cwd=ROOT, devices=1):
+  """lrjax.main on configs/sft.py with FAST; workdir None = lrjax.main's default."""
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/sft.py", f"--workdir={workdir}",
-         *FAST, *args]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/sft.py",
+         *([f"--workdir={workdir}"] if workdir is not None else []), *FAST, *args]
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   if not wait:
     return proc
@@ -116,10 +119,16 @@ def test_rerun_of_a_finished_run_changes_nothing(tmp_path, finished):
   after = _params(w)
   for k in before:
     np.testing.assert_array_equal(before[k], after[k])
-  # --config.mode=eval on the finished workdir reproduces its final (greedy) evaluation
-  e = tmp_path / "eval"
-  rc, out, err = _main(e, "--config.mode=eval", f"--config.init={w}")
+  # the README's `--config.mode=eval --config.init=runs/sft` (no --workdir) on the finished
+  # run reproduces its final (greedy) evaluation in runs/sft-eval, and leaves runs/sft as it was
+  sft = tmp_path / "runs" / "sft"
+  shutil.copytree(finished, sft)
+  files = lambda d: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.rglob("*") if p.is_file()}
+  untouched = files(sft)
+  rc, out, err = _main(None, "--config.mode=eval", "--config.init=runs/sft", cwd=tmp_path)
   assert rc == 0, err[-3000:]
+  assert files(sft) == untouched
+  e = tmp_path / "runs" / "sft-eval"
   ev = [r for r in _metrics(e) if r["phase"] == "eval"]
   assert len(ev) == 1 and ev[0]["step"] == 0
   final = [r for r in _metrics(w) if "eval/accuracy" in r][-1]
@@ -145,3 +154,40 @@ def test_changed_config_is_refused_with_the_field_listed(tmp_path):
   rc, out, err = _main(w, "--config.sft.steps=4", "--config.sft.lr=0.5")
   assert rc != 0
   assert "sft.lr" in err and "allow_config_mismatch" in err
+
+
+def test_resume_on_another_mesh_and_logging_cadence(tmp_path, finished):
+  """A run cut after its step-20 checkpoint resumes on 2 devices with fsdp=2 and another
+  log_every (neither is a config difference: said, not refused) and ends where the
+  1-device run ended, in values (another mesh reorders float sums: not bit-identical)."""
+  w = tmp_path / "w"
+  shutil.copytree(finished, w)
+  shutil.rmtree(w / "sft" / "ckpt" / "24"), shutil.rmtree(w / "sft" / "export")
+  os.remove(w / "sft" / "DONE")
+  rc, out, err = _main(w, "--config.mesh.fsdp=2", "--config.sft.log_every=2", devices=2)
+  assert rc == 0, err[-3000:]
+  assert "resuming phase 'sft'" in out + err and "at step 20" in out + err
+  assert "another mesh or logging cadence" in out
+  assert "mesh.fsdp: 1 (stored) != 2 (now)" in out and "sft.log_every: 4 (stored)" in out
+  assert json.load(open(w / "config.json"))["mesh"]["fsdp"] == 2
+  a, b = _params(finished), _params(w)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  assert [r["step"] for r in _metrics(w) if "train/loss" in r][-3:] == [20, 22, 24]
+
+
+def test_config_path_resolves_from_any_directory(tmp_path, monkeypatch):
+  """`configs/<m>.py` from another directory is the installed `configs` package's file
+  (here: the checkout's, on the import path); a local file of that path wins, and a
+  file in a `configs/` package folder reads its own siblings."""
+  from lrjax.main import resolve_config_path
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  assert resolve_config_path("configs/grpo.py:prosqa") == os.path.join(
+      ROOT, "configs", "grpo.py") + ":prosqa"
+  assert resolve_config_path("configs/nope.py") == "configs/nope.py"  # the flag reports it
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "__init__.py").write_text("")
+  (tmp_path / "configs" / "grpo.py").write_text("")
+  assert resolve_config_path("configs/grpo.py:prosqa") == "configs/grpo.py:prosqa"
+  assert sys.path[0] == str(tmp_path)
