@@ -92,7 +92,7 @@ CASES = {
                   "<answer>\\boxed{13}</answer>",
                   {"latent_rl.prompts": 4, "latent_rl.epochs": 1, "latent_rl.batch_size": 8}),
 }
-COMMON = {"rl.steps": 2, "rl.num_prompts": 2, "rl.group_size": 2, "rl.max_new": 12,
+COMMON = {"rl.steps": 2, "rl.warmup_steps": 0, "rl.num_prompts": 2, "rl.group_size": 2, "rl.max_new": 12,
           "rl.eval_every": 2, "eval.num_problems": 2, "eval.batch_size": 4,
           "eval.num_samples": 2, "eval.pass_k": (1, 2), "eval.max_new": 12,
           "eval.show_samples": 1, "sft.steps": 2, "sft.batch_size": 2, "sft.stage_steps": (1,),
@@ -180,6 +180,11 @@ def test_paper_preset_runs_on_a_real_checkpoint(method, world, tmp_path, monkeyp
   kind, _, prompt_text, answer_text, _ = CASES[method]
   config = _config(method, world)
   seen = _spy_rollouts(monkeypatch)
+  # one CPU device: the suite's 8 fake devices on 2 cores make these rollouts ~5x slower
+  from lrjax import parallel
+  make_mesh = parallel.make_mesh
+  monkeypatch.setattr(parallel, "make_mesh",
+                      lambda cfg=None, devices=None: make_mesh(cfg, jax.devices()[:1]))
   run, phases = prepare(config, str(tmp_path / method))
   tok = run.tokenizer
   # the first prompt, id for id, against the hand-written template text

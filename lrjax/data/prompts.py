@@ -41,6 +41,7 @@ Formats (the official code each is taken from is named in `source`):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Sequence
 
 from lrjax.data import special as special_lib
@@ -54,6 +55,8 @@ CHAT_TEMPLATE_MODES = ("none", "auto")
 class PromptFormat:
   """One paper's prompt and answer layout (module doc)."""
   system: str = ""  # the system prompt ('' = none)
+  # templates fill `{system}`, `{question}`, `{steps}`, `{answer}` (`fill`); other braces
+  # are literal
   user: str = "{question}"  # the user turn ({question}: the stripped question)
   raw: str = "{question}\n"  # without a chat template ({system}, {question})
   chat: bool = True  # data.chat_template = auto applies the checkpoint's template
@@ -66,11 +69,19 @@ class PromptFormat:
   def response(self, steps: Sequence[str], answer: str) -> str:
     """An SFT target's text: the steps (if any) then the answer; no end token."""
     body = steps_text(steps)
-    head = self.steps.format(steps=body) if body else ""
-    return head + self.answer.format(answer=answer.strip())
+    head = fill(self.steps, steps=body) if body else ""
+    return head + fill(self.answer, answer=answer.strip())
 
 
 PROMPTS: Registry[PromptFormat] = Registry("prompt format")
+_FIELD = re.compile(r"\{(system|question|steps|answer)\}")
+
+
+def fill(template: str, **values: str) -> str:
+  """`template` with each `{name}` of `values` replaced, in one pass (other braces, e.g.
+  `\\boxed{}`, and braces inside the values stay as they are)."""
+  return _FIELD.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0),
+                    template)
 
 HRPO_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the assistant "
@@ -95,17 +106,17 @@ PROMPTS.register("hrpo")(PromptFormat(
 PROMPTS.register("lepo")(PromptFormat(
     system=BOXED_INSTRUCTION, user="{question}\n" + BOXED_INSTRUCTION,
     raw="{question}\n" + BOXED_INSTRUCTION + "\n", steps="{steps}\n",
-    answer="The answer is \\boxed{{{answer}}}", reward="boxed_math",
+    answer="The answer is \\boxed{{answer}}", reward="boxed_math",
     source="YuyanZhou/lepo src/data/datasets.py (SYSTEM_PROMPT, get_prompt_shot)"))
 PROMPTS.register("latent_grpo")(PromptFormat(
     user=BOXED_INSTRUCTION + "\n{question}", raw=BOXED_INSTRUCTION + "\n{question}\n<think>",
-    generation_prefix="<think>", steps="{steps}", answer="</think>\\boxed{{{answer}}}",
+    generation_prefix="<think>", steps="{steps}", answer="</think>\\boxed{{answer}}",
     reward="boxed_math",
     source="DJC-GO-SOLO/Latent-GRPO data_preprocess_code/gsm8k_aug.py and "
            "eval/eval_low_tasks_sglang.py (build_prompt_text_qwen)"))
 PROMPTS.register("latr")(PromptFormat(
     system=LATR_SYSTEM, raw="{system}\nUser:{question}\nAssistant:", chat=False,
-    steps="<think>{steps}</think>", answer="<answer>\\boxed{{{answer}}}</answer>",
+    steps="<think>{steps}</think>", answer="<answer>\\boxed{{answer}}</answer>",
     reward="boxed_math",
     source="enesozeren/latent-space-thinking-model prompts/prompts.py "
            "(SYSTEM_PROMPT_LATENT_REASONER_NO_THINK), src/data_process/process_data.py"))
@@ -134,7 +145,7 @@ class Prompter:
                data_cfg.get("chat_template", "none") or "none")
 
   def _messages(self, question: str) -> list[dict]:
-    user = {"role": "user", "content": self.fmt.user.format(question=question.strip())}
+    user = {"role": "user", "content": fill(self.fmt.user, question=question.strip())}
     if self.fmt.system:
       return [{"role": "system", "content": self.fmt.system}, user]
     if self._adds_default_system():
@@ -154,7 +165,7 @@ class Prompter:
       return self.tokenizer.apply_chat_template(
           self._messages(question), tokenize=False,
           add_generation_prompt=True) + self.fmt.generation_prefix
-    return self.fmt.raw.format(system=self.fmt.system, question=question.strip())
+    return fill(self.fmt.raw, system=self.fmt.system, question=question.strip())
 
   def ids(self, question: str) -> list[int]:
     """The prompt's ids, starting with BOS exactly once when the tokenizer uses one."""
