@@ -209,6 +209,10 @@ def test_paper_preset_runs_on_a_real_checkpoint(method, world, tmp_path, monkeyp
   assert seen, "no rollout ran"
   for pad, ids, sampled in seen:
     assert not np.any((ids == pad) & sampled), "the pad id was sampled"
+  # samples.jsonl (what `python -m lrjax.inspect` prints) shows the templated prompt
+  with open(os.path.join(str(tmp_path / method), "samples.jsonl")) as f:
+    first = json.loads(f.readline())
+  assert first["prompt"].startswith(prompt_text(question.strip()))
   # the export loads in transformers and generates lrjax's greedy tokens
   export = os.path.join(str(tmp_path / method), phases[-1], "export")
   hf_tok = transformers.AutoTokenizer.from_pretrained(export)
