@@ -22,7 +22,10 @@ and a before/after summary:
         --workdir=runs/dlr_eval
 
 `--config=configs/dlr.py:paper` gives the paper's d, T, G, learning rates, β
-and γ on stand-in presets (set --config.init to a trained main model).
+and γ on stand-in presets (set --config.init to a trained main model). DLR publishes
+no code; the preset's prompt is HRPO's (`data.prompt = "dlr"`: the chat template with
+HRPO's system prompt asking for "{reasoning process} #### {answer}") and its
+correctness reward `hash_exact`, so the format term has the same '####' to look for.
 """
 import ml_collections
 
@@ -88,6 +91,8 @@ def _paper(c):
   model's width (2048 here), so the paper's d = 512 is the assistant side only."""
   c.name = "dlr-paper"
   c.mode = "rl"
+  c.data.prompt, c.data.chat_template = "dlr", "auto"
+  c.rl.reward = "hash_exact"
   c.model.preset = "llama-3.2-1b"
   c.model.dtype = "bfloat16"
   c.data.task = "gsm8k"

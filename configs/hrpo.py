@@ -9,16 +9,20 @@ on `arith` and then HRPO, on a CPU, with no flags:
 
     python -m lrjax.main --config=configs/hrpo.py --workdir=runs/hrpo
 
-`--config=configs/hrpo.py:qwen2.5-1.5b` gives the paper's hyper-parameters
+`--config=configs/hrpo.py:paper` gives the paper's hyper-parameters
 (Qwen2.5-1.5B-Instruct on GSM8K with LoRA r32/α64; set --config.init to the local
 HF folder of the checkpoint, e.g. one `huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct`
-wrote).
+wrote; `:qwen2.5-1.5b` is the same preset). Its prompt is the official code's
+(Yueeeeeeee/HRPO utils.py): the checkpoint's chat template with HRPO's system prompt
+("... The final answer is provided after the #### tag, i.e., {reasoning process} ####
+{answer}.") and the question as the user turn; the reward is the official one
+(`hash_exact`: exactly one '####', the answer after it correct).
 """
 from configs import base
 
 
 def get_config(arg=None):
-  base.check_arg(arg, "configs/hrpo.py", own=("qwen2.5-1.5b",))
+  base.check_arg(arg, "configs/hrpo.py", own=("paper", "qwen2.5-1.5b"))
   c = base.get_config(arg)
   c.name = "hrpo"
   c.mode = "sft,rl"
@@ -32,7 +36,7 @@ def get_config(arg=None):
   c.rl.beta = 0.005
   c.rl.kl_reference = "token_inputs"  # the paper's reference: the starting model on tokens
   c.rl.param_groups = hrpo_groups(backbone=3e-5, gate=1e-3, lam=1e-2)
-  if arg == "qwen2.5-1.5b":
+  if arg in ("paper", "qwen2.5-1.5b"):  # the second: the preset's earlier name
     _paper(c)
   return c
 
@@ -46,8 +50,10 @@ def hrpo_groups(backbone, gate, lam):
 def _paper(c):
   """HRPO's GSM8K setting: LoRA r32/α64 on every projection at lr 5e-6, the base frozen
   (the KL reference is the base with the adapters off)."""
-  c.name = "hrpo-qwen2.5-1.5b"
+  c.name = "hrpo-paper"
   c.mode = "rl"
+  c.data.prompt, c.data.chat_template = "hrpo", "auto"
+  c.rl.reward = "hash_exact"
   c.model.preset = "qwen2.5-1.5b"
   c.model.dtype = "bfloat16"
   c.data.task = "gsm8k"

@@ -27,7 +27,13 @@ RL does not improve held-out accuracy either: at lr 3e-6 it stays flat, at
 default needs the paper's Latent-SFT start, which lrjax does not have yet.
 
 `--config=configs/latent_grpo.py:paper` gives the paper's GSM8K hyper-parameters
-(LLaMA-3.2-1B shape; set --config.init to a Latent-SFT checkpoint).
+(LLaMA-3.2-1B shape, GSM8K-Aug; set --config.init to a Latent-SFT checkpoint). Its
+prompt is the official code's (DJC-GO-SOLO/Latent-GRPO data_preprocess_code/gsm8k_aug.py,
+eval/eval_low_tasks_sglang.py): one user turn "Please reason step by step, and put your
+final answer within \\boxed{}.\\n{question}" in the chat template, no system prompt,
+`<think>` after the generation prompt (the official README: the template must enter
+reasoning mode); the latent span ends at `</think>` and the reward checks the last
+\\boxed{} (`boxed_math`).
 """
 from configs import base
 
@@ -72,9 +78,11 @@ def _paper(c):
   rollout), lr 1e-6 constant, wd 0.01, no KL, dynamic sampling."""
   c.name = "latent_grpo-paper"
   c.mode = "rl"  # from a Latent-SFT checkpoint (--config.init)
+  c.data.prompt, c.data.chat_template = "latent_grpo", "auto"
+  c.rl.reward = "boxed_math"
   c.model.preset = "llama-3.2-1b"
   c.model.dtype = "bfloat16"
-  c.data.task = "gsm8k"
+  c.data.task = "gsm8k_aug"
   c.data.sft_size = 0
   c.rule.end_token = "</think>"
   c.rl.group_size = 8

@@ -47,3 +47,38 @@ def set_latr_sft(c):
   c.sft.eval_every = 450
   c.rule.name = "hidden"
   c.rule.num_latent = 0  # the chain length stored with the SFT model (3)
+
+
+def set_latr_paper(c):
+  """LatR's published setting (enesozeren/latent-space-thinking-model,
+  src/configs/latr/latent_reasoner_sft.yaml): Qwen2.5-1.5B base, GSM8K-Aug (300k
+  examples), c = 2 latents per step from 4 up to 6, one epoch per stage at batch 128
+  (1 x 128 accumulated: 2344 steps), AdamW lr 5e-5, wd 0.01 (the official StepLR decay,
+  x0.8 every 50 steps, is not modelled: constant lr). The prompt is the official raw
+  text, no chat template (prompts/prompts.py SYSTEM_PROMPT_LATENT_REASONER_NO_THINK,
+  then '\\nUser:' question '\\nAssistant:'); targets end `<answer>\\boxed{..}</answer>`
+  and the reward checks the box (`boxed_math`)."""
+  c.model.preset = "qwen2.5-1.5b"
+  c.model.dtype = "bfloat16"
+  c.data.task = "gsm8k_aug"
+  c.data.sft_size = 0
+  c.data.prompt, c.data.chat_template = "latr", "none"
+  c.rl.reward = "boxed_math"
+  c.sft.batch_size = 128
+  c.sft.lr = 5e-5
+  c.sft.weight_decay = 0.01
+  c.sft.warmup_steps = 0
+  c.sft.schedule = "constant"
+  c.sft.max_len = 512
+  c.sft.latents_per_step = 2
+  c.sft.start_latents = 4
+  c.sft.max_latents = 6
+  c.sft.num_stages = 1  # stage 0: 4 latents; stage 1: 6, every step latent
+  c.sft.stage_steps = (2344,)
+  c.sft.steps = 2 * 2344
+  c.sft.eval_every = 1000
+  c.eval.max_new = 1024
+  c.eval.batch_size = 64
+  c.eval.num_samples = 4  # the paper: 4 samples at T 0.2, pass@1 and pass@4
+  c.eval.pass_k = (1, 4)
+  c.eval.temperature = 0.2

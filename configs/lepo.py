@@ -22,7 +22,11 @@ held-out problems), RL steps 0 / 100 / 200: 0.528 / 0.558 / 0.564,
 
 `--config=configs/lepo.py:paper` gives the paper's hyper-parameters
 (Qwen2.5-3B base shape, L 64, tau 0.3, top-k 30, top-p 0.95, lr 1e-6, group 8;
-set --config.init to the local checkpoint).
+set --config.init to the local checkpoint). Its prompt is the official code's
+(YuyanZhou/lepo src/data/datasets.py, `get_prompt_shot` with 0 shots): the chat
+template with the system prompt "Please reason step by step, and put your final answer
+within \\boxed{}." and the question followed by the same sentence as the user turn;
+the reward checks the last \\boxed{} (`boxed_math`, math-verify as the official code).
 """
 from configs import base
 
@@ -53,6 +57,8 @@ def _paper(c):
   preset reads MATH (`data.task = "math"`, reward `boxed_math`)."""
   c.name = "lepo-paper"
   c.mode = "rl"  # from the base model: no latent SFT
+  c.data.prompt, c.data.chat_template = "lepo", "auto"
+  c.rl.reward = "boxed_math"
   c.model.preset = "qwen2.5-3b"
   c.model.dtype = "bfloat16"
   c.data.task = "math"

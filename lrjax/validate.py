@@ -182,6 +182,8 @@ _TRAIN = ("sft", "rl")
 ROWS.extend([
     # names: always
     Row("data.task", one_of(_tasks)),
+    Row("data.prompt", one_of(_registry("lrjax.data.prompts", "PROMPTS"))),
+    Row("data.chat_template", one_of(lambda: ["none", "auto"])),
     Row("model.preset", one_of(_presets), when=lambda c: not c.init),  # init brings its shapes
     Row("model.dtype", one_of(_dtypes)),
     Row("model.logits_chunk", non_negative_int),

@@ -123,3 +123,27 @@ def test_add_latent_tokens_uses_spare_rows(tied):
     np.testing.assert_array_equal(k[:, 61], np.asarray(params["lm_head"]["kernel"])[:, src])
   with pytest.raises(ValueError, match="no token"):
     add_latent_tokens(tok, cfg, params, copy_from="")
+
+
+def test_special_ids_of_tokenizers_as_they_ship(tmp_path):
+  """No pad -> a reserved pad (added here), suppressed, never an eos; every eos id of
+  generation_config.json counts; pad_prompts names a missing pad."""
+  import json
+  import jax.numpy as jnp
+  import pytest
+  from lrjax.data import special
+  from lrjax.latent import RuleContext
+  from lrjax.model import preset
+  from lrjax.rollout import pad_prompts
+  tok = build_char_tokenizer("abc")
+  assert special.resolve_special(tok) == special.Special(0, (1,), ())  # the tiny default
+  tok = build_char_tokenizer("abc")
+  tok.pad_token = tok.eos_token  # pads with its eos, as Qwen2.5 does
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 4]}))
+  ids = special.resolve_special(tok, str(tmp_path))
+  assert tok.convert_ids_to_tokens(ids.pad_id) == special.PAD_TOKEN
+  assert ids.eos_ids == (1, 4) and ids.suppress_ids == (ids.pad_id,)
+  ctx = RuleContext(model_cfg=preset("tiny"), eos_id=1, extra_eos=(4,))
+  assert ctx.is_eos(jnp.asarray([1, 4, 3])).tolist() == [True, True, False]
+  with pytest.raises(ValueError, match="pad id"):
+    pad_prompts([[3]], 4, None)

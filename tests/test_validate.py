@@ -1,7 +1,8 @@
 """Config validation before any phase: registry names, param_groups, out-of-range values."""
 import pytest
 
-from configs import base, coconut, grpo, hrpo, nocot, sft, sft_control
+from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, latr, lepo, nocot,
+                     sft, sft_control)
 from lrjax.config_utils import ConfigError
 from lrjax.phases import PHASES
 from lrjax.validate import ROWS, Row, positive, validate_config
@@ -30,7 +31,9 @@ def _error(c) -> str:
                                          (coconut, None), (grpo, None), (hrpo, None),
                                          (hrpo, "qwen2.5-1.5b"), (sft_control, None),
                                          (grpo, "prosqa"), (hrpo, "prosqa"),
-                                         (sft_control, "prosqa")])
+                                         (sft_control, "prosqa"), (hrpo, "paper"),
+                                         (lepo, "paper"), (latent_grpo, "paper"), (dlr, "paper"),
+                                         (latr, "paper"), (latent_rl, "paper")])
 def test_shipped_configs_pass(module, arg):
   c = module.get_config(arg)
   assert validate_config(c, PHASES) == c.mode.split(",")

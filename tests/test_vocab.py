@@ -154,3 +154,26 @@ def test_update_never_holds_a_full_float32_logits_tensor():
                             jnp.zeros((b,)), None).compile()
     temps[chunk] = compiled.memory_analysis().temp_size_in_bytes
   assert temps[1024] < full_logits < temps[0], (temps, full_logits)
+
+
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_suppressed_ids_have_no_mass_in_every_path(chunk):
+  """A suppressed id (a reserved pad) gets probability 0 in the head, the chunked scan and
+  the decode step; the other ids renormalise exactly as a softmax without it."""
+  cfg = SMALL.replace(logits_chunk=chunk, suppress_ids=(5, 40))
+  params = init(cfg, jax.random.key(0))
+  h = jax.random.normal(jax.random.key(1), (3, cfg.hidden_size))
+  ids = jnp.tile(jnp.arange(cfg.vocab_size)[None], (3, 1))
+  logp = np.asarray(gather_logp(cfg, params, h, ids))  # 3 V
+  raw = np.asarray(lm_logits(SMALL, params, h), np.float64)  # unsuppressed reference
+  keep = np.ones(cfg.vocab_size, bool)
+  keep[[5, 40]] = False
+  ref = raw[:, keep] - np.log(np.exp(raw[:, keep]).sum(-1, keepdims=True))
+  assert np.all(logp[:, ~keep] < -1e8)
+  np.testing.assert_allclose(logp[:, keep], ref, atol=1e-5)
+  from lrjax.model import decode
+  from lrjax.model.api import embed
+  dp = decode.prepare(cfg, params)
+  x = embed(cfg, params, jnp.asarray([[3, 7]]))
+  _, logits, _ = decode.prefill(cfg, dp, x, jnp.asarray([[0, 1]]), jnp.ones((1, 2), bool), 4)
+  assert np.all(np.asarray(logits)[:, [5, 40]] < -1e8)

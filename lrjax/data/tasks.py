@@ -75,6 +75,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.split_train = "train"
   c.split_eval = "test"
   c.limit = 0  # keep at most this many train and eval records (0 = all); for smoke runs
+  # The prompt format (a name in lrjax.data.prompts.PROMPTS: the system prompt, user turn,
+  # answer layout) and whether the checkpoint's chat template is applied ('auto') or not
+  # ('none', raw text); docs/prompts.md.
+  c.prompt = "raw"
+  c.chat_template = "none"
 
   c.arith = ml_collections.ConfigDict()
   c.arith.min_steps = 3  # number of operations per problem, inclusive range

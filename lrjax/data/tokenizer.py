@@ -124,3 +124,19 @@ def add_latent_tokens(tokenizer, model_cfg, params: dict, copy_from: str = "<<")
   if new_v != model_cfg.vocab_size:
     model_cfg = model_cfg.replace(vocab_size=new_v)
   return tokenizer, model_cfg, params, ids
+
+
+def fit_vocab(tokenizer, model_cfg, params: dict):
+  """(model_cfg, params) with the embedding / LM head grown to len(tokenizer) rows when
+  the tokenizer outgrew them (e.g. an added pad token); new rows copy row 0, which a
+  suppressed pad never reads from the output side."""
+  old_v = params["embed"]["embedding"].shape[0]
+  if len(tokenizer) <= old_v:
+    return model_cfg, params
+  params = dict(params)
+  params["embed"] = {**params["embed"],
+                     "embedding": _grow(params["embed"]["embedding"], 0, len(tokenizer), [], 0)}
+  if not model_cfg.tie_word_embeddings:
+    params["lm_head"] = {**params["lm_head"],
+                         "kernel": _grow(params["lm_head"]["kernel"], 1, len(tokenizer), [], 0)}
+  return model_cfg.replace(vocab_size=len(tokenizer)), params

@@ -61,6 +61,7 @@ class RuleContext:
   rule_cfg: rule hyper-parameters; a mapping is frozen to sorted items.
   sampling: temperature / top-k / top-p / greedy of the emitted tokens.
   eos_id, pad_id: end-of-sequence (-1: none, rows run to max_new) and padding.
+  extra_eos: further ids that end a row (an instruct checkpoint's other eos ids).
   bot_id, latent_id, eot_id: Coconut specials (-1 when unused).
   num_latent: latent steps of the `hidden` rule.
   max_new: response buffer length N.
@@ -74,6 +75,7 @@ class RuleContext:
   rule_cfg: tuple = ()
   sampling: Sampling = Sampling()
   eos_id: int = -1
+  extra_eos: tuple = ()
   pad_id: int = 0
   bot_id: int = -1
   latent_id: int = -1
@@ -97,6 +99,13 @@ class RuleContext:
   def objective_opt(self, name: str, default: Any = None) -> Any:
     """A setting of the chosen objective (`objective_cfg`), or `default`."""
     return dict(self.objective_cfg).get(name, default)
+
+  def is_eos(self, token: jax.Array) -> jax.Array:
+    """token [...] int -> bool: it ends a row (eos_id or one of extra_eos)."""
+    hit = token == self.eos_id
+    for e in self.extra_eos:
+      hit = hit | (token == e)
+    return hit
 
   def replace(self, **kw) -> "RuleContext":
     return dataclasses.replace(self, **kw)

@@ -35,6 +35,19 @@ def resolve_dtype(dtype: Any) -> jnp.dtype:
   return d
 
 
+SUPPRESSED_LOGIT = -1e9  # finite: p = 0 without inf * 0 = nan in entropies / mixtures
+
+
+def mask_suppressed(cfg: "ModelConfig", logits, start: Any = 0):
+  """logits [..., C] (vocabulary columns start .. start + C) with `cfg.suppress_ids` set to
+  SUPPRESSED_LOGIT; unchanged when there are none."""
+  if not cfg.suppress_ids:
+    return logits
+  cols = jnp.arange(logits.shape[-1]) + start
+  hit = jnp.isin(cols, jnp.asarray(cfg.suppress_ids, jnp.int32))
+  return jnp.where(hit, jnp.asarray(SUPPRESSED_LOGIT, logits.dtype), logits)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shapes and numerics of a Qwen2 / Llama decoder."""
@@ -67,6 +80,9 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None
+  # ids whose logits are pinned to SUPPRESSED_LOGIT (never sampled, zero probability): a
+  # padding id the checkpoint never trained (`lrjax.data.special`); () = none
+  suppress_ids: tuple = ()
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:

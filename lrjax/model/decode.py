@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.model import lora
-from lrjax.model.config import ModelConfig
+from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.model.transformer import rms_norm, rope_inv_freq, rope_tables, rotate
 
 
@@ -117,7 +117,7 @@ def _head(cfg: ModelConfig, dparams: dict, xt: jax.Array) -> tuple[jax.Array, ja
   logits = dparams["head"].astype(jnp.float32) @ hidden.astype(jnp.float32)  # V B
   # The barrier keeps XLA from folding the transpose into the product: dot(h, E^T)
   # is a plain Eigen dot on CPU, ~2x slower than this one (measured).
-  return hidden.T, jax.lax.optimization_barrier(logits).T
+  return hidden.T, mask_suppressed(cfg, jax.lax.optimization_barrier(logits).T)
 
 
 def prefill(cfg: ModelConfig, dparams: dict, embeds: jax.Array, positions: jax.Array,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.model.config import ModelConfig
+from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.parallel import constrain_rows
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -197,8 +197,8 @@ class Decoder(nn.Module):
     """float32 logits from final hidden states (float32 matmul for RL log-probs)."""
     h = hidden.astype(jnp.float32)
     if self.cfg.tie_word_embeddings:
-      return h @ self.embed.embedding.astype(jnp.float32).T
-    return self.lm_head(h)
+      return mask_suppressed(self.cfg, h @ self.embed.embedding.astype(jnp.float32).T)
+    return mask_suppressed(self.cfg, self.lm_head(h))
 
   def __call__(self, embeds, positions, attention_mask, cache=None, fresh_cache=False):
     """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache).

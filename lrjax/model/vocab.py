@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.model.api import lm_logits
-from lrjax.model.config import ModelConfig
+from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.parallel import constrain_rows
 
 
@@ -41,11 +41,12 @@ def chunked(cfg: ModelConfig) -> bool:
   return 0 < cfg.logits_chunk < cfg.vocab_size
 
 
-def _chunk_stats(h: jax.Array, w: jax.Array, start, ids: jax.Array, temperature: float):
+def _chunk_stats(cfg: ModelConfig, h: jax.Array, w: jax.Array, start, ids: jax.Array,
+                 temperature: float):
   """One chunk: (lse_c [R], z[ids] where ids fall in [start, start + C) else 0 [R, K],
   max_c [R], first argmax_c + start [R])."""
   c = w.shape[0]
-  z = (h @ w.astype(jnp.float32).T) / temperature  # R C
+  z = mask_suppressed(cfg, h @ w.astype(jnp.float32).T, start) / temperature  # R C
   lse = jax.nn.logsumexp(z, axis=-1)  # R
   local = ids - start  # R K
   inside = (local >= 0) & (local < c)
@@ -79,7 +80,7 @@ def vocab_stats(cfg: ModelConfig, params: dict, hidden: jax.Array, ids: jax.Arra
   @jax.checkpoint
   def body(picked, xs):
     w, start = xs  # C H, []
-    lse, got, top, arg = _chunk_stats(h, w, start, flat_ids, temperature)
+    lse, got, top, arg = _chunk_stats(cfg, h, w, start, flat_ids, temperature)
     return picked + got, (lse, top, arg)
 
   starts = jnp.arange(q, dtype=jnp.int32) * c
@@ -87,7 +88,7 @@ def vocab_stats(cfg: ModelConfig, params: dict, hidden: jax.Array, ids: jax.Arra
       body, jnp.zeros(flat_ids.shape, jnp.float32),
       (table[:q * c].reshape(q, c, -1), starts))  # R K, q R (each)
   if q * c < v:  # the remainder chunk
-    lse_r, got, top_r, arg_r = _chunk_stats(h, table[q * c:], q * c, flat_ids, temperature)
+    lse_r, got, top_r, arg_r = _chunk_stats(cfg, h, table[q * c:], q * c, flat_ids, temperature)
     picked = picked + got
     lses, tops, args = (jnp.concatenate([a, b[None]]) for a, b in
                         ((lses, lse_r), (tops, top_r), (args, arg_r)))

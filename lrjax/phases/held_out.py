@@ -91,13 +91,15 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
              reward: str, key: jax.Array, *, batch_size: int = 500, num_samples: int = 8,
              pass_k: Sequence[int] = (1, 8), temperature: float = 1.0, sampled: bool = True,
              aux: Any = None, prompt_suffix: Sequence[int] = (), mesh: Any = None,
-             show: int = 0, samples: list | None = None) -> dict[str, float]:
+             show: int = 0, samples: list | None = None, prompter: Any = None
+             ) -> dict[str, float]:
   """All `eval/*` metrics of `params` under `ctx`'s rule on `problems` (the rollouts
   split over `mesh` when given); with `show` > 0 and a `samples` list, the first
-  `show` greedy completions are appended to it (`sample_records`)."""
+  `show` greedy completions are appended to it (`sample_records`). Prompts are written
+  by `prompter` (`lrjax.data.prompts.Prompter`; None: the raw format)."""
   t0 = time.time()
   reward_fn = rewards_lib.REWARDS.get(reward)
-  prompts = encode_prompts(tokenizer, problems, prompt_suffix)
+  prompts = encode_prompts(prompter or tokenizer, problems, prompt_suffix)
   answers = [p.answer for p in problems]
   pad_id = ctx.pad_id
   greedy_ctx = ctx.replace(sampling=Sampling(temperature=ctx.sampling.temperature, greedy=True))
@@ -177,7 +179,7 @@ def evaluate_at(run, phase: str, step: int, params: dict, ctx: RuleContext,
                      batch_size=e.batch_size, num_samples=e.num_samples, pass_k=tuple(e.pass_k),
                      temperature=e.temperature, sampled=e.sampled and sampled,
                      aux=rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg), prompt_suffix=prompt_suffix,
-                     mesh=run.mesh, samples=samples,
+                     mesh=run.mesh, samples=samples, prompter=run.prompter,
                      # samples read the parameters on the host: single-process runs only
                      show=int(e.show_samples) if jax.process_count() == 1 else 0)
   run.metrics.write(phase, step, metrics)

@@ -26,7 +26,7 @@ def draw_round(run, ctx: RuleContext, params: dict, problems: Sequence[Any], gro
                aux: Any = None) -> dynamic.Round:
   """Rolls out `group_size` samples of each problem and scores them: every process
   decodes and scores only its own rows; the rewards come back whole on every process."""
-  prompts = [p for p in encode_prompts(run.tokenizer, problems, suffix) for _ in range(group_size)]
+  prompts = [p for p in encode_prompts(run.prompter, problems, suffix) for _ in range(group_size)]
   ids, mask = pad_prompts(prompts, bucket_length(max(map(len, prompts)), PROMPT_BUCKETS),
                           ctx.pad_id)
   traj = rollout(ctx, params, *parallel.feed((ids, mask), run.mesh), key, aux)

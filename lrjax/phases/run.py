@@ -26,7 +26,8 @@ import jax
 import ml_collections
 
 from lrjax import config_utils, distributed, parallel
-from lrjax.data import tokenizer as tok_lib
+from lrjax.data import special as special_lib, tokenizer as tok_lib
+from lrjax.data.prompts import Prompter
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
 from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter, say
@@ -51,7 +52,7 @@ class Run:
   task: TaskData
   tokenizer: Any
   model_cfg: ModelConfig
-  special: dict  # eos_id, pad_id, and bot/latent/eot ids when present
+  special: dict  # eos_id, eos_ids (every id ending a row), pad_id, and bot/latent/eot ids when present
   metrics: MetricsWriter
   params: dict | None = None  # backbone parameters handed between phases
   rule_params: dict | None = None
@@ -74,13 +75,16 @@ class Run:
     task = load_task(config.data)
     logging.info("task %s: %d train / %d eval problems", config.data.task, len(task.train),
                  len(task.eval))
-    tokenizer, model_cfg, params = _tokenizer_and_model(config, workdir, task)
-    special = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id}
+    tokenizer, model_cfg, params, ids = _tokenizer_and_model(config, workdir, task)
+    special = {"eos_id": ids.eos_ids[0], "eos_ids": ids.eos_ids, "pad_id": ids.pad_id}
     for name in tok_lib.LATENT_TOKENS:
       tid = tokenizer.convert_tokens_to_ids(name)
       if tid is not None and tid != tokenizer.unk_token_id and name in tokenizer.get_vocab():
         special[name.strip("<>") + "_id"] = tid
     run = cls(config, workdir, mesh, task, tokenizer, model_cfg, special, MetricsWriter(workdir))
+    eot = run.prompter.end_of_turn_id()  # a templated turn ends a row like an eos
+    if eot is not None and eot not in special["eos_ids"]:
+      special["eos_ids"] = special["eos_ids"] + (eot,)
     run.params = params
     if config.init:
       run.model_num_latent = load_model_meta(resolve_init_folder(config.init)).get("num_latent")
@@ -100,6 +104,11 @@ class Run:
       logging.warning(msg)
       say(f"[lrjax] warning: {msg}")
     return asked
+
+  @functools.cached_property
+  def prompter(self) -> Prompter:
+    """How this run writes prompts and SFT targets (`data.prompt`, `data.chat_template`)."""
+    return Prompter.from_config(self.tokenizer, self.config.data)
 
   @functools.cached_property
   def sft_train(self) -> list[Problem]:
@@ -126,6 +135,7 @@ class Run:
     return RuleContext(
         model_cfg=self.model_cfg, rule=rule, rule_cfg=rule_cfg,
         sampling=Sampling(temperature=temperature), eos_id=self.special["eos_id"],
+        extra_eos=tuple(self.special.get("eos_ids", ())[1:]),
         pad_id=self.special["pad_id"], bot_id=self.special.get("bot_id", -1),
         latent_id=self.special.get("latent_id", -1), eot_id=self.special.get("eot_id", -1),
         num_latent=num_latent, max_new=max_new)
@@ -137,7 +147,8 @@ def _task_texts(task: TaskData) -> list[str]:
 
 
 def _tokenizer_and_model(config, workdir: str, task: TaskData):
-  """(tokenizer, model_cfg, initial backbone params)."""
+  """(tokenizer, model_cfg, initial backbone params, `Special` ids)."""
+  folder = ""
   if config.init:
     folder = resolve_init_folder(config.init)
     model_cfg, params = load_hf(folder, dtype=config.model.dtype)
@@ -156,6 +167,9 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
                                   remat=config.model.remat, eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     params = init(model_cfg, jax.random.key(config.seed))
+  ids = special_lib.resolve_special(tokenizer, folder)  # may add a pad token
+  model_cfg, params = tok_lib.fit_vocab(tokenizer, model_cfg, params)
+  model_cfg = model_cfg.replace(pad_token_id=ids.pad_id, suppress_ids=ids.suppress_ids)
   model_cfg = model_cfg.replace(remat=config.model.remat,
                                 logits_chunk=config.model.get("logits_chunk", 0))
   if config.model.lora.rank:  # the adapters themselves are attached by the RL phase
@@ -169,7 +183,7 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
   if not config.init and jax.process_index() == 0:
     tok_lib.save_tokenizer(tokenizer, os.path.join(workdir, "tokenizer"))
   _barrier("lrjax: tokenizer saved")
-  return tokenizer, model_cfg, params
+  return tokenizer, model_cfg, params, ids
 
 
 def _barrier(name: str) -> None:

@@ -240,6 +240,7 @@ def _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckp
     idx = data_indices(config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
                                   stage=stage, max_len=s.max_len, pad_to_multiple=16,
+                                  prompter=run.prompter,
                                   **cur.batch_kwargs(run), **_span_kwargs(run, step))
     tokens += int(np.asarray(batch.mask).sum())
     batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows

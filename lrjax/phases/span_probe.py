@@ -82,13 +82,13 @@ def span_metrics(texts: dict[str, list[str]], answers: Sequence[str], others: Se
 
 
 def probe(ctx, params: dict, tokenizer: Any, problems: Sequence[Problem], reward: str,
-          span: int, ids: dict, key: jax.Array, batch_size: int, mesh: Any = None
-          ) -> dict[str, float]:
+          span: int, ids: dict, key: jax.Array, batch_size: int, mesh: Any = None,
+          prompter: Any = None) -> dict[str, float]:
   """The `probe/*` metrics of `params` on `problems` under the greedy token rule `ctx`."""
   answers = [p.answer for p in problems]
   others = other_answers(problems)
   fills = {"none": None, "answer": answers, "other": others}
-  prompts = encode_prompts(tokenizer, problems)
+  prompts = encode_prompts(prompter or tokenizer, problems)
   texts = {name: completions(ctx, params, tokenizer,
                              span_prompts(tokenizer, prompts, fills[name], span, ids), key,
                              batch_size, mesh) for name in FILLS}
@@ -110,7 +110,7 @@ def run_span_probe(run) -> dict:
   problems = run.task.eval[:c.eval.num_problems] if c.eval.num_problems else run.task.eval
   greedy = ctx.replace(sampling=Sampling(greedy=True))
   metrics = probe(greedy, params, run.tokenizer, problems, c.rl.reward or run.task.reward, span,
-                  ids, jax.random.key(c.seed + 7919), c.eval.batch_size, run.mesh)
+                  ids, jax.random.key(c.seed + 7919), c.eval.batch_size, run.mesh, run.prompter)
   run.metrics.write("span_probe", 0, metrics)
   metrics_lib.say(
       f"[lrjax] span probe on {len(problems)} held-out problems, T = {span}: the model alone "

@@ -216,7 +216,9 @@ def run_value(run) -> None:
   if jax.process_index() == 0:
     workdir.save_tree(os.path.join(pdir, HEAD_FILE), head)
   run.heads["value"] = jax.tree.map(jnp.asarray, head)
-  run.heads["value_start"] = jax.tree.map(jnp.asarray, head)
+  # a copy: the online head's buffers are donated by the RL update (on one device
+  # `run.place` keeps them as they are, so a shared buffer would be deleted with them)
+  run.heads["value_start"] = jax.tree.map(lambda x: jnp.array(x, copy=True), head)
   run.heads_cfg["pos_weight"] = summary["pos_weight"]
   workdir.mark_done(run, "value", summary)
   say(f"[lrjax] value head: held-out ROC-AUC {summary['best_roc_auc']:.3f} "

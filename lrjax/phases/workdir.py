@@ -21,7 +21,7 @@ import jax
 from lrjax import parallel
 from lrjax.checkpoint import CheckpointMismatchError, Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
-from lrjax.data import tokenizer as tok_lib
+from lrjax.data import special as special_lib, tokenizer as tok_lib
 from lrjax.metrics import say
 from lrjax.model import save_hf
 
@@ -93,6 +93,10 @@ def export(run, phase: str, params: dict, rule_params: dict | None = None,
   if jax.process_index() == 0:
     save_hf(run.model_cfg, params, path)
     tok_lib.save_tokenizer(run.tokenizer, path)
+    bos = special_lib.bos_ids(run.tokenizer)
+    special_lib.write_generation_config(path, special_lib.Special(
+        run.special["pad_id"], tuple(run.special.get("eos_ids", (run.special["eos_id"],))), tuple(run.model_cfg.suppress_ids)),
+        bos[0] if bos else None)
     if rule_params:
       save_sidecar(path, run.config.rule.name, rule_params)
     if heads:

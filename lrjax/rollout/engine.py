@@ -100,7 +100,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
                         for k, v in old["records"].items()}}
     if ctx.return_logits:
       bufs["logits"] = _write(old["logits"], t, c["logits"])
-    eos = live & (token == ctx.eos_id)  # B
+    eos = live & ctx.is_eos(token)  # B
     x = so.next_embed.astype(cfg.jnp_dtype)  # B H
     hidden, logits, cache = decode.step(cfg, dparams, x, prompt_len + t, c["cache"])
     return dict(t=t + 1, cache=cache, logits=logits, hidden=hidden,

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.data.tasks import Problem, prompt_text
+from lrjax.data.prompts import Prompter
+from lrjax.data.tasks import Problem
 from lrjax.latent.base import DONE, LATENT, RuleContext
 
 # prompt lengths the rollout is compiled for (`bucket_length`): training and evaluation
@@ -62,15 +63,20 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   return buckets[-1] * math.ceil(length / buckets[-1])
 
 
-def encode_prompts(tokenizer: Any, problems: Sequence[Problem], suffix_ids: Sequence[int] = ()):
-  """Each problem's prompt text as ids, then the rule's prompt suffix (`prompt_suffix`)."""
-  return [tokenizer.encode(prompt_text(p), add_special_tokens=False) + list(suffix_ids)
-          for p in problems]
+def encode_prompts(prompter: Any, problems: Sequence[Problem], suffix_ids: Sequence[int] = ()):
+  """Each problem's prompt ids (`lrjax.data.prompts.Prompter.ids`; a bare tokenizer
+  means the raw format), then the rule's prompt suffix (`prompt_suffix`)."""
+  if not isinstance(prompter, Prompter):
+    prompter = Prompter(prompter)
+  return [prompter.ids(p.question) + list(suffix_ids) for p in problems]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int,
                 pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Left-pads id lists to `bucket`: (ids [B, bucket] int32, mask [B, bucket] int32)."""
+  if pad_id is None:
+    raise ValueError("pad_prompts needs a pad id; the run's tokenizer has none "
+                     "(lrjax.data.special.resolve_special picks one)")
   ids = np.full((len(prompts), bucket), pad_id, np.int32)
   mask = np.zeros((len(prompts), bucket), np.int32)
   for row, p in enumerate(prompts):
@@ -111,7 +117,7 @@ def decode(tokenizer: Any, traj: Trajectory, ctx: RuleContext, show_latent: bool
     parts, run = [], []
     for t in range(ids.shape[1]):
       tok = int(ids[b, t])
-      if span[b, t] == DONE or tok == ctx.eos_id:
+      if span[b, t] == DONE or tok == ctx.eos_id or tok in ctx.extra_eos:
         break
       if ctx.latent_id >= 0 and tok == ctx.latent_id:
         if run:

@@ -9,7 +9,9 @@ are tokenized **separately** and concatenated, exactly as at generation time
     mode 'nocot'    prompt_text(p) | nocot_text(p) eos           ('#### answer')
     mode 'coconut'  prompt_text(p) <bot> <latent>*(k*c) <eot> | cot_text(p, skip) eos
 
-(`|` marks where the loss starts.) Each mode is an `SFTMethod` registered in
+(`|` marks where the loss starts.) These are the raw format's texts; with a
+`lrjax.data.prompts.Prompter` the prompt and the response follow its format and
+the row ends with its `end_ids` (a chat template's end-of-turn token). Each mode is an `SFTMethod` registered in
 `SFT_METHODS` (`sft.method`): its row encoder and what the rest of lrjax needs
 to know about it (latent rows, special tokens, the thought rule its models are
 evaluated with). Coconut (Hao et al., arXiv 2412.06769;
@@ -39,7 +41,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from lrjax.data.tasks import Problem, cot_text, nocot_text, prompt_text
+from lrjax.data.prompts import Prompter
+from lrjax.data.tasks import Problem
 from lrjax.registry import Registry
 
 LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
@@ -48,7 +51,8 @@ LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
 class SFTMethod(NamedTuple):
   """An SFT method (`sft.method`).
 
-  encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage, pad_latents)
+  encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage, pad_latents,
+         start_latents, max_latents, prompter)
       -> (ids, response start column, `<bot>` column or 0, number of latents).
   latent: rows hold latent thoughts (the Coconut curriculum, the latent forward,
       `LatentIds`).
@@ -150,11 +154,14 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
   return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _encode_text(text_fn: Callable[[Problem], str]) -> Callable:
+def _encode_text(kind: str) -> Callable:
   def encode(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1, latent_ids=None,
-             max_latent_stage=None, pad_latents=False, start_latents=0, max_latents=0):
-    prompt = _encode(tokenizer, prompt_text(problem))
-    ids = prompt + _encode(tokenizer, text_fn(problem)) + [tokenizer.eos_token_id]
+             max_latent_stage=None, pad_latents=False, start_latents=0, max_latents=0,
+             prompter: Prompter | None = None):
+    pr = prompter or Prompter(tokenizer)
+    prompt = pr.ids(problem.question)
+    text = pr.cot(problem) if kind == "cot" else pr.nocot(problem)
+    ids = prompt + _encode(tokenizer, text) + pr.end_ids
     return ids, len(prompt), 0, 0
   return encode
 
@@ -162,22 +169,24 @@ def _encode_text(text_fn: Callable[[Problem], str]) -> Callable:
 def _encode_coconut(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
                     latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
                     pad_latents: bool = False, start_latents: int = 0,
-                    max_latents: int = 0) -> tuple[list[int], int, int, int]:
+                    max_latents: int = 0, prompter: Prompter | None = None
+                    ) -> tuple[list[int], int, int, int]:
   if latent_ids is None:
     raise ValueError("mode 'coconut' needs latent_ids")
-  prompt = _encode(tokenizer, prompt_text(problem))
+  pr = prompter or Prompter(tokenizer)
+  prompt = pr.ids(problem.question)
   if max_latents > 0:
     skip, n = latr_counts(len(problem.steps), stage, c, start_latents, max_latents)
   else:
     skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
     n = k * c
   head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
-  ids = head + _encode(tokenizer, cot_text(problem, skip)) + [tokenizer.eos_token_id]
+  ids = head + _encode(tokenizer, pr.cot(problem, skip)) + pr.end_ids
   return ids, len(head), len(prompt), n
 
 
-SFT_METHODS.register("cot")(SFTMethod(_encode_text(cot_text)))
-SFT_METHODS.register("nocot")(SFTMethod(_encode_text(nocot_text)))
+SFT_METHODS.register("cot")(SFTMethod(_encode_text("cot")))
+SFT_METHODS.register("nocot")(SFTMethod(_encode_text("nocot")))
 SFT_METHODS.register("coconut")(SFTMethod(_encode_coconut, latent=True,
                                           special_tokens=LATENT_TOKENS, eval_rule="hidden"))
 MODES = ("cot", "nocot", "coconut")  # the registered methods, in this order
@@ -193,10 +202,12 @@ def sft_method(mode: str) -> SFTMethod:
 def encode_example(problem: Problem, tokenizer: Any, mode: str, stage: int = 0, c: int = 1,
                    latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
                    pad_latents: bool = False, start_latents: int = 0,
-                   max_latents: int = 0) -> tuple[list[int], int, int, int]:
-  """One row: (ids, response start column, `<bot>` column or 0, number of latents)."""
+                   max_latents: int = 0, prompter: Prompter | None = None
+                   ) -> tuple[list[int], int, int, int]:
+  """One row: (ids, response start column, `<bot>` column or 0, number of latents);
+  `prompter` writes the prompt and the target (None: the raw format, eos-terminated)."""
   return sft_method(mode).encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage,
-                                 pad_latents, start_latents, max_latents)
+                                 pad_latents, start_latents, max_latents, prompter)
 
 
 def _hint(problem: Problem, tokenizer: Any, span: int, lat: LatentIds) -> list[int]:
@@ -219,7 +230,8 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
                 pad_to_multiple: int | None = None, start_latents: int = 0,
                 max_latents: int = 0, label_markers: bool = False, span: int = 0,
                 span_rows: Sequence[bool] | None = None,
-                span_hints: Sequence[bool] | None = None) -> SFTBatch:
+                span_hints: Sequence[bool] | None = None,
+                prompter: Prompter | None = None) -> SFTBatch:
   """Tokenizes `problems` into a right-padded `SFTBatch` of fixed shape.
 
   Args:
@@ -260,7 +272,7 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
   if pad is None:
     raise ValueError("the tokenizer has no pad_token_id")
   rows = [encode_example(p, tokenizer, mode, stage, c, lat, max_latent_stage, pad_latents,
-                         start_latents, max_latents) for p in problems]
+                         start_latents, max_latents, prompter) for p in problems]
   if span:
     if method.latent:
       raise ValueError(f"span={span} needs a method without latents, not {mode!r}")
