@@ -65,15 +65,21 @@ def stage1_loss(cfg: ModelConfig, enc: dict, dec: dict, b: Stage1Batch, top_k: i
   """CE on the text chunks and the tail of `prompt L_1 c_2 … L_n tail`, L_i the
   mixture of the encoder's i-th compress state (supervision mask, dual-track
   positions). Gradient reaches the encoder only through the latents."""
+  mix = mixture(encode(cfg, enc, b), dec["embed"]["embedding"], top_k)  # B N H
+  loss, m = decoder_ce(cfg, dec, b, mix.latent)
+  return loss, {**m, "latent_top_weight": _top_weight(mix.probs, b.latent_cols < b.ids.shape[1])}
+
+
+def decoder_ce(cfg: ModelConfig, dec: dict, b: Stage1Batch, latents: jax.Array
+               ) -> tuple[jax.Array, dict]:
+  """Stage 1's decoder CE with latents [B, N, H] at `b.latent_cols`."""
   table = dec["embed"]["embedding"]  # V H
-  mix = mixture(encode(cfg, enc, b), table, top_k)  # B N H
   x = table[b.ids].astype(jnp.float32)  # B T H
   rows = jnp.arange(x.shape[0])[:, None]
-  x = x.at[rows, b.latent_cols].set(mix.latent, mode="drop")  # columns T (padding) dropped
+  x = x.at[rows, b.latent_cols].set(latents.astype(jnp.float32), mode="drop")  # T: dropped
   out = forward(cfg, dec, x.astype(table.dtype), b.pos, b.mask)
   loss, acc = masked_ce(out.logits, b.labels, b.loss_mask)
-  return loss, {"loss": loss, "accuracy": acc,
-                "latent_top_weight": _top_weight(mix.probs, b.latent_cols < b.ids.shape[1])}
+  return loss, {"loss": loss, "accuracy": acc}
 
 
 def _top_weight(probs: jax.Array, valid: jax.Array) -> jax.Array:
