@@ -188,3 +188,45 @@ def test_stage1_gradient_reaches_encoder_only_through_latents():
   g_lat = jax.grad(lambda z: losses.decoder_ce(cfg, dec, b, z)[0])(lat)
   for a, c in zip(jax.tree.leaves(g), jax.tree.leaves(vjp(g_lat)[0])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-7)
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
+  """A stage step stopped after its step-2 checkpoint resumes there and ends where an
+  uninterrupted one does; once DONE it is restored from its checkpoint, not rerun."""
+  import types
+  import ml_collections
+  from lrjax.metrics import MetricsWriter
+  from lrjax.phases import latent_sft as phase
+  config = ml_collections.ConfigDict({"latent_sft": {"log_every": 1, "eval_every": 100},
+                                      "checkpoint": {"every": 2, "max_to_keep": 2}})
+
+  def make_run(path):
+    return types.SimpleNamespace(config=config, workdir=str(path), metrics=MetricsWriter(
+        str(path), tensorboard=False))
+
+  step_fn = jax.jit(lambda st, b, step: ({"w": st["w"] * 0.5 + b}, {"loss": jnp.sum(st["w"])}))
+  calls = []
+
+  def batch(step, stop_at=None):
+    if step == stop_at:
+      raise _Stop
+    calls.append(step)
+    return jnp.float32(step + 1)
+
+  start = {"w": jnp.ones((3,), jnp.float32)}
+  ref = phase._train(make_run(tmp_path / "a"), "encoder", start, 5, step_fn, batch)
+  run = make_run(tmp_path / "b")
+  with pytest.raises(_Stop):
+    phase._train(run, "encoder", start, 5, step_fn, lambda s: batch(s, stop_at=3))
+  calls.clear()
+  out = phase._train(run, "encoder", start, 5, step_fn, batch)
+  assert calls == [2, 3, 4]  # resumed from the step-2 checkpoint
+  np.testing.assert_array_equal(np.asarray(out["w"]), np.asarray(ref["w"]))
+  calls.clear()
+  again = phase._train(run, "encoder", start, 5, step_fn, batch)
+  assert calls == []  # DONE: restored, not retrained
+  np.testing.assert_array_equal(np.asarray(again["w"]), np.asarray(ref["w"]))
