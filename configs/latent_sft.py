@@ -36,6 +36,7 @@ def add_section(c) -> None:
   s.gumbel = True
   s.gumbel_temperature = 1.0
   s.noise_scale = 1.0
+  s.positions = "dual_track"  # stage 1's decoder positions: dual_track | sequential (first version)
   s.train_embeddings = False  # the decoder's embeddings / LM head stay fixed (LoRA excludes them)
   s.max_len = 256
   s.eval_every = 200

@@ -58,6 +58,8 @@ def test_rows_masks_and_positions_by_hand():
   ])
   np.testing.assert_array_equal(b.mask[0], supervision)
   assert b.pos[0].tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 5, 6, 7]
+  seq = layout.stage1_batch([EX], 2, PAD, max_len=64, multiple=1, positions="sequential")
+  assert seq.pos[0].tolist() == list(range(11))  # the first official version's
   # targets: t3 (at L1), t4, t5 (at L2), Z0 (at L3), Z1; never a latent
   assert b.loss_mask[0].tolist() == [0, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0]
   assert b.labels[0, :10].tolist() == b.ids[0, 1:].tolist()

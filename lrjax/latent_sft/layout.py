@@ -177,10 +177,16 @@ class Stage1Batch(NamedTuple):
   loss_mask: np.ndarray  # [B, T] float32 1 where labels[b, t] is a text-chunk or tail token
 
 
+POSITIONS = ("dual_track", "sequential")
+
+
 def stage1_batch(examples: Sequence[Example], k: int, pad_id: int, max_len: int,
-                 multiple: int = 16) -> Stage1Batch:
+                 multiple: int = 16, positions: str = "dual_track") -> Stage1Batch:
   """A right-padded stage-1 batch; N = the most latents of any row (rounded up to
-  `multiple`, so few shapes compile)."""
+  `multiple`, so few shapes compile). positions: 'dual_track' (the newest official
+  code) or 'sequential' 0..T-1 (its first version)."""
+  if positions not in POSITIONS:
+    raise ValueError(f"config.latent_sft.positions={positions!r} must be one of {POSITIONS}")
   enc_rows = [encoder_row(e, k) for e in examples]
   dec_rows = [stage1_row(e, k) for e in examples]
   te = _width(max(len(r[0]) for r in enc_rows), multiple, max_len, "Latent-SFT encoder")
@@ -206,7 +212,8 @@ def stage1_batch(examples: Sequence[Example], k: int, pad_id: int, max_len: int,
     seg_row = np.full(t, -1, np.int32)
     seg_row[:len(seg)] = seg
     out["mask"][i] = supervision_mask(kind_row, seg_row)
-    out["pos"][i, :len(ids)] = dual_track_positions(kinds)
+    out["pos"][i, :len(ids)] = (dual_track_positions(kinds) if positions == "dual_track"
+                                else np.arange(len(ids)))
     lc = np.flatnonzero(kind_row == LATENT)
     out["latent_cols"][i, :len(lc)] = lc
     target = (kind_row == TEXT) | (kind_row == TAIL)  # the token at t + 1 is a target

@@ -54,6 +54,9 @@ def check_config(config) -> None:
   for f in ("encoder_steps", "decoder_steps", "union_steps", "stage2_steps", "top_k"):
     if int(s[f]) < 0:
       raise ConfigError(f"config.latent_sft.{f}={s[f]} must be >= 0")
+  if s.positions not in layout.POSITIONS:
+    raise ConfigError(f"config.latent_sft.positions={s.positions!r} must be one of "
+                      f"{', '.join(layout.POSITIONS)}")
   if int(s.stage2_steps) and int(s.encoder_steps) + int(s.union_steps) == 0:
     raise ConfigError("config.latent_sft: stage 2 reads soft labels from a trained encoder; "
                       "set encoder_steps or union_steps > 0")
@@ -188,7 +191,8 @@ def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
 
     def batch_fn(step, i=i):
       idx = data_indices(run.config.seed + 101 * (i + 1), len(exs), step, s.batch_size)
-      return layout.stage1_batch([exs[j] for j in idx], s.compression_rate, pad, s.max_len)
+      return layout.stage1_batch([exs[j] for j in idx], s.compression_rate, pad, s.max_len,
+                                 positions=s.positions)
 
     state = _train(run, name, state, steps, lambda st, b, step: fn(st, b), batch_fn)
     enc, dec = state["enc"], state["dec"]
