@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrjax import optim
+from lrjax import faults, optim
 from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
@@ -152,27 +152,44 @@ def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=
     state, start, _ = workdir.try_resume(run, phase, ckpt, state)
     if start == 0 and evaluate:
       evaluate(state, 0)
-    progress, t0 = Progress(phase), time.time()
-    for step in range(start, steps):
-      done = step + 1
-      state, m = step_fn(state, batch_fn(step), step)
-      if done % config.latent_sft.log_every == 0 or done == steps:
-        m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
-        m["train/seconds"] = time.time() - t0
-        if not np.isfinite(m["train/loss"]):
-          raise FloatingPointError(f"{phase} step {done}: non-finite loss {m['train/loss']}")
-        run.metrics.write(phase, done, m)
-        progress.update(done, steps, loss=m["train/loss"])
-      if evaluate and (done % config.latent_sft.eval_every == 0 or done == steps):
-        evaluate(state, done)
-      if done % config.checkpoint.every == 0 or done == steps:
-        ckpt.save(done, state, {"phase": phase, "step": done})
+    progress, t0, preempt = Progress(phase), time.time(), faults.Preemption()
+    try:
+      state = _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt,
+                    progress, t0, preempt)
+    finally:
+      preempt.close()
     progress.close()
     ckpt.wait()
     workdir.mark_done(run, phase, {"steps": steps})
     return state
   finally:
     ckpt.close()
+
+
+def _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt, progress, t0,
+          preempt) -> dict:
+  """Steps start .. steps − 1 -> the final state; saves and exits 143 on SIGTERM."""
+  config = run.config
+  for step in range(start, steps):
+    done = step + 1
+    state, m = step_fn(state, batch_fn(step), step)
+    if done % config.latent_sft.log_every == 0 or done == steps:
+      m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
+      m["train/seconds"] = time.time() - t0
+      if not np.isfinite(m["train/loss"]):
+        raise FloatingPointError(f"{phase} step {done}: non-finite loss {m['train/loss']}")
+      run.metrics.write(phase, done, m)
+      progress.update(done, steps, loss=m["train/loss"])
+    if evaluate and (done % config.latent_sft.eval_every == 0 or done == steps):
+      evaluate(state, done)
+    stop = preempt.requested(done)
+    if done % config.checkpoint.every == 0 or done == steps or stop:
+      ckpt.save(done, state, {"phase": phase, "step": done})
+    if stop:
+      progress.close()
+      ckpt.wait()
+      faults.exit_preempted(phase, done, run.workdir)
+  return state
 
 
 def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
