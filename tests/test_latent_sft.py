@@ -232,3 +232,16 @@ def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
   again = phase._train(run, "encoder", start, 5, step_fn, batch)
   assert calls == []  # DONE: restored, not retrained
   np.testing.assert_array_equal(np.asarray(again["w"]), np.asarray(ref["w"]))
+
+
+def test_config_refusals_name_the_field():
+  from configs import latent_sft as cfg
+  from lrjax.config_utils import ConfigError
+  from lrjax.phases.latent_sft import check_config
+  check_config(cfg.get_config())
+  with pytest.raises(ConfigError, match="config.init"):
+    check_config(cfg.get_config("paper"))  # latent_sft alone needs a CoT model
+  c = cfg.get_config()
+  c.latent_sft.compression_rate = 0
+  with pytest.raises(ConfigError, match="latent_sft.compression_rate"):
+    check_config(c)

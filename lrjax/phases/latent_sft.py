@@ -47,6 +47,11 @@ def check_config(config) -> None:
   s = config.get("latent_sft")
   if s is None:
     raise ConfigError("config.latent_sft is missing: start from configs/latent_sft.py")
+  from lrjax.config_utils import mode_phases
+  phases = mode_phases(config.mode)
+  if PHASE in phases and "sft" not in phases[:phases.index(PHASE)] and not config.init:
+    raise ConfigError("the latent_sft phase starts from a CoT-SFT model: put 'sft' before it in "
+                      "config.mode or set config.init")
   ints = ("compression_rate", "batch_size", "max_len", "eval_every", "log_every")
   for f in ints:
     if int(s[f]) < 1:
