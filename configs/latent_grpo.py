@@ -8,23 +8,22 @@ are scored by a Gumbel-density surrogate inside the PPO ratio (dual clip 3),
 invalid (truncated) samples get advantage 0, only one positive first token per
 group keeps its advantage, and the input embeddings / LM head are frozen
 (docs/latent_grpo.md). This default runs a CoT-SFT warm-up of the tiny model on
-`arith` and then Latent-GRPO, on a CPU, with no flags:
+`arith`, Latent-SFT from it (`configs/latent_sft.py`, docs/latent_sft.md), then
+Latent-GRPO, on a CPU, with no flags:
 
     python -m lrjax.main --config=configs/latent_grpo.py --workdir=runs/latent_grpo
 
 The start: the paper starts from a Latent-SFT model (top-K soft-embedding SFT,
-arXiv 2510.15522) and reports that the latent span collapses from a plain one.
-lrjax starts from the CoT-SFT warm-up: its latent inputs are mixtures whose top
-weight is measured in `train/latent_top_weight`, and the latent span's length in
-`eval/latent_steps` at every evaluation (docs/latent_grpo.md has the curves).
-K 10, tau_gs 1 and noise 1 are the paper's; answers are sampled at the paper's
-T 0.6 / top-k 30 / top-p 0.95.
+arXiv 2510.15522) and reports that the latent span collapses from a plain one;
+so does this default (`mode=sft,latent_sft,rl`; `--config.init=<a latent_sft
+workdir> --config.mode=rl` starts from a trained one). The ablation from the
+CoT warm-up is `--config.mode=sft,rl`. K 10, tau_gs 1 and noise 1 are the
+paper's; answers are sampled at the paper's T 0.6 / top-k 30 / top-p 0.95.
 
 Measured from the CoT-SFT start (docs/latent_grpo.md): the latent span does
 not shrink (~43 latent steps, the whole reasoning, at every evaluation), but
 RL does not improve held-out accuracy either: at lr 3e-6 it stays flat, at
-1e-5 it declines, at 3e-5 the model loses the end token. Latent-GRPO on this
-default needs the paper's Latent-SFT start, which lrjax does not have yet.
+1e-5 it declines, at 3e-5 the model loses the end token.
 
 `--config=configs/latent_grpo.py:paper` gives the paper's GSM8K hyper-parameters
 (LLaMA-3.2-1B shape, GSM8K-Aug; set --config.init to a Latent-SFT checkpoint). Its
@@ -35,7 +34,7 @@ final answer within \\boxed{}.\\n{question}" in the chat template, no system pro
 reasoning mode); the latent span ends at `</think>` and the reward checks the last
 \\boxed{} (`boxed_math`).
 """
-from configs import base
+from configs import base, latent_sft
 
 FROZEN = (("model/embed/.*", None), ("model/lm_head/.*", None))  # input embeddings, LM head
 
@@ -44,8 +43,9 @@ def get_config(arg=None):
   base.check_arg(arg, "configs/latent_grpo.py", own=("paper",))
   c = base.get_config(arg)
   c.name = "latent_grpo"
-  c.mode = "sft,rl"
+  c.mode = "sft,latent_sft,rl"  # the CoT-start ablation: --config.mode=sft,rl
   c.sft.method = "cot"
+  latent_sft.add_section(c)
   c.rule.name = "topk_gumbel"
   c.rule.top_k = 10
   c.rule.top_p = 0.95

@@ -54,7 +54,8 @@ def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Ar
   Args:
     embeds: [B, T, H] input embeddings.
     positions: [B, T] int RoPE positions.
-    attention_mask: [B, T] 1 for real positions, 0 for padding.
+    attention_mask: [B, T] 1 for real positions, 0 for padding (causal attention), or
+      [B, T, T] bool keep[b, query, key] used as is (no cache).
     cache: optional KV cache (see `init_cache`); the new positions are written
       at slots [cache.index, cache.index + T).
     fresh_cache: (static) the cache is empty, so it is written but not read.

@@ -203,13 +203,20 @@ class Decoder(nn.Module):
   def __call__(self, embeds, positions, attention_mask, cache=None, fresh_cache=False):
     """embeds [B,T,H], positions [B,T], attention_mask [B,T] -> (hidden, logits, cache).
 
+    attention_mask [B,T,T] (no cache) is used as is: keep[b, query, key], no causal mask added.
+
     `fresh_cache=True` (static) says the cache is empty: the new positions are
     written into it but not attended against it (a prefill skips S masked slots).
     """
     b, t, _ = embeds.shape
     attention_mask = attention_mask.astype(bool)
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    new_mask = attention_mask[:, None, :] & causal[None]  # B T T
+    if attention_mask.ndim == 3:  # B T T: a full keep[query, key] mask (Latent-SFT's)
+      if cache is not None:
+        raise ValueError("a [B, T, T] attention mask cannot be used with a KV cache")
+      new_mask = attention_mask
+    else:
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      new_mask = attention_mask[:, None, :] & causal[None]  # B T T
     if cache is None or fresh_cache:
       old_kv, old_mask = None, None
     else:  # filled slots are exactly the ones before `index` that hold real tokens

@@ -1,6 +1,7 @@
 """The pipeline: the phases `lrjax.main` runs, in the order `config.mode` lists them.
 
     sft   phases/sft.py   CoT / No-CoT / Coconut warm-up: run.params, <workdir>/sft/
+    latent_sft  phases/latent_sft.py  Latent-SFT from run.params: run.params, <workdir>/latent_sft/
     value phases/value.py Latent RL's value head on thoughts: run.heads["value"], <workdir>/value/
     rl    phases/rl.py    rollout, rewards, advantages, updates: run.params, <workdir>/rl/
     eval  phases/eval.py  held-out metrics of `config.init` (and its rule sidecar)
@@ -39,6 +40,18 @@ PRECHECKS: Registry = Registry("phase check")
 def _sft(run) -> None:
   from lrjax.phases.sft import run_sft
   run_sft(run)
+
+
+@PHASES.register("latent_sft")
+def _latent_sft(run) -> None:
+  from lrjax.phases.latent_sft import run_latent_sft
+  run_latent_sft(run)
+
+
+@PRECHECKS.register("latent_sft")
+def _latent_sft_check(run) -> None:
+  from lrjax.phases.latent_sft import check_config
+  check_config(run.config)
 
 
 @PHASES.register("eval")

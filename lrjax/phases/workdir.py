@@ -156,12 +156,12 @@ def load_model_meta(path: str) -> dict:
 
 
 def resolve_init_folder(path: str) -> str:
-  """An HF folder, or a workdir whose newest export (rl, then sft) is returned."""
+  """An HF folder, or a workdir whose newest export (rl, then latent_sft, then sft) is returned."""
   if os.path.exists(os.path.join(path, "config.json")) and (
       os.path.exists(os.path.join(path, "model.safetensors"))
       or os.path.exists(os.path.join(path, "model.safetensors.index.json"))):
     return path
-  for phase in ("rl", "sft"):
+  for phase in ("rl", "latent_sft", "sft"):
     export_dir = os.path.join(path, phase, "export")
     if os.path.exists(os.path.join(export_dir, "config.json")):
       return export_dir

@@ -1,0 +1,322 @@
+"""The `latent_sft` phase: Latent-SFT (arXiv 2510.15522) from the model in run.params
+(the CoT warm-up), as five resumable steps, each with its own folder and DONE:
+
+    <workdir>/latent_sft/encoder/   stage 1, encoder trained (decoder frozen)
+    <workdir>/latent_sft/decoder/   stage 1, decoder trained (encoder frozen)
+    <workdir>/latent_sft/union/     stage 1, both trained
+    <workdir>/latent_sft/labels/    labels.npz: top-K soft labels of every training latent
+    <workdir>/latent_sft/stage2/    the decoder alone on the soft labels (CE + KL)
+    <workdir>/latent_sft/export/    the stage-2 decoder (HF folder) and DONE, written last
+
+Each training step resumes from its newest checkpoint; a finished one (DONE) is
+restored from its last checkpoint. A step with 0 steps is skipped. The stage-2
+decoder is evaluated with the `topk_gumbel` rule, greedy (top-K mixtures of its
+own distribution fed back until it shows '#'), the rollout Latent-GRPO starts
+from. Metrics phases: `latent_sft/<step>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lrjax import faults, optim
+from lrjax.checkpoint import abstract_state
+from lrjax.config_utils import ConfigError
+from lrjax.data.order import data_indices
+from lrjax.latent import RULES, prompt_suffix
+from lrjax.latent.latent_grpo import NAME as LATENT_RULE
+from lrjax.latent_sft import layout, losses
+from lrjax.metrics import Progress, say
+from lrjax.model import load_hf
+from lrjax.phases import held_out, workdir
+
+PHASE = "latent_sft"
+# stage-1 steps and the parts each trains
+STAGE1 = (("encoder", ("enc",)), ("decoder", ("dec",)), ("union", ("enc", "dec")))
+FROZEN = ("embed", "lm_head")  # decoder parts kept fixed unless latent_sft.train_embeddings
+
+
+def check_config(config) -> None:
+  """ConfigError naming the field for a bad `config.latent_sft`."""
+  s = config.get("latent_sft")
+  if s is None:
+    raise ConfigError("config.latent_sft is missing: start from configs/latent_sft.py")
+  from lrjax.config_utils import mode_phases
+  phases = mode_phases(config.mode)
+  if PHASE in phases and "sft" not in phases[:phases.index(PHASE)] and not config.init:
+    raise ConfigError("the latent_sft phase starts from a CoT-SFT model: put 'sft' before it in "
+                      "config.mode or set config.init")
+  ints = ("compression_rate", "batch_size", "max_len", "eval_every", "log_every")
+  for f in ints:
+    if int(s[f]) < 1:
+      raise ConfigError(f"config.latent_sft.{f}={s[f]} must be >= 1")
+  for f in ("encoder_steps", "decoder_steps", "union_steps", "stage2_steps", "top_k"):
+    if int(s[f]) < 0:
+      raise ConfigError(f"config.latent_sft.{f}={s[f]} must be >= 0")
+  if s.positions not in layout.POSITIONS:
+    raise ConfigError(f"config.latent_sft.positions={s.positions!r} must be one of "
+                      f"{', '.join(layout.POSITIONS)}")
+  if int(s.stage2_steps) and int(s.encoder_steps) + int(s.union_steps) == 0:
+    raise ConfigError("config.latent_sft: stage 2 reads soft labels from a trained encoder; "
+                      "set encoder_steps or union_steps > 0")
+  for f in ("lr", "stage2_lr", "gumbel_temperature"):
+    if float(s[f]) <= 0:
+      raise ConfigError(f"config.latent_sft.{f}={s[f]} must be > 0")
+  for f in ("ce_weight", "kl_weight", "noise_scale", "weight_decay", "warmup_frac"):
+    if float(s[f]) < 0:
+      raise ConfigError(f"config.latent_sft.{f}={s[f]} must be >= 0")
+
+
+def _dir(run, step: str) -> str:
+  return os.path.join(workdir.phase_dir(run, PHASE), step)
+
+
+def _examples(run) -> list[layout.Example]:
+  return [layout.encode_problem(p, run.tokenizer) for p in run.sft_train]
+
+
+def _optimizer(s, lr: float, steps: int):
+  return optim.make_optimizer(lr, s.weight_decay, int(s.warmup_frac * steps), steps, s.schedule,
+                              s.clip_norm, field="latent_sft.schedule", end_lr_frac=s.end_lr_frac)
+
+
+def _trainable(state: dict, parts: tuple[str, ...], frozen: tuple[str, ...]) -> dict:
+  out = {}
+  if "enc" in parts:
+    out["enc"] = state["enc"]
+  if "dec" in parts:
+    out["dec"] = {k: v for k, v in state["dec"].items() if k not in frozen}
+  return out
+
+
+def _merge(state: dict, train: dict) -> dict:
+  out = dict(state)
+  if "enc" in train:
+    out["enc"] = train["enc"]
+  if "dec" in train:
+    out["dec"] = {**state["dec"], **train["dec"]}
+  return out
+
+
+def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, ...], top_k: int):
+  """jit(state, batch) -> (state, metrics): one AdamW update of `parts` on stage 1's CE."""
+  def step(state, batch):
+    train = _trainable(state, parts, frozen)
+
+    def loss_fn(tr):
+      merged = _merge(state, tr)
+      return losses.stage1_loss(cfg, merged["enc"], merged["dec"], batch, top_k)
+
+    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
+    upd, opt = optimizer.update(g, state["opt_state"], train)
+    new = _merge(state, optax.apply_updates(train, upd))
+    new["opt_state"] = opt
+    return new, {**m, "grad_norm": optax.global_norm(g)}
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
+  """jit(state, batch, key) -> (state, metrics): one update of the decoder on stage 2's loss."""
+  gumbel = bool(s.gumbel)
+
+  def step(state, batch, key):
+    probs = batch.label_probs
+    if gumbel:
+      probs = losses.gumbel_perturb(key, probs, batch.label_ids, batch.latent_valid, end_id,
+                                    float(s.noise_scale), float(s.gumbel_temperature))
+    train = _trainable(state, ("dec",), frozen)
+
+    def loss_fn(tr):
+      return losses.stage2_loss(cfg, _merge(state, tr)["dec"], batch, probs,
+                                float(s.ce_weight), float(s.kl_weight))
+
+    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
+    upd, opt = optimizer.update(g, state["opt_state"], train)
+    new = _merge(state, optax.apply_updates(train, upd))
+    new["opt_state"] = opt
+    return new, {**m, "grad_norm": optax.global_norm(g)}
+  return jax.jit(step, donate_argnums=0)
+
+
+def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=None) -> dict:
+  """Runs steps of `latent_sft/<name>` with checkpoints, resume and DONE; returns the state."""
+  config = run.config
+  phase = f"{PHASE}/{name}"
+  ckpt = workdir.checkpointer(run, phase)
+  try:
+    if workdir.is_done(run, phase):
+      state, _ = ckpt.restore(abstract_state(state), steps)
+      say(f"[lrjax] reusing the finished {phase} step")
+      return state
+    state, start, _ = workdir.try_resume(run, phase, ckpt, state)
+    if start == 0 and evaluate:
+      evaluate(state, 0)
+    progress, t0, preempt = Progress(phase), time.time(), faults.Preemption()
+    try:
+      state = _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt,
+                    progress, t0, preempt)
+    finally:
+      preempt.close()
+    progress.close()
+    ckpt.wait()
+    workdir.mark_done(run, phase, {"steps": steps})
+    return state
+  finally:
+    ckpt.close()
+
+
+def _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt, progress, t0,
+          preempt) -> dict:
+  """Steps start .. steps − 1 -> the final state; saves and exits 143 on SIGTERM."""
+  config = run.config
+  for step in range(start, steps):
+    done = step + 1
+    state, m = step_fn(state, batch_fn(step), step)
+    if done % config.latent_sft.log_every == 0 or done == steps:
+      m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
+      m["train/seconds"] = time.time() - t0
+      if not np.isfinite(m["train/loss"]):
+        raise FloatingPointError(f"{phase} step {done}: non-finite loss {m['train/loss']}")
+      run.metrics.write(phase, done, m)
+      progress.update(done, steps, loss=m["train/loss"])
+    if evaluate and (done % config.latent_sft.eval_every == 0 or done == steps):
+      evaluate(state, done)
+    stop = preempt.requested(done)
+    if done % config.checkpoint.every == 0 or done == steps or stop:
+      ckpt.save(done, state, {"phase": phase, "step": done})
+    if stop:
+      progress.close()
+      ckpt.wait()
+      faults.exit_preempted(phase, done, run.workdir)
+  return state
+
+
+def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
+  s = run.config.latent_sft
+  frozen = () if s.train_embeddings else FROZEN
+  for i, (name, parts) in enumerate(STAGE1):
+    steps = int(s[f"{name}_steps"])
+    if not steps:
+      continue
+    optimizer = _optimizer(s, float(s.lr), steps)
+    os.makedirs(_dir(run, name), exist_ok=True)
+    train = _trainable({"enc": enc, "dec": dec}, parts, frozen)
+    state = {"enc": enc, "dec": dec, "opt_state": optimizer.init(train)}
+    fn = make_stage1_step(run.model_cfg, optimizer, parts, frozen, int(s.top_k))
+    pad = run.tokenizer.pad_token_id
+
+    def batch_fn(step, i=i):
+      idx = data_indices(run.config.seed + 101 * (i + 1), len(exs), step, s.batch_size)
+      return layout.stage1_batch([exs[j] for j in idx], s.compression_rate, pad, s.max_len,
+                                 positions=s.positions)
+
+    state = _train(run, name, state, steps, lambda st, b, step: fn(st, b), batch_fn)
+    enc, dec = state["enc"], state["dec"]
+  return enc, dec
+
+
+def _labels(run, exs, enc: dict, dec: dict) -> dict:
+  """{"ids", "probs": [S, N, K], "n": [S]}: the soft labels of every training example."""
+  s = run.config.latent_sft
+  phase = f"{PHASE}/labels"
+  path = os.path.join(_dir(run, "labels"), "labels.npz")
+  if workdir.is_done(run, phase):
+    with np.load(path) as f:
+      return {k: f[k] for k in ("ids", "probs", "n")}
+  fn = jax.jit(lambda e, d, b: losses.soft_labels(run.model_cfg, e, d, b, int(s.top_k)))
+  n = np.array([layout.num_latents(e, s.compression_rate) for e in exs], np.int32)
+  ids_all, probs_all = [], []
+  for lo in range(0, len(exs), s.batch_size):
+    batch = layout.stage1_batch(exs[lo:lo + s.batch_size], s.compression_rate,
+                                run.tokenizer.pad_token_id, s.max_len)
+    ids, probs = jax.device_get(fn(enc, dec, batch))
+    ids_all += list(ids)
+    probs_all += list(probs)
+  width = int(n.max())
+  ids = np.stack([a[:width] if len(a) >= width else np.pad(a, ((0, width - len(a)), (0, 0)))
+                  for a in ids_all]).astype(np.int32)
+  probs = np.stack([a[:width] if len(a) >= width else np.pad(a, ((0, width - len(a)), (0, 0)))
+                    for a in probs_all]).astype(np.float32)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if jax.process_index() == 0:
+    np.savez(path, ids=ids, probs=probs, n=n)
+  workdir.mark_done(run, phase, {"examples": len(exs), "max_latents": width,
+                                 "k": int(ids.shape[-1])})
+  return {"ids": ids, "probs": probs, "n": n}
+
+
+def evaluate_latent(run, params: dict, phase: str, step: int, sampled: bool) -> dict:
+  """Held-out metrics of `params` under the greedy `topk_gumbel` rollout."""
+  e = run.config.eval
+  ctx = run.rule_context(LATENT_RULE, e.max_new + RULES.get(LATENT_RULE).extra_positions(0),
+                         temperature=e.temperature)
+  return held_out.evaluate_at(run, phase, step, {"model": params, "rule": {}, "heads": {}}, ctx,
+                              prompt_suffix(ctx), sampled=sampled)
+
+
+def _stage2(run, exs, dec: dict, labels: dict) -> dict:
+  s = run.config.latent_sft
+  steps = int(s.stage2_steps)
+  if not steps:
+    return dec
+  frozen = () if s.train_embeddings else FROZEN
+  optimizer = _optimizer(s, float(s.stage2_lr), steps)
+  os.makedirs(_dir(run, "stage2"), exist_ok=True)
+  state = {"enc": {}, "dec": dec, "opt_state": optimizer.init(_trainable({"dec": dec}, ("dec",),
+                                                                           frozen))}
+  fn = make_stage2_step(run.model_cfg, optimizer, frozen, s, layout.end_marker(run.tokenizer))
+  base_key = jax.random.key(run.config.seed + 7331)
+
+  def batch_fn(step):
+    idx = data_indices(run.config.seed + 505, len(exs), step, s.batch_size)
+    return layout.stage2_batch([exs[j] for j in idx], labels["n"][idx], labels["ids"][idx],
+                               labels["probs"][idx], run.tokenizer.pad_token_id, s.max_len)
+
+  def evaluate(state, step):
+    evaluate_latent(run, state["dec"], f"{PHASE}/stage2", step, sampled=step == steps)
+
+  state = _train(run, "stage2", state, steps,
+                 lambda st, b, step: fn(st, b, jax.random.fold_in(base_key, step)), batch_fn,
+                 evaluate)
+  return state["dec"]
+
+
+def initial_encoder(params: dict) -> dict:
+  """A copy of the backbone and a compress embedding at the mean input embedding
+  (HF's `resize_token_embeddings` initialises new rows at the mean)."""
+  table = params["embed"]["embedding"]
+  return {"model": jax.tree.map(jnp.array, params),
+          "compress": jnp.mean(table.astype(jnp.float32), axis=0).astype(table.dtype)}
+
+
+def run_latent_sft(run) -> None:
+  """Trains (or reuses, with `<workdir>/latent_sft/DONE`) the Latent-SFT decoder into run.params."""
+  check_config(run.config)
+  pdir = workdir.phase_dir(run, PHASE)
+  if workdir.is_done(run, PHASE):
+    _, run.params = load_hf(os.path.join(pdir, "export"), dtype=run.config.model.dtype)
+    run.model_num_latent = 0
+    say(f"[lrjax] reusing the finished Latent-SFT model in {pdir}")
+    return
+  if run.params is None:
+    raise ConfigError("the latent_sft phase needs a model: run 'sft' before it in config.mode "
+                      "or set config.init")
+  os.makedirs(pdir, exist_ok=True)
+  exs = _examples(run)
+  dec = jax.tree.map(jnp.asarray, run.params)
+  enc, dec = _stage1(run, exs, initial_encoder(dec), dec)
+  labels = _labels(run, exs, enc, dec)
+  dec = _stage2(run, exs, dec, labels)
+  run.params, run.model_num_latent = dec, 0
+  workdir.export(run, PHASE, dec)
+  s = run.config.latent_sft
+  workdir.mark_done(run, PHASE, {k: int(s[f"{k}_steps"]) for k in
+                                 ("encoder", "decoder", "union", "stage2")})
+  with open(os.path.join(pdir, "labels_summary.json"), "w") as f:
+    json.dump({"mean_latents": float(np.mean(labels["n"]))}, f)
