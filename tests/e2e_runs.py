@@ -62,6 +62,11 @@ def short_flags(config_arg: str, overrides: list[str] = ()) -> list[str]:
       steps *= 2
     f.update({"sft.steps": steps, "sft.batch_size": 8, "sft.warmup_steps": 2,
               "sft.log_every": 4, "sft.eval_every": steps})
+  if "latent_sft" in phases:  # every stage, a few steps each
+    f.update({"latent_sft.encoder_steps": 2, "latent_sft.decoder_steps": 2,
+              "latent_sft.union_steps": 2, "latent_sft.stage2_steps": 4,
+              "latent_sft.batch_size": 8, "latent_sft.eval_every": 4,
+              "latent_sft.log_every": 2})
   if "value" in phases:
     f.update({"latent_rl.prompts": 8, "latent_rl.samples": 2, "latent_rl.epochs": 2,
               "latent_rl.batch_size": 64})

@@ -291,11 +291,20 @@ def test_train_head_without_a_better_epoch_returns_a_host_copy():
 
 
 @pytest.mark.parametrize("label, says", [(False, "no correct"), (True, "no wrong")])
-def test_value_phase_with_one_class_is_one_line_error(label, says):
-  from lrjax.phases.value import train_head  # noqa: PLC0415
-  with pytest.raises(ConfigError, match=f"20 rollouts have {says} response") as e:
-    train_head(_value_run(), _value_data(np.full(20, label)), jax.random.key(0))
-  assert "\n" not in str(e.value) and "config.sft.steps" in str(e.value)
+def test_value_phase_with_one_class_warns_and_keeps_the_initial_head(label, says, capsys):
+  """A model that solves every (or no) problem: one warning line, AUC undefined, the
+  head returned is the initial one (what random weights or a short warm-up give)."""
+  from lrjax.phases.value import init_head, train_head  # noqa: PLC0415
+  run = _value_run(epochs=2)
+  head, summary = train_head(run, _value_data(np.full(20, label)), jax.random.key(0))
+  out = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+  assert len(out) == 1 and f"20 rollouts have {says} response" in out[0], out
+  assert "config.sft.steps" in out[0]
+  assert summary["best_epoch"] == 0 and summary["best_roc_auc"] == -1.0
+  assert all(np.isnan(m[2]["value/roc_auc"]) for m in run.metrics.lines)
+  start = init_head(run, jax.random.fold_in(jax.random.key(0), 0))
+  for got, want in zip(jax.tree.leaves(trainable(head)), jax.tree.leaves(trainable(start))):
+    np.testing.assert_array_equal(got, want)
 
 
 # --- the value phase end to end, in process: collect, train_head, run_value, then RL ---

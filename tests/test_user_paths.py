@@ -128,27 +128,64 @@ def runnable(cmd: Command) -> list[str]:
   return cmd.args + e2e.short_flags(cmd.flag("config"), cmd.overrides)
 
 
+def run_dirs(cmd: Command) -> set[str]:
+  """The `runs/<name>` folders a command writes or reads: its workdir (given, or
+  lrjax.main's default) and every `runs/...` value among its flags."""
+  dirs = {"/".join(v.split("/")[:2]) for v in _flag_values(cmd) if v.startswith("runs/")}
+  if cmd.module == "lrjax.main" and not cmd.flag("workdir"):
+    from lrjax.compare import apply_overrides
+    from lrjax.main import default_workdir
+    c = e2e.load_config(cmd.flag("config"))
+    apply_overrides(c, [o.removeprefix("--config.") for o in cmd.overrides])
+    dirs.add(default_workdir(c))
+  return dirs
+
+
 class ReadmeRuns:
-  """The README's commands, run in order in `root`; `results[i]` = (rc, out, err, s)."""
+  """The README's commands in `root`; `results[i]` = (rc, out, err, s).
+
+  A command starts once every earlier command that shares a `runs/` folder with it
+  has ended (README order wherever one reads or resumes what another wrote; a
+  command that names no folder waits for all before it); independent ones run
+  `PARALLEL` at a time."""
+
+  PARALLEL = 2
 
   def __init__(self, root):
+    import subprocess
+    import sys
     self.root = str(root)
     os.symlink(os.path.join(e2e.ROOT, "configs"), os.path.join(self.root, "configs"))
     self.commands = readme_commands()
     self.results, self.validated = {}, {}
+    todo = []
     for i, cmd in enumerate(self.commands):
       why = why_validate_only(cmd)
       if why:
         validate(cmd)
         self.validated[i] = why
+      else:
+        todo.append(i)
+    dirs = {i: run_dirs(self.commands[i]) for i in todo}
+    after = {i: {j for j in todo if j < i and (not dirs[i] or dirs[i] & dirs[j])} for i in todo}
+    running = {}  # i -> (Popen, start time)
+    while todo or running:
+      for i in [i for i in todo if after[i] <= set(self.results)][:self.PARALLEL - len(running)]:
+        todo.remove(i)
+        cmd = self.commands[i]
+        running[i] = (subprocess.Popen(
+            [sys.executable, "-m", cmd.module, *runnable(cmd)], cwd=self.root,
+            env=dict(e2e.env(), **cmd.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True), time.time())
+      assert running, f"README commands waiting on each other: {todo}"
+      i, (p, t) = next((i, r) for i, r in running.items() if r[0].poll() is not None) \
+          if any(r[0].poll() is not None for r in running.values()) else (None, (None, 0))
+      if i is None:
+        time.sleep(0.2)
         continue
-      t = time.time()
-      env = dict(e2e.env(), **cmd.env)
-      import subprocess
-      import sys
-      p = subprocess.run([sys.executable, "-m", cmd.module, *runnable(cmd)], cwd=self.root,
-                         env=env, capture_output=True, text=True, timeout=900)
-      self.results[i] = (p.returncode, p.stdout, p.stderr, time.time() - t)
+      out, err = p.communicate()
+      self.results[i] = (p.returncode, out, err, time.time() - t)
+      del running[i]
 
   def workdir_of(self, config_arg: str) -> str | None:
     """The workdir of the README's plain run of `config_arg` (no mode or init flags)."""
@@ -223,7 +260,7 @@ def test_method_config_runs_end_to_end(name, readme, tmp_path):
     assert os.path.exists(os.path.join(workdir, p, "DONE")), f"{name}: phase {p} not done"
   recs = e2e.metrics(workdir)
   last = phases[-1]
-  evals = [r for r in recs if r["phase"] == last and "eval/accuracy" in r]
+  evals = [r for r in recs if r["phase"].split("/")[0] == last and "eval/accuracy" in r]
   assert evals, f"{name}: no evaluation in its last phase {last!r}"
   final = evals[-1]
   # sampled evaluation (the default): pass@k for every k of the short settings
@@ -238,7 +275,8 @@ def test_method_config_runs_end_to_end(name, readme, tmp_path):
     assert final["eval/latent_steps"] == 0
   if "value" in phases:
     aucs = [r["value/roc_auc"] for r in recs if r["phase"] == "value" and "value/roc_auc" in r]
-    assert aucs and all(-1.0 <= a <= 1.0 for a in aucs), name
+    # null (NaN) where a short warm-up leaves the rollouts one class (the phase warns and goes on)
+    assert aucs and all(a is None or 0.0 <= a <= 1.0 for a in aucs), (name, aucs)
   if "rl" in phases:
     steps = [r["step"] for r in recs if r["phase"] == "rl" and "train/loss" in r]
     assert steps == list(range(1, e2e.RL_STEPS + 1)), (name, steps)
@@ -268,11 +306,17 @@ def _export_reloads_in_transformers(export):
 
 def _resume_continues(name, config_arg, workdir, last, extra, root, tmp_path):
   """The finished run, copied and asked for a few more steps, restores its last
-  checkpoint and trains on."""
+  checkpoint and trains on (a finished Latent-SFT is reused as it is)."""
   import shutil
   w = str(tmp_path / "more")
   shutil.copytree(workdir, w, symlinks=True)
   flags = e2e.short_flags(config_arg, extra)
+  if last == "latent_sft":
+    rc, out, err = e2e.run(["-m", "lrjax.main", f"--config={config_arg}", f"--workdir={w}",
+                            *extra, *flags], root)
+    assert rc == 0, err[-3000:]
+    assert "reusing the finished Latent-SFT model" in out, (name, out[-2000:])
+    return
   more, field = ({"rl": (e2e.RL_STEPS + 1, "rl.steps")}.get(last)
                  or (None, "sft.steps"))
   if more is None:

@@ -131,15 +131,16 @@ def trainable(head: dict) -> dict:
 def train_head(run, data: dict, key: jax.Array) -> tuple[dict, dict]:
   """Trains V on the training problems' states; (best head on the host, summary).
 
-  Rollouts with no correct (or no wrong) response are a ConfigError: a head
-  trained on one class rates every thought alike."""
+  Rollouts of one class (no correct, or no wrong, response) are warned about: the
+  held-out ROC-AUC is undefined, no epoch beats the start and the head stays at its
+  initialisation (it rates every thought alike)."""
   v = run.config.latent_rl
   n_pos, n = int(np.sum(data["labels"])), len(data["labels"])
   if n_pos in (0, n):
-    raise ConfigError(
-        f"the value phase's {n} rollouts have {'no correct' if n_pos == 0 else 'no wrong'} "
-        "response, so the value head has one class to learn: start from a model that solves "
-        "some but not all problems (a longer warm-up, config.sft.steps) or roll out more "
+    say(f"[lrjax] warning: the value phase's {n} rollouts have "
+        f"{'no correct' if n_pos == 0 else 'no wrong'} response, so the value head keeps its "
+        "initialisation and rates every thought alike: start from a model that solves some "
+        "but not all problems (a longer warm-up, config.sft.steps) or roll out more "
         "(config.latent_rl.prompts)")
   held = split_by_problem(int(data["problem"].max()) + 1, v.holdout, run.config.seed)
   n_lat, hsize = data["states"].shape[1:]
