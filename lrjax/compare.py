@@ -407,6 +407,11 @@ def run_group(workdir: str, group: str) -> None:
   task, seed, methods = group.split(":")
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
+  known = Compare(cfg, workdir).methods_for(task)
+  unknown = [m for m in methods.split(",") if m not in known]
+  if unknown:
+    sys.exit(f"lrjax.compare: --group={group}: {', '.join(unknown)} is not a method of task "
+             f"{task!r} in {os.path.join(workdir, CONFIG_FILE)} ({', '.join(known)})")
   cfg.tasks, cfg.seeds, cfg.jobs = (task,), (int(seed),), 1
   cfg.task_seeds = ml_collections.ConfigDict()
   Compare(cfg, workdir).run_task_seed(task, int(seed), tuple(methods.split(",")))

@@ -173,3 +173,14 @@ def test_failed_workers_are_named_with_their_logs(tmp_path, capsys):
     assert f"unknown preset {u.task!r}" in log.read_text()  # the worker's own error
   out = capsys.readouterr().out
   assert out.count("FAILED (exit 1)") == 2 and out.count("started; log") == 2
+
+
+def test_worker_group_with_an_unknown_method_is_refused(tmp_path):
+  """`--group=<task>:<seed>:<method>` names a method of the stored compare config,
+  or the worker exits with one line naming it (it used to exit 0, training nothing)."""
+  cfg = compare_config.get_config("smoke")
+  with open(tmp_path / compare.CONFIG_FILE, "w") as f:
+    json.dump(cfg.to_dict(), f)
+  with pytest.raises(SystemExit, match="nosuch is not a method of task 'arith'") as e:
+    compare.run_group(str(tmp_path), "arith:0:nosuch")
+  assert "\n" not in str(e.value) and "grpo, hrpo" in str(e.value)
