@@ -73,6 +73,20 @@ def _microbatch(value, config) -> str | None:
   return None
 
 
+def _sft_within_train(value, config) -> str | None:
+  """A synthetic task has `data.train_size` problems; SFT reads the first `sft_size`."""
+  if value > config.data.train_size:
+    return f"exceeds config.data.train_size={config.data.train_size} (SFT reads the first sft_size)"
+  return None
+
+
+def _synthetic_task(config) -> bool:
+  """True for a task generated from `data.train_size` (arith, prosqa), not read from files."""
+  from lrjax.data.tasks import TASKS, registered_tasks
+  return (config.data.task in registered_tasks()
+          and TASKS.get(config.data.task).__module__ == "lrjax.data.synthetic")
+
+
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -218,6 +232,7 @@ ROWS.extend([
     Row("sft.eval_every", positive_int, phases=("sft",)),
     Row("sft.log_every", positive_int, phases=("sft",)),
     Row("data.sft_size", non_negative_int),
+    Row("data.sft_size", _sft_within_train, phases=("sft",), when=_synthetic_task),
     Row("sft.decay_steps", non_negative_int, phases=("sft",)),
     Row("sft.end_lr_frac", in_unit_interval(True, True), phases=("sft",)),
     Row("sft.latent_grad", boolean, phases=("sft",)),
