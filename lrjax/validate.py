@@ -87,6 +87,14 @@ def _synthetic_task(config) -> bool:
           and TASKS.get(config.data.task).__module__ == "lrjax.data.synthetic")
 
 
+def _microbatch_groups(value, config) -> str | None:
+  """DLR's contrastive term compares the chains of one group: a chunk holds whole groups."""
+  g = int(config.dlr.group_size)
+  if value and value % g:
+    return f"must be a multiple of dlr.group_size={g} (the contrastive term reads whole groups)"
+  return None
+
+
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -263,6 +271,8 @@ ROWS.extend([
     Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
     Row("rl.microbatch", non_negative_int, phases=("rl",)),
     Row("rl.microbatch", _microbatch, phases=("rl",)),
+    Row("rl.microbatch", _microbatch_groups, phases=("rl",),
+        when=lambda c: "dlr" in c and c.rl.objective == "dlr"),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

@@ -184,3 +184,11 @@ def test_sft_size_beyond_a_synthetic_train_split_is_one_line():
                   PHASES)
   validate_config(_config(hrpo, "paper", **{"mode": "sft,rl", "data.train_size": 4,
                                             "data.sft_size": 500}), PHASES)  # gsm8k's own split
+
+
+def test_dlr_microbatch_holds_whole_groups():
+  """DLR's contrastive term reads a whole group of chains: a chunk that splits one is
+  refused in one line (it was a traceback inside the jitted update)."""
+  msg = _error(_config(dlr, "paper", **{"rl.microbatch": 32}))
+  assert msg.startswith("config.rl.microbatch=32 must be a multiple of dlr.group_size=64"), msg
+  validate_config(_config(dlr, "paper", **{"rl.microbatch": 64}), PHASES)
