@@ -38,6 +38,18 @@ its gradient (the learner merges outside the layer scan), and the adapters with
 their AdamW state and gradient.
 
     python benchmarks/memory.py --sizes qwen2.5-1.5b --hosts v5e-8 --lora_rank 32 --beta 0.005
+
+`--config=configs/<method>.py:paper` compiles that preset's own RL step instead: its
+model preset, dtype, remat, logits chunking and LoRA, its thought rule, objective, loss
+and reference, its heads (DLR's assistant, Latent RL's value head), one mini-batch of
+`rl.num_prompts x rl.group_size / rl.updates_per_batch` rows of `--prompt` +
+`rl.max_new` positions, `rl.microbatch`, and its mesh resolved over the devices of the
+paper's host (`PAPER_HOSTS`; `--devices N` for another count). The rollout is the
+rule's own (`rl.num_prompts x rl.group_size` rows). Special-token ids are stand-ins
+at the top of the vocabulary: only shapes matter.
+
+    python benchmarks/memory.py --config=configs/hrpo.py:paper
+    python benchmarks/memory.py --config=configs/lepo.py:paper --no_rollout
 """
 from __future__ import annotations
 
@@ -85,6 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--no_rollout", action="store_true")
   p.add_argument("--lora_rank", type=int, default=0, help="LoRA rank on every projection (0: off)")
   p.add_argument("--lora_alpha", type=float, default=0.0, help="LoRA alpha (0: 2 x rank)")
+  p.add_argument("--config", default="", help="configs/<m>.py:<preset>: compile its RL step")
+  p.add_argument("--devices", type=int, default=0,
+                 help="with --config: fake devices (0: the paper host's, PAPER_HOSTS)")
   return p.parse_args(argv)
 
 
@@ -253,9 +268,55 @@ def format_row(row: dict, host: Host) -> str:
           f"| {row.get('lora', 'no')} | {'yes' if row['fits'] else 'no'} |")
 
 
+CONFIG_HEADER = ("| preset | paper host | model | update rows x positions | remat / microbatch "
+                 "| mesh (data, fsdp, tensor) | update GiB | rollout GiB | fits |\n"
+                 "|---|---|---|---|---|---|---|---|---|")
+
+
+def run_config(args) -> dict:
+  """`--config`: the preset's RL update (and rollout) per device on its paper host."""
+  import memory_config as mc
+  config = mc.load_config(args.config)
+  host = mc.PAPER_HOSTS.get(config.name, mc.PaperHost(1, 80, "not in PAPER_HOSTS"))
+  devices = args.devices or host.devices
+  mesh = mc.mesh_for(config, devices)
+  t0 = time.perf_counter()
+  step = mc.abstract_step(config, mesh, args.prompt)
+  compiled = mc.compile_step(step, mesh, rollout_too=not args.no_rollout)
+  row = {"preset": config.name, "devices": devices, "gib": host.gib,
+         "model": config.model.preset, "dtype": config.model.dtype,
+         "lora": int(config.model.lora.rank), "rows": step["minibatch"],
+         "positions": args.prompt + step["new"], "remat": bool(config.model.remat),
+         "microbatch": int(config.rl.microbatch), "mesh": tuple(mesh.shape.values()),
+         "update": measured(compiled["update"]),
+         "rollout": measured(compiled["rollout"]) if compiled["rollout"] else None,
+         "rollout_rows": step["rows"], "compile_s": time.perf_counter() - t0}
+  row["fits"] = max(row["update"], row["rollout"] or 0) <= host.gib * GIB
+  print(format_config_row(row), flush=True)
+  return row
+
+
+def format_config_row(row: dict) -> str:
+  g = lambda x: "-" if x is None else f"{x / GIB:.2f}"  # noqa: E731
+  lora = f", LoRA r{row['lora']}" if row["lora"] else ""
+  return (f"| {row['preset']} | {row['devices']} x {row['gib']:g} GiB "
+          f"| {row['model']} {row['dtype']}{lora} | {row['rows']} x {row['positions']} "
+          f"| {row['remat']} / {row['microbatch'] or 'off'} | {row['mesh']} "
+          f"| {g(row['update'])} | {g(row['rollout'])} | {'yes' if row['fits'] else 'no'} |")
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-  jax.config.update("jax_num_cpu_devices", 8)
   args = parse_args(argv)
+  if args.config:
+    import memory_config as mc
+    config = mc.load_config(args.config)
+    devices = args.devices or mc.PAPER_HOSTS.get(config.name, mc.PaperHost(1, 0, "")).devices
+    jax.config.update("jax_num_cpu_devices", max(devices, 1))
+    print(f"# per-device GiB, XLA:CPU compile estimate (memory_analysis), {args.config}, "
+          f"prompt {args.prompt} tokens; jax {jax.__version__}")
+    print(CONFIG_HEADER, flush=True)
+    return [run_config(args)]
+  jax.config.update("jax_num_cpu_devices", 8)
   print(f"# per-device GiB; batch {args.batch} x ({args.prompt} + {args.new}) tokens, "
         f"{args.dtype}, remat {bool(args.remat)}, logits_chunk {args.logits_chunk}, "
         f"microbatch {args.microbatch}, beta {args.beta}, lora rank {args.lora_rank}; "

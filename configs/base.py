@@ -31,6 +31,17 @@ def check_arg(arg: str | None, config_file: str, own: tuple[str, ...] = ()) -> N
                      f"{', '.join(list(TASK_PRESETS) + list(own))}")
 
 
+def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
+  """The memory settings of a `:paper` preset on its paper's host: remat per decoder
+  block, `microbatch` rows per accumulated chunk of an RL update (0 = the whole
+  mini-batch), and FSDP over every device (mesh data=1, fsdp=-1, tensor=1). A launcher's
+  --mesh, or --config.mesh.*, replaces the mesh; benchmarks/README.md has each preset's
+  per-device memory estimate."""
+  c.model.remat = True
+  c.rl.microbatch = microbatch
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The default config; `arg` may name a task preset (`arith`, `prosqa`)."""
   c = ml_collections.ConfigDict()

@@ -110,3 +110,4 @@ def _paper(c):
   c.dlr.similarity = "dot"  # the paper's raw dot product (scaled by 1/√(T·d))
   c.eval.max_new = 512
   c.eval.batch_size = 64
+  base.fit_paper_host(c, microbatch=64)  # 8 GPUs: one group of 64 chains per chunk

@@ -74,3 +74,4 @@ def _paper(c):
   c.rl.beta = 0.005
   c.eval.max_new = 512
   c.eval.batch_size = 64
+  base.fit_paper_host(c, microbatch=16)  # one GPU: 4 chunks of 16 rows

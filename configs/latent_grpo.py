@@ -98,3 +98,4 @@ def _paper(c):
   c.eval.max_new = 512
   c.eval.batch_size = 64
   c.eval.temperature = 0.6
+  base.fit_paper_host(c, microbatch=32)  # 8 GPUs: 4 rows per device per chunk

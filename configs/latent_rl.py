@@ -91,3 +91,4 @@ def _paper(c):
   c.rl.weight_decay = 0.01
   c.rl.clip_norm = 1.0
   c.rl.eval_every = 500
+  base.fit_paper_host(c, microbatch=0)  # one GPU: 4 rows, no accumulation

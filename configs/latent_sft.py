@@ -84,3 +84,4 @@ def _paper(c):
   s.batch_size = 512
   s.max_len = 2048
   c.eval.max_new = 512
+  base.fit_paper_host(c, microbatch=0)  # remat and the mesh (no RL phase)

@@ -61,3 +61,4 @@ def _paper(c):
   c.rl.weight_decay = 0.01
   c.rl.clip_norm = 1.0
   c.rl.eval_every = 250
+  base.fit_paper_host(c, microbatch=16)  # one GPU: 4 chunks of 16 rows

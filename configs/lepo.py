@@ -86,3 +86,4 @@ def _paper(c):
   c.eval.num_samples = 8  # avg@8 with the noise on = pass@1 over 8 samples
   c.eval.pass_k = (1, 8)
   c.eval.temperature = 1.0
+  base.fit_paper_host(c, microbatch=16)  # 8 GPUs: 2 rows x 2304 positions per device per chunk

@@ -73,6 +73,28 @@ def _microbatch(value, config) -> str | None:
   return None
 
 
+def _sft_within_train(value, config) -> str | None:
+  """A synthetic task has `data.train_size` problems; SFT reads the first `sft_size`."""
+  if value > config.data.train_size:
+    return f"exceeds config.data.train_size={config.data.train_size} (SFT reads the first sft_size)"
+  return None
+
+
+def _synthetic_task(config) -> bool:
+  """True for a task generated from `data.train_size` (arith, prosqa), not read from files."""
+  from lrjax.data.tasks import TASKS, registered_tasks
+  return (config.data.task in registered_tasks()
+          and TASKS.get(config.data.task).__module__ == "lrjax.data.synthetic")
+
+
+def _microbatch_groups(value, config) -> str | None:
+  """DLR's contrastive term compares the chains of one group: a chunk holds whole groups."""
+  g = int(config.dlr.group_size)
+  if value and value % g:
+    return f"must be a multiple of dlr.group_size={g} (the contrastive term reads whole groups)"
+  return None
+
+
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -218,6 +240,7 @@ ROWS.extend([
     Row("sft.eval_every", positive_int, phases=("sft",)),
     Row("sft.log_every", positive_int, phases=("sft",)),
     Row("data.sft_size", non_negative_int),
+    Row("data.sft_size", _sft_within_train, phases=("sft",), when=_synthetic_task),
     Row("sft.decay_steps", non_negative_int, phases=("sft",)),
     Row("sft.end_lr_frac", in_unit_interval(True, True), phases=("sft",)),
     Row("sft.latent_grad", boolean, phases=("sft",)),
@@ -248,6 +271,8 @@ ROWS.extend([
     Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
     Row("rl.microbatch", non_negative_int, phases=("rl",)),
     Row("rl.microbatch", _microbatch, phases=("rl",)),
+    Row("rl.microbatch", _microbatch_groups, phases=("rl",),
+        when=lambda c: "dlr" in c and c.rl.objective == "dlr"),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

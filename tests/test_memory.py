@@ -118,3 +118,28 @@ def test_memory_options_keep_the_update():
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(half[0]))
   np.testing.assert_allclose(float(half[2]["loss"]), float(plain[2]["loss"]), rtol=0.05,
                              atol=1e-3)
+
+
+def test_a_config_compiles_its_own_rl_step_on_its_mesh():
+  """`--config`: the config's rule (Latent-GRPO's, with its frozen embeddings), batch,
+  remat, microbatch and mesh (a `:paper` preset's data=1, fsdp=-1 over 8 fake devices); the
+  batch rows split over the 8 devices, and accumulating in chunks lowers the temporaries."""
+  import memory_config as mc
+  from configs import base, latent_grpo
+  config = latent_grpo.get_config()  # the tiny default: topk_gumbel, 2 updates per batch
+  base.fit_paper_host(config, microbatch=4)
+  config.rl.num_prompts, config.rl.group_size, config.rl.max_new = 4, 8, 16
+  args = memory.parse_args(["--prompt", "16", "--no_rollout"])
+  mesh = mc.mesh_for(config, 8)
+  assert tuple(mesh.shape.values()) == (1, 8, 1)
+  step = mc.abstract_step(config, mesh, args.prompt)
+  assert step["minibatch"] == 16 and step["new"] == 16
+  assert step["ctx"].rule == "topk_gumbel"
+  traj = step["args"][3]
+  assert traj.ids.sharding.shard_shape(traj.ids.shape) == (2, 16)  # 16 rows over 8 devices
+  accumulated = mc.compile_step(step, mesh, rollout_too=False)["update"].memory_analysis()
+  config.rl.microbatch = 0
+  whole = mc.compile_step(mc.abstract_step(config, mesh, args.prompt), mesh,
+                          rollout_too=False)["update"].memory_analysis()
+  assert 0 < accumulated.temp_size_in_bytes < whole.temp_size_in_bytes
+  assert accumulated.argument_size_in_bytes == whole.argument_size_in_bytes

@@ -17,124 +17,62 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
 
-from tests import hf_fixtures
-
-HRPO_SYSTEM = (
-    "A conversation between User and Assistant. The user asks a question, and the assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. The final answer is provided after the #### tag, "
-    "i.e., {reasoning process} #### {answer}.")
-BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
-LATR_SYSTEM = (
-    "\nA conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. \nThe assistant first thinks about the reasoning process in the latent-space "
-    "without using language.\nThen it provides the user with the reasoning in latent-space and "
-    "the answer. \nThe reasoning in latent-space and answer are enclosed within "
-    "<|start-latent|> <|end-latent|> and <answer> </answer> tags, respectively and the answer "
-    "is boxed using \\boxed{...}.\nOutput only those two tagged blocks, in that order, nothing "
-    "else.\ni.e., <|start-latent|>reasoning in latent here<|end-latent|><answer>\\boxed{...}"
-    "</answer>\n")
-
-GSM8K = [
-    {"question": "Tom has 8 apples and buys 5 more. How many apples does he have?",
-     "answer": "Tom has 8 + 5 = <<8+5=13>>13 apples.\n#### 13"},
-    {"question": "A box holds 6 pens. How many pens are in 4 boxes?",
-     "answer": "4 boxes hold 4 * 6 = <<4*6=24>>24 pens.\n#### 24"},
-    {"question": "Ann reads 10 pages a day. How many pages in 3 days?",
-     "answer": "She reads 10 * 3 = <<10*3=30>>30 pages.\n#### 30"},
-    {"question": "There are 9 birds and 4 fly away. How many are left?",
-     "answer": "9 - 4 = <<9-4=5>>5 birds are left.\n#### 5"},
-]
-AUG = [{"question": g["question"],
-        "steps": ["<<" + g["answer"].split("<<")[1].split(">>")[0] + ">>"],
-        "answer": g["answer"].rsplit("#### ", 1)[1]} for g in GSM8K]
-MATH = [{"problem": "What is $2+3$?", "solution": "We add: $2+3=\\boxed{5}$.",
-         "level": "Level 1", "type": "Algebra"},
-        {"problem": "What is $4 \\cdot 3$?", "solution": "It is $\\boxed{12}$.",
-         "level": "Level 1", "type": "Algebra"},
-        {"problem": "Simplify $\\frac{6}{3}$.", "solution": "$\\frac{6}{3}=\\boxed{2}$.",
-         "level": "Level 1", "type": "Algebra"},
-        {"problem": "What is $7-2$?", "solution": "$7-2=\\boxed{5}$.",
-         "level": "Level 1", "type": "Algebra"}]
+from lrjax.testing import checkpoints, rehearsal
+from lrjax.testing.rehearsal import BOXED, HRPO_SYSTEM, LATR_SYSTEM
 
 QWEN_SYS = "<|im_start|>system\n{system}<|im_end|>\n"
 QWEN_TURN = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 LLAMA_TURN = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
-# preset -> (checkpoint, task, the first prompt as text (from the first eval problem),
-#            a correct answer in the preset's format, overrides beyond the common ones)
+# preset -> (the first prompt as text (from the first eval problem), a correct answer in the
+#            preset's format); the checkpoint layout, task and short-run overrides are
+#            `rehearsal.METHODS`'
 CASES = {
-    "hrpo": ("qwen", "gsm8k",
-             lambda q: QWEN_SYS.format(system=HRPO_SYSTEM) + QWEN_TURN.format(user=q),
-             "Tom has 8 + 5 = 13 apples. #### 13", {}),
-    "lepo": ("qwen", "math",
-             lambda q: QWEN_SYS.format(system=BOXED) + QWEN_TURN.format(user=q + "\n" + BOXED),
-             "We add the numbers. The answer is \\boxed{5}", {"rule.latent_len": 4}),
-    "latent_grpo": ("llama", "gsm8k_aug",
-                    lambda q: LLAMA_TURN.format(user=BOXED + "\n" + q) + "<think>",
-                    "8+5=13</think>\\boxed{13}",
-                    {"rl.num_prompts": 4, "rl.dynamic_sampling_tries": 1}),
-    "dlr": ("llama", "gsm8k",
-            lambda q: ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    "hrpo": (lambda q: QWEN_SYS.format(system=HRPO_SYSTEM) + QWEN_TURN.format(user=q),
+             "Tom has 8 + 5 = 13 apples. #### 13"),
+    "lepo": (lambda q: QWEN_SYS.format(system=BOXED) + QWEN_TURN.format(user=q + "\n" + BOXED),
+             "We add the numbers. The answer is \\boxed{5}"),
+    "latent_grpo": (lambda q: LLAMA_TURN.format(user=BOXED + "\n" + q) + "<think>",
+                    "8+5=13</think>\\boxed{13}"),
+    "dlr": (lambda q: ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
                        + HRPO_SYSTEM + "<|eot_id|>" + LLAMA_TURN.format(user=q)[
                            len("<|begin_of_text|>"):]),
-            "8 + 5 = 13 #### 13", {"rule.num_latent": 2, "rule.assistant": "tiny-assistant"}),
-    "latr": ("qwen", "gsm8k_aug", lambda q: LATR_SYSTEM + "\nUser:" + q + "\nAssistant:",
-             "<answer>\\boxed{13}</answer>", {}),
-    "latent_rl": ("qwen", "gsm8k_aug", lambda q: LATR_SYSTEM + "\nUser:" + q + "\nAssistant:",
-                  "<answer>\\boxed{13}</answer>",
-                  {"latent_rl.prompts": 4, "latent_rl.epochs": 1, "latent_rl.batch_size": 8}),
+            "8 + 5 = 13 #### 13"),
+    "latr": (lambda q: LATR_SYSTEM + "\nUser:" + q + "\nAssistant:",
+             "<answer>\\boxed{13}</answer>"),
+    "latent_rl": (lambda q: LATR_SYSTEM + "\nUser:" + q + "\nAssistant:",
+                  "<answer>\\boxed{13}</answer>"),
 }
-COMMON = {"rl.steps": 2, "rl.warmup_steps": 0, "rl.num_prompts": 2, "rl.group_size": 2, "rl.max_new": 12,
-          "rl.eval_every": 2, "eval.num_problems": 2, "eval.batch_size": 4,
-          "eval.num_samples": 2, "eval.pass_k": (1, 2), "eval.max_new": 12,
-          "eval.show_samples": 1, "sft.steps": 1, "sft.batch_size": 2, "sft.stage_steps": (1,),
-          "sft.eval_every": 2, "sft.log_every": 1, "checkpoint.every": 1000}
-
-
-def _write_parquet(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  pq.write_table(pa.Table.from_pylist(rows), path)
+# beyond rehearsal.short(): Latent-GRPO's 4 mini-batch updates need 4 prompts, DLR's 0.5B
+# assistant is replaced by a tiny one, and no preset's accumulation (rl.microbatch, set for
+# its paper's batch) applies to these 4-row batches
+EXTRA = {"latent_grpo": {"rl.num_prompts": 4}, "dlr": {"rule.assistant": "tiny-assistant"}}
+COMMON = {**rehearsal.short(prompts=2, samples=2, max_new=12, steps=2), "rl.microbatch": 0}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """The two checkpoint folders and the data files in Hub layouts."""
   root = tmp_path_factory.mktemp("real")
-  for split, rows in (("train", GSM8K), ("test", GSM8K[:2])):
-    _write_parquet(str(root / "gsm8k" / "main" / f"{split}-00000-of-00001.parquet"), rows)
-  for split, rows in (("train", AUG), ("test", AUG[:2])):
-    _write_parquet(str(root / "gsm8k_aug" / "data" / f"{split}-00000-of-00001.parquet"), rows)
-  for split, rows in (("train", MATH), ("test", MATH[:2])):
-    _write_parquet(str(root / "math" / "algebra" / f"{split}-00000-of-00001.parquet"), rows)
-  paths = {"gsm8k": str(root / "gsm8k" / "main"), "gsm8k_aug": str(root / "gsm8k_aug" / "data"),
-           "math": f"train={root}/math/*/train-*.parquet,test={root}/math/*/test-*.parquet"}
-  corpus = [HRPO_SYSTEM, BOXED, LATR_SYSTEM] + [json.dumps(r) for r in GSM8K + AUG + MATH]
-  folders = {k: hf_fixtures.real_checkpoint(k, str(root / k), corpus) for k in ("qwen", "llama")}
+  paths = rehearsal.write_data(str(root))
+  corpus = rehearsal.corpus()
+  folders = {k: checkpoints.real_checkpoint(k, str(root / k), corpus) for k in ("qwen", "llama")}
   return {"paths": paths, "folders": folders, "root": root}
 
 
 def _config(method, world):
   import importlib
-  kind, task, _, _, extra = CASES[method]
+  kind, task, extra = rehearsal.METHODS[method]
   c = importlib.import_module(f"configs.{method}").get_config("paper")
   assert c.data.task == task
   c.init = world["folders"][kind]
   c.data.path = world["paths"][task]
-  for key, value in {**COMMON, **extra}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return rehearsal.override(c, {**COMMON, **extra, **EXTRA.get(method, {})})
 
 
 def _spy_rollouts(monkeypatch):
@@ -177,7 +115,8 @@ def _lrjax_greedy(folder, prompt_ids, max_new):
 def test_paper_preset_runs_on_a_real_checkpoint(method, world, tmp_path, monkeypatch):
   from lrjax.phases.pipeline import prepare, run_phases
   from lrjax.rewards import REWARDS
-  kind, _, prompt_text, answer_text, _ = CASES[method]
+  kind = rehearsal.METHODS[method][0]
+  prompt_text, answer_text = CASES[method]
   config = _config(method, world)
   seen = _spy_rollouts(monkeypatch)
   # one CPU device: the suite's 8 fake devices on 2 cores make these rollouts ~5x slower

@@ -171,3 +171,24 @@ def test_an_estimator_without_min_group_size_accepts_a_group_of_one(monkeypatch)
   from lrjax.rl import advantages
   monkeypatch.setitem(advantages.ADVANTAGES._items, "per_sample", lambda r, g, **kw: r)
   validate_config(_config(**{"rl.group_size": 1, "rl.advantage": "per_sample"}), PHASES)
+
+
+def test_sft_size_beyond_a_synthetic_train_split_is_one_line():
+  """SFT reads the first data.sft_size of data.train_size synthetic problems: more is refused
+  before any problem is generated; file tasks (no train_size) and RL-only runs are not."""
+  msg = _error(_config(**{"data.train_size": 400, "data.sft_size": 500}))
+  assert msg == ("config.data.sft_size=500 exceeds config.data.train_size=400 (SFT reads the "
+                 "first sft_size) (the sft phase runs)"), msg
+  validate_config(_config(**{"data.train_size": 500, "data.sft_size": 500}), PHASES)
+  validate_config(_config(**{"mode": "rl", "data.train_size": 400, "data.sft_size": 500}),
+                  PHASES)
+  validate_config(_config(hrpo, "paper", **{"mode": "sft,rl", "data.train_size": 4,
+                                            "data.sft_size": 500}), PHASES)  # gsm8k's own split
+
+
+def test_dlr_microbatch_holds_whole_groups():
+  """DLR's contrastive term reads a whole group of chains: a chunk that splits one is
+  refused in one line (it was a traceback inside the jitted update)."""
+  msg = _error(_config(dlr, "paper", **{"rl.microbatch": 32}))
+  assert msg.startswith("config.rl.microbatch=32 must be a multiple of dlr.group_size=64"), msg
+  validate_config(_config(dlr, "paper", **{"rl.microbatch": 64}), PHASES)
