@@ -219,6 +219,13 @@ def rule_aux(rule: str, tokenizer: Any, rule_cfg: Mapping | tuple = ()) -> Any:
   return make(tokenizer, dict(rule_cfg)) if make is not None else None
 
 
+def thought_positions(ctx: RuleContext, traj) -> jax.Array:
+  """[B, N] bool: t < ctx.num_latent on a live row, the positions whose outputs are fed
+  back as thoughts (`hidden`'s latent states, DLR's chain)."""
+  n = traj.ids.shape[1]
+  return (jnp.arange(n) < ctx.num_latent)[None] & (traj.span != DONE)
+
+
 def embedding_table(params: dict) -> jax.Array:
   """E [V, H] from the full parameter tree."""
   return params["model"]["embed"]["embedding"]

@@ -29,13 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from lrjax import rewards
+from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.latent import assistant as asst
-from lrjax.latent.base import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table)
+from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+                               embedding_table, thought_positions)
 from lrjax.latent.gaussian import contrastive, kl, mean_logpdf
 from lrjax.latent.objective import OBJECTIVES, Masks, Objective, Terms
 
-LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
 CONFIG_FIELDS = (("assistant", "assistant"), ("sigma_init", "sigma_init"),
                  ("log_sigma_min", "log_sigma_min"), ("log_sigma_max", "log_sigma_max"))
 
@@ -95,16 +95,10 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
                  dict(state, t=t + 1))
 
 
-def chain_positions(ctx: RuleContext, traj) -> jax.Array:
-  """[B, N] bool: t < T on a live row (the chain)."""
-  n = traj.ids.shape[1]
-  return (jnp.arange(n) < ctx.num_latent)[None] & (traj.span != DONE)
-
-
 def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   emb = embedding_table(params)  # V H
   stored = jax.lax.stop_gradient(traj.records["z"]).astype(emb.dtype)  # B N H
-  return jnp.where(chain_positions(ctx, traj)[..., None], stored, emb[traj.ids])  # B N H
+  return jnp.where(thought_positions(ctx, traj)[..., None], stored, emb[traj.ids])  # B N H
 
 
 def chain_stats(ctx: RuleContext, params: dict, traj,
@@ -129,7 +123,7 @@ def _pad(x: jax.Array, n: int) -> jax.Array:
 
 def objective_masks(ctx: RuleContext, traj) -> Masks:
   """Ratio positions: the chain; no old term is stored (recomputed before the update)."""
-  pos = chain_positions(ctx, traj)
+  pos = thought_positions(ctx, traj)
   return Masks(ratio=pos, stored_old=jnp.zeros_like(pos))
 
 
@@ -143,7 +137,7 @@ def chain_kl(ctx: RuleContext, params: dict, traj) -> jax.Array:
   """Mean over rows and T·d of KL(π_θ(·|t) ‖ π_start(·|t)) on the stored chains. []"""
   _, _, mu, ls = chain_stats(ctx, params, traj)
   _, _, mu0, ls0 = chain_stats(ctx, params, traj, head="assistant_start")
-  live = chain_positions(ctx, traj)[:, :ctx.num_latent].astype(jnp.float32)  # B T
+  live = thought_positions(ctx, traj)[:, :ctx.num_latent].astype(jnp.float32)  # B T
   per = jnp.mean(kl(mu, ls, jax.lax.stop_gradient(mu0), jax.lax.stop_gradient(ls0)), -1)  # B T
   return (per * live).sum() / jnp.maximum(live.sum(), 1.0)
 

@@ -42,8 +42,7 @@ from lrjax import faults, metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import (RuleContext, init_rule_params, objective_of, prompt_suffix, rule_aux,
-                          rule_of)
+from lrjax.latent import RuleContext, init_rule_params, objective_of, prompt_suffix, rule_aux
 from lrjax.model import lora
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, resume, rl_step, workdir
@@ -63,12 +62,6 @@ def check_heads(run, ctx: RuleContext) -> None:
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
         f"no phase of this run made: put the phase that trains it before 'rl' in config.mode "
         f"(Latent RL: mode 'sft,value,rl', or 'value,rl' with config.init)")
-
-
-def eval_budget(max_new: int, ctx: RuleContext) -> int:
-  """Response positions of an evaluation: the answer budget plus what the rule
-  spends before the answer (`hidden`: its latents and `<eot>`)."""
-  return max_new + rule_of(ctx).extra_positions(ctx.num_latent)
 
 
 def check_param_groups(run) -> None:
@@ -105,8 +98,7 @@ def initial_heads(run, ctx: RuleContext) -> dict:
 def run_rl(run) -> None:
   config, rl = run.config, run.config.rl
   ctx = train_context(run)
-  eval_ctx = run.rule_context(ctx.rule, eval_budget(config.eval.max_new, ctx),
-                              num_latent=ctx.num_latent, temperature=rl.temperature)
+  eval_ctx = run.eval_context(ctx.rule, num_latent=ctx.num_latent, temperature=rl.temperature)
   suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)

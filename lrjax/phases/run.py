@@ -140,6 +140,13 @@ class Run:
         latent_id=self.special.get("latent_id", -1), eot_id=self.special.get("eot_id", -1),
         num_latent=num_latent, max_new=max_new)
 
+  def eval_context(self, rule: str, num_latent: int = 0, temperature: float = 1.0) -> RuleContext:
+    """`rule_context` for a held-out evaluation: `eval.max_new` answer positions plus
+    what the rule spends before the answer (`ThoughtRule.extra_positions`: `hidden`'s
+    latents and `<eot>`)."""
+    budget = self.config.eval.max_new + RULES.get(rule).extra_positions(num_latent)
+    return self.rule_context(rule, budget, num_latent=num_latent, temperature=temperature)
+
 
 def _task_texts(task: TaskData) -> list[str]:
   from lrjax.data.tasks import cot_text, prompt_text
