@@ -23,8 +23,11 @@ A method with fields of its own adds rows, e.g.
 and a registry's names are checked with `one_of(lambda: MY_REGISTRY.names())`.
 A registered advantage estimator may declare `min_group_size` (GRPO-style
 estimators normalise within a group and declare 2); `rl.group_size` is
-checked against it. A registered policy loss may declare `has_ratio = False`
-(HRPO's `reinforce_onpolicy`); `rl.updates_per_batch > 1` is refused with it.
+checked against it. A registered policy loss is a `PolicyLoss` record: with
+`uses_ratio=False` (HRPO's `reinforce_onpolicy`) `rl.updates_per_batch > 1` is
+refused; with `supports_direct=False` (DLR's `gspo_clip`) so is an objective that
+declares direct terms (`Objective.has_direct`: LEPO's rule, Latent RL's
+`latent_value`), whose positions it would not train.
 """
 from __future__ import annotations
 
@@ -58,9 +61,28 @@ def _updates_per_batch(value, config) -> str | None:
   if config.rl.num_prompts % value:
     return (f"must divide rl.num_prompts={config.rl.num_prompts} (mini-batches hold whole "
             "prompt groups)")
-  if value > 1 and not getattr(POLICY_LOSSES.get(config.rl.loss), "has_ratio", True):
+  if value > 1 and not POLICY_LOSSES.get(config.rl.loss).uses_ratio:
     return (f"must be 1 with rl.loss={config.rl.loss!r}: it has no importance ratio "
             "(on-policy only, one update per rollout batch)")
+  return None
+
+
+def _loss_takes_objective(value, config) -> str | None:
+  """The policy loss adds every term the objective makes: a loss without direct terms
+  paired with an objective that makes them would train nothing at their positions."""
+  from lrjax.latent import OBJECTIVES, RULES
+  from lrjax.rl.losses import POLICY_LOSSES
+  if POLICY_LOSSES.get(value).supports_direct:
+    return None
+  objective = config.rl.objective
+  if objective:
+    obj, whose = OBJECTIVES.get(objective), f"config.rl.objective={objective!r}"
+  else:
+    name = config.rule.name
+    obj, whose = RULES.get(name).objective, f"the objective of config.rule.name={name!r}"
+  if obj.has_direct:
+    return (f"drops the direct terms of {whose}, whose positions would train nothing: "
+            "pick a loss that adds them (e.g. 'ppo_clip')")
   return None
 
 
@@ -203,6 +225,7 @@ ROWS.extend([
     Row("rl.aux_losses", _aux_losses),
     Row("rl.objective", one_of(_registry("lrjax.latent", "OBJECTIVES", extra=("",)))),
     Row("rl.objective", _objective_heads, phases=("rl",)),
+    Row("rl.loss", _loss_takes_objective, phases=("rl",)),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),
     # SFT

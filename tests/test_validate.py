@@ -1,4 +1,6 @@
 """Config validation before any phase: registry names, param_groups, out-of-range values."""
+import importlib
+
 import pytest
 
 from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, latr, lepo, nocot,
@@ -6,6 +8,7 @@ from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, lat
 from lrjax.config_utils import ConfigError
 from lrjax.phases import PHASES
 from lrjax.validate import ROWS, Row, positive, validate_config
+from tests import e2e_runs
 
 
 def _config(module=hrpo, arg=None, **fields):
@@ -37,6 +40,45 @@ def _error(c) -> str:
 def test_shipped_configs_pass(module, arg):
   c = module.get_config(arg)
   assert validate_config(c, PHASES) == c.mode.split(",")
+
+
+def _presets(name: str):
+  """(arg, config) of every preset configs/<name>.py accepts: the task presets and its own."""
+  module = importlib.import_module(f"configs.{name}")
+  for arg in (None, *base.TASK_PRESETS, "paper", "qwen2.5-1.5b"):
+    try:
+      yield arg, module.get_config(arg)
+    except ValueError as e:
+      if "unknown preset" not in str(e):
+        raise
+
+
+@pytest.mark.parametrize("name", e2e_runs.method_configs())
+def test_every_shipped_config_and_preset_passes(name):
+  presets = list(_presets(name))
+  assert len(presets) > len(base.TASK_PRESETS)
+  for arg, c in presets:
+    assert validate_config(c, PHASES) == c.mode.split(","), (name, arg)
+
+
+@pytest.mark.parametrize("module, fields, whose", [
+    (lepo, {}, "the objective of config.rule.name='gumbel_soft'"),
+    (latent_rl, {}, "config.rl.objective='latent_value'"),
+    (hrpo, {"rl.objective": "latent_value", "mode": "sft,value,rl"},
+     "config.rl.objective='latent_value'"),
+])
+def test_a_loss_without_direct_terms_is_refused_with_an_objective_that_makes_them(
+    module, fields, whose):
+  """gspo_clip (one term per sequence) would drop LEPO's and Latent RL's direct terms."""
+  msg = _error(_config(module, **{"rl.loss": "gspo_clip", **fields}))
+  assert msg.startswith(f"config.rl.loss='gspo_clip' drops the direct terms of {whose},"), msg
+  validate_config(_config(module, **{**fields, "rl.loss": "ppo_clip"}), PHASES)
+  validate_config(_config(module, **{"rl.loss": "gspo_clip", **fields, "mode": "sft"}), PHASES)
+
+
+def test_dlr_pairs_gspo_clip_with_an_objective_without_direct_terms():
+  c = dlr.get_config()
+  assert c.rl.loss == "gspo_clip" and validate_config(c, PHASES)
 
 
 @pytest.mark.parametrize("field, bad", [

@@ -179,7 +179,8 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
 
 GUMBEL_SOFT = RULES.register(NAME)(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
-    metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms),
+    metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms,
+                                         has_direct=True),
     config_fields=(("tau", "tau"), ("latent_len", "latent_len"), ("top_k", "top_k"),
                    ("top_p", "top_p"))))
 

@@ -68,7 +68,7 @@ def value_metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
 
 
 LATENT_VALUE = OBJECTIVES.register("latent_value")(Objective(
-    masks=value_masks, terms=value_terms, heads=("value", "value_start"),
+    masks=value_masks, terms=value_terms, has_direct=True, heads=("value", "value_start"),
     config_section="latent_rl", metrics=value_metrics))
 
 
