@@ -15,7 +15,10 @@ steps); `when(config)` adds any other condition. Names (registries, schedules,
 dtypes) and the shape of `rl.param_groups` are checked whatever the phases: a
 misspelling is an error even where it is not read yet.
 
-A method with fields of its own adds rows, e.g.
+A thought rule declares the checks of its `config.rule` fields itself
+(`ThoughtRule.checks`); they run after `ROWS`, when the rule is selected, on
+the fields the config sets (a field left out takes the rule's default). Other
+fields of a method may add rows explicitly, before validation runs, e.g.
 
     from lrjax.config_checks import ROWS, Row, positive
     ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
@@ -328,4 +331,13 @@ def validate_config(config, phases_registry) -> list[str]:
   if len(phases) == 1 and phases[0] in READS_INIT and not config.init:
     raise ConfigError(f"config.init must name a workdir or HF folder for mode={phases[0]}")
   check_rows(config, phases)
+  check_rows(config, phases, rule_rows(config))
   return phases
+
+
+def rule_rows(config) -> list[Row]:
+  """The selected rule's own checks (`ThoughtRule.checks`) as rows, for the fields the
+  config sets (after the `rule.name` row passed)."""
+  from lrjax.latent import RULES
+  return [Row(f"rule.{field}", check, when=lambda c, f=field: f in c.rule)
+          for field, check in RULES.get(config.rule.name).checks]

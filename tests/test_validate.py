@@ -213,3 +213,44 @@ def test_an_estimator_without_min_group_size_accepts_a_group_of_one(monkeypatch)
   from lrjax.rl import advantages
   monkeypatch.setitem(advantages.ADVANTAGES._items, "per_sample", lambda r, g, **kw: r)
   validate_config(_config(**{"rl.group_size": 1, "rl.advantage": "per_sample"}), PHASES)
+
+
+def test_rule_fields_and_their_checks_come_from_the_rule():
+  """No module adds rule rows to ROWS when imported; the selected rule's declared checks
+  run on the fields the config sets, and a field it leaves out takes the rule's default."""
+  import lrjax.latent  # noqa: F401 - every rule registered
+  from lrjax.latent import RULES, rule_config, rule_defaults
+  assert {r.field for r in ROWS if r.field.startswith("rule.")} == {"rule.name", "rule.num_latent"}
+  assert [f for f, _ in RULES.get("gumbel_soft").checks] == ["tau", "latent_len", "top_k", "top_p"]
+  c = _config(grpo, **{"rule.name": "gumbel_soft"})  # switched by a flag: no rule fields set
+  assert "top_k" not in c.rule
+  assert rule_config("gumbel_soft", c.rule) == {"tau": 0.3, "latent_len": 64, "top_k": 30,
+                                                "top_p": 0.95}
+  validate_config(c, PHASES)
+  c.rule.top_k = 0
+  assert _error(c) == "config.rule.top_k=0 must be > 0"
+  assert rule_defaults("hybrid") == {"gate_c": 8.0, "r_min": 0.99, "top_k": 50}
+  assert rule_defaults("topk_gumbel")["top_k"] == 10 and rule_defaults("token") == {}
+
+
+def test_use_rule_writes_the_rule_defaults_and_refuses_other_fields():
+  c = base.get_config()
+  base.use_rule(c, "gumbel_soft", latent_len=8)
+  assert (c.rule.name, c.rule.latent_len, c.rule.top_k, c.rule.top_p) == ("gumbel_soft", 8, 30,
+                                                                          0.95)
+  with pytest.raises(ValueError, match="rule 'hybrid' reads no config.rule field 'tau'"):
+    base.use_rule(base.get_config(), "hybrid", tau=0.5)
+
+
+def test_rows_added_while_validating_are_not_seen(monkeypatch):
+  """check_rows reads a snapshot: a check that adds a row (as an import inside a check
+  once could) does not change the rows being run."""
+  rows = list(ROWS)
+
+  def adds_a_row(value, config):
+    rows.append(Row("rl.beta", lambda v, c: "always fails"))
+    return None
+  rows.insert(0, Row("rl.steps", adds_a_row))
+  monkeypatch.setattr("lrjax.config_checks.ROWS", rows)
+  validate_config(_config(), PHASES)
+  assert len(rows) == len(ROWS) + 2

@@ -32,18 +32,23 @@ from lrjax import rewards
 from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.latent import assistant as asst
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table, thought_positions)
+                               embedding_table, rule_options, thought_positions)
 from lrjax.latent.gaussian import contrastive, kl, mean_logpdf
 from lrjax.latent.objective import OBJECTIVES, Masks, Objective, Terms
 
+NAME = "dlr"
+# the assistant: a decoder preset or "mlp" (pooled prompt states); σ_0 / s at init (s: the
+# main model's embedding RMS); log σ / s clipped to [log_sigma_min, log_sigma_max]
+DEFAULTS = {"assistant": "tiny-assistant", "sigma_init": 0.5, "log_sigma_min": -5.0,
+            "log_sigma_max": 0.0}
 CONFIG_FIELDS = (("assistant", "assistant"), ("sigma_init", "sigma_init"),
                  ("log_sigma_min", "log_sigma_min"), ("log_sigma_max", "log_sigma_max"))
 
 
 def _opts(ctx: RuleContext) -> tuple[str, float, float]:
   """(assistant preset or 'mlp', clip lo, clip hi) of log σ / s."""
-  return (str(ctx.opt("assistant", "tiny-assistant")), float(ctx.opt("log_sigma_min", -5.0)),
-          float(ctx.opt("log_sigma_max", 0.0)))
+  o = rule_options(NAME, ctx.rule_cfg)
+  return str(o["assistant"]), float(o["log_sigma_min"]), float(o["log_sigma_max"])
 
 
 def _check(ctx: RuleContext) -> None:
@@ -169,7 +174,7 @@ def init_heads(ctx: RuleContext, key: jax.Array) -> dict:
   """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference)."""
   name = _opts(ctx)[0]
   head = asst.init_assistant(name, ctx.model_cfg, ctx.num_latent, key,
-                             float(ctx.opt("sigma_init", 0.5)))
+                             float(rule_options(NAME, ctx.rule_cfg)["sigma_init"]))
   return {"assistant": head, "assistant_start": jax.tree.map(jnp.copy, head)}
 
 
@@ -201,7 +206,8 @@ DLR_OBJECTIVE = OBJECTIVES.register("dlr")(Objective(
     config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
     correct_above=0.0))  # R > 0 exactly when correct (lambda_format < 1, validated)
 
-DLR = RULES.register("dlr")(ThoughtRule(
+DLR = RULES.register(NAME)(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     objective=DLR_OBJECTIVE, prompt_suffix=prompt_suffix, special_tokens=LATENT_TOKENS,
-    config_fields=CONFIG_FIELDS, extra_positions=extra_positions, prepare=prepare))
+    config_fields=CONFIG_FIELDS, defaults=DEFAULTS, extra_positions=extra_positions,
+    prepare=prepare))
