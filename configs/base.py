@@ -42,6 +42,20 @@ def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
 
 
+def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
+  """Selects thought rule `name`: `config.rule.name`, and every `config.rule` field the
+  rule reads at the rule's default (`lrjax.latent.rule_defaults`) unless `fields` sets it."""
+  from lrjax.latent import rule_defaults  # noqa: PLC0415 - configs load before lrjax runs
+  values = rule_defaults(name)
+  unknown = sorted(set(fields) - set(values))
+  if unknown:
+    raise ValueError(f"rule {name!r} reads no config.rule field {unknown[0]!r}; it reads: "
+                     f"{', '.join(values) or 'none'}")
+  c.rule.name = name
+  for field, value in {**values, **fields}.items():
+    c.rule[field] = value
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The default config; `arg` may name a task preset (`arith`, `prosqa`)."""
   c = ml_collections.ConfigDict()
@@ -129,23 +143,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.span_hint = 0.0  # a share of the span rows whose span holds the answer's first tokens
 
   c.rule = ml_collections.ConfigDict()
-  c.rule.name = "token"  # a thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel
+  # A thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel | dlr. A method
+  # config selects one with `use_rule`, which adds the `config.rule` fields that rule
+  # reads at the rule's own defaults (`ThoughtRule.defaults`, documented in its module).
+  c.rule.name = "token"
   c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = the model's own, stored with it)
-  c.rule.gate_c = 8.0  # hybrid: a = exp(-c * softplus(-Lambda) * r)
-  c.rule.r_min = 0.99  # hybrid: Lambda init from u ~ U[r_min, 0.999]
-  # hybrid: top-k of the soft-embedding distribution; gumbel_soft: top-k of every
-  # position's processing and of the latent record
-  c.rule.top_k = 50
-  # gumbel_soft (LEPO): z = softmax((s + g) / tau) over the first latent_len positions,
-  # s the logits after temperature (rl.temperature), rule.top_k and rule.top_p
-  c.rule.tau = 0.3
-  c.rule.latent_len = 64
-  c.rule.top_p = 1.0  # 1.0 = off
-  # topk_gumbel (Latent-GRPO): one-sided noise (clip(Gumbel, -1.5, 3) + 1.5) * noise_scale
-  # on the log-probs of the top_p nucleus (at least top_k tokens), w = softmax(top-k / tau);
-  # latent until the shown token is the first token of end_token
-  c.rule.noise_scale = 1.0
-  c.rule.end_token = "####"
 
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 200

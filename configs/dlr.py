@@ -38,15 +38,13 @@ def get_config(arg=None):
   c.name = "dlr"
   c.mode = "sft,rl"
   c.sft.method = "cot"
-  c.rule.name = "dlr"
+  # the assistant: the rule's default `tiny-assistant`; σ_0 / s at init (s: the main
+  # model's embedding RMS); log σ / s clipped to [log_sigma_min, log_sigma_max = 0]
+  base.use_rule(c, "dlr", sigma_init=0.3, log_sigma_min=-4.0)
   c.rule.num_latent = 4  # T: latents between <bot> and <eot>
   # the warm-up shows half its rows a <bot> + T noise inputs + <eot> span (lrjax.sft.span):
   # without it any chain there drops the main model from 0.405 to ~0.05-0.19 (seed 0)
   c.sft.latent_span = c.rule.num_latent
-  c.rule.assistant = "tiny-assistant"  # a decoder preset, or "mlp" (pooled prompt states)
-  c.rule.sigma_init = 0.3  # σ_0 / s at init (s: the main model's embedding RMS)
-  c.rule.log_sigma_min = -4.0  # log σ / s is clipped to [min, max]
-  c.rule.log_sigma_max = 0.0
   c.rl.objective = "dlr"
   c.rl.loss = "gspo_clip"
   c.rl.clip_eps = 3e-4  # on the mean log-ratio over T·d

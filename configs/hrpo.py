@@ -27,10 +27,7 @@ def get_config(arg=None):
   c.name = "hrpo"
   c.mode = "sft,rl"
   c.sft.method = "cot"
-  c.rule.name = "hybrid"
-  c.rule.gate_c = 8.0
-  c.rule.r_min = 0.99
-  c.rule.top_k = 50
+  base.use_rule(c, "hybrid")  # gate_c 8, r_min 0.99 (the paper's), top_k 50
   c.rl.loss = "reinforce_onpolicy"
   c.rl.aggregation = "seq_mean"
   c.rl.beta = 0.005
@@ -59,7 +56,6 @@ def _paper(c):
   c.data.task = "gsm8k"
   c.data.sft_size = 0  # every worked solution (only used by an SFT phase)
   c.rl.temperature = 0.5
-  c.rule.top_k = 50
   c.rl.group_size = 4
   c.rl.num_prompts = 16  # 64 completions per step
   c.rl.max_new = 512

@@ -46,12 +46,7 @@ def get_config(arg=None):
   c.mode = "sft,latent_sft,rl"  # the CoT-start ablation: --config.mode=sft,rl
   c.sft.method = "cot"
   latent_sft.add_section(c)
-  c.rule.name = "topk_gumbel"
-  c.rule.top_k = 10
-  c.rule.top_p = 0.95
-  c.rule.tau = 1.0
-  c.rule.noise_scale = 1.0
-  c.rule.end_token = "####"
+  latent_sft.set_rule(c)
   c.rl.temperature, c.rl.top_k, c.rl.top_p = 0.6, 30, 0.95  # the answer tokens
   c.rl.loss = "ppo_clip"
   c.rl.clip_eps = 0.2

@@ -44,13 +44,9 @@ def add_section(c) -> None:
 
 
 def set_rule(c) -> None:
-  """The `topk_gumbel` rule the decoder is evaluated (and Latent-GRPO rolls out) with."""
-  c.rule.name = "topk_gumbel"
-  c.rule.top_k = 10
-  c.rule.top_p = 0.95
-  c.rule.tau = 1.0
-  c.rule.noise_scale = 1.0
-  c.rule.end_token = "####"
+  """The `topk_gumbel` rule the decoder is evaluated (and Latent-GRPO rolls out) with, at
+  its defaults: K 10, top_p 0.95, tau_gs 1, noise 1, end token '####'."""
+  base.use_rule(c, "topk_gumbel")
 
 
 def get_config(arg=None):

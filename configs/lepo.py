@@ -37,11 +37,7 @@ def get_config(arg=None):
   c.name = "lepo"
   c.mode = "sft,rl"
   c.sft.method = "cot"
-  c.rule.name = "gumbel_soft"
-  c.rule.tau = 0.3
-  c.rule.latent_len = 16
-  c.rule.top_k = 30
-  c.rule.top_p = 0.95
+  base.use_rule(c, "gumbel_soft", latent_len=16)  # the paper's tau 0.3, top_k 30, top_p 0.95
   c.rl.loss = "ppo_clip"  # the text positions; the latent ones are direct terms (no ratio)
   c.rl.aggregation = "seq_mean"  # per-sequence mean over latent + text positions
   c.rl.beta = 0.0
@@ -63,10 +59,7 @@ def _paper(c):
   c.model.dtype = "bfloat16"
   c.data.task = "math"
   c.data.sft_size = 0  # every worked solution (only used by an SFT phase)
-  c.rule.tau = 0.3
-  c.rule.latent_len = 64
-  c.rule.top_k = 30
-  c.rule.top_p = 0.95
+  c.rule.latent_len = 64  # the paper's (tau, top_k, top_p are the rule's defaults)
   c.rl.temperature = 1.0
   c.rl.group_size = 8
   # 8 GPUs x gradient accumulation 256 at batch 1, each completion seen twice

@@ -1,11 +1,14 @@
 """The parts of config validation a method module may use: `Row`, the checks, `ROWS`.
 
 Kept apart from `lrjax.validate` (whose registry rows import the registries
-lazily) so that a thought rule or loss module can add its rows without taking
-on those imports:
+lazily) so that a thought rule can name its checks (`ThoughtRule.checks`) and a
+method can add rows without taking on those imports:
 
     from lrjax.config_checks import ROWS, Row, positive
     ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
+
+`check_rows` reads the rows as they are when it starts: a row added while it
+runs (by a module a check imports) is not seen, so rows must be added before.
 """
 from __future__ import annotations
 
@@ -128,7 +131,7 @@ ROWS: list[Row] = []
 
 def check_rows(config, phases: Sequence[str], rows: Sequence[Row] | None = None) -> None:
   """Raises a one-line ConfigError for the first row whose check fails."""
-  for row in ROWS if rows is None else rows:
+  for row in tuple(ROWS if rows is None else rows):  # a snapshot: see the module docstring
     if not row.applies(config, phases):
       continue
     value = get_field(config, row.field)

@@ -126,20 +126,22 @@ def mode_phases(mode: str) -> list[str]:
   return [p.strip() for p in mode.split(",") if p.strip()]
 
 
-def check_resume_config(workdir: str, config: Any, allow_mismatch: bool) -> None:
+def check_resume_config(workdir: str, config: Any, allow_mismatch: bool,
+                        unread: Sequence[str] = ()) -> None:
   """Refuses to resume `workdir` with a config that differs from its stored one.
 
   Raises ConfigMismatchError listing every differing field (ignoring
   `RESUME_IGNORED`, `RESUME_FREE` (a change there is said, not refused), and
   the `rl` section when neither config runs an RL phase: an SFT run, or a
-  compare's shared warm-up, does not read it); with
+  compare's shared warm-up, does not read it), and the fields in `unread` (the
+  caller's: fields no part of this run reads); with
   `allow_mismatch` logs the same list as a warning. Does nothing when the
   workdir has no stored config.
   """
   stored = load_config(workdir)
   if stored is None:
     return
-  ignore = RESUME_IGNORED
+  ignore = RESUME_IGNORED + tuple(unread)
   modes = [c.get("mode") for c in (stored, to_dict(config))]
   if all(isinstance(m, str) for m in modes) and not any("rl" in mode_phases(m) for m in modes):
     ignore = ignore + ("rl",)

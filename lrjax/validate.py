@@ -15,7 +15,10 @@ steps); `when(config)` adds any other condition. Names (registries, schedules,
 dtypes) and the shape of `rl.param_groups` are checked whatever the phases: a
 misspelling is an error even where it is not read yet.
 
-A method with fields of its own adds rows, e.g.
+A thought rule declares the checks of its `config.rule` fields itself
+(`ThoughtRule.checks`); they run after `ROWS`, when the rule is selected, on
+the fields the config sets (a field left out takes the rule's default). Other
+fields of a method may add rows explicitly, before validation runs, e.g.
 
     from lrjax.config_checks import ROWS, Row, positive
     ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
@@ -23,8 +26,11 @@ A method with fields of its own adds rows, e.g.
 and a registry's names are checked with `one_of(lambda: MY_REGISTRY.names())`.
 A registered advantage estimator may declare `min_group_size` (GRPO-style
 estimators normalise within a group and declare 2); `rl.group_size` is
-checked against it. A registered policy loss may declare `has_ratio = False`
-(HRPO's `reinforce_onpolicy`); `rl.updates_per_batch > 1` is refused with it.
+checked against it. A registered policy loss is a `PolicyLoss` record: with
+`uses_ratio=False` (HRPO's `reinforce_onpolicy`) `rl.updates_per_batch > 1` is
+refused; with `supports_direct=False` (DLR's `gspo_clip`) so is an objective that
+declares direct terms (`Objective.has_direct`: LEPO's rule, Latent RL's
+`latent_value`), whose positions it would not train.
 """
 from __future__ import annotations
 
@@ -58,9 +64,28 @@ def _updates_per_batch(value, config) -> str | None:
   if config.rl.num_prompts % value:
     return (f"must divide rl.num_prompts={config.rl.num_prompts} (mini-batches hold whole "
             "prompt groups)")
-  if value > 1 and not getattr(POLICY_LOSSES.get(config.rl.loss), "has_ratio", True):
+  if value > 1 and not POLICY_LOSSES.get(config.rl.loss).uses_ratio:
     return (f"must be 1 with rl.loss={config.rl.loss!r}: it has no importance ratio "
             "(on-policy only, one update per rollout batch)")
+  return None
+
+
+def _loss_takes_objective(value, config) -> str | None:
+  """The policy loss adds every term the objective makes: a loss without direct terms
+  paired with an objective that makes them would train nothing at their positions."""
+  from lrjax.latent import OBJECTIVES, RULES
+  from lrjax.rl.losses import POLICY_LOSSES
+  if POLICY_LOSSES.get(value).supports_direct:
+    return None
+  objective = config.rl.objective
+  if objective:
+    obj, whose = OBJECTIVES.get(objective), f"config.rl.objective={objective!r}"
+  else:
+    name = config.rule.name
+    obj, whose = RULES.get(name).objective, f"the objective of config.rule.name={name!r}"
+  if obj.has_direct:
+    return (f"drops the direct terms of {whose}, whose positions would train nothing: "
+            "pick a loss that adds them (e.g. 'ppo_clip')")
   return None
 
 
@@ -225,6 +250,7 @@ ROWS.extend([
     Row("rl.aux_losses", _aux_losses),
     Row("rl.objective", one_of(_registry("lrjax.latent", "OBJECTIVES", extra=("",)))),
     Row("rl.objective", _objective_heads, phases=("rl",)),
+    Row("rl.loss", _loss_takes_objective, phases=("rl",)),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),
     # SFT
@@ -330,4 +356,13 @@ def validate_config(config, phases_registry) -> list[str]:
   if len(phases) == 1 and phases[0] in READS_INIT and not config.init:
     raise ConfigError(f"config.init must name a workdir or HF folder for mode={phases[0]}")
   check_rows(config, phases)
+  check_rows(config, phases, rule_rows(config))
   return phases
+
+
+def rule_rows(config) -> list[Row]:
+  """The selected rule's own checks (`ThoughtRule.checks`) as rows, for the fields the
+  config sets (after the `rule.name` row passed)."""
+  from lrjax.latent import RULES
+  return [Row(f"rule.{field}", check, when=lambda c, f=field: f in c.rule)
+          for field, check in RULES.get(config.rule.name).checks]

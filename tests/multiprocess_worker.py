@@ -59,14 +59,14 @@ def step(workdir: str, out: str, init: str) -> dict:
   import optax
   from lrjax import parallel
   from lrjax.latent import init_rule_params, prompt_suffix
-  from lrjax.phases import rl, rl_step, workdir as workdir_lib
+  from lrjax.phases import rl_context, rl_step, workdir as workdir_lib
   from lrjax.phases.run import Run
   from lrjax.rl import advantages as adv_lib, dynamic
   from lrjax.rl.learner import LossSpec, make_update
 
   SCORED.clear()
   run = Run.create(config(init), workdir)  # first: joins the process group
-  ctx = rl.train_context(run)
+  ctx = rl_context.train_context(run)
   start = {"model": run.params, "rule": init_rule_params(ctx, jax.random.key(1)), "heads": {}}
   params = run.place(start)
   start = parallel.fetch(start)  # a host copy: the update donates the placed buffers

@@ -111,3 +111,22 @@ def test_resume_check_allows_another_mesh_and_logging_cadence(tmp_path, capsys):
   with pytest.raises(cu.ConfigMismatchError) as e:
     cu.check_resume_config(str(tmp_path), other, allow_mismatch=False)
   assert "1 field(s)" in str(e.value) and "mesh" not in str(e.value)
+
+
+def test_resume_ignores_other_rules_fields_of_an_older_workdir(tmp_path):
+  """A workdir written when configs/base.py held every rule's fields resumes with a
+  config that holds only its own rule's; a field the rule reads still counts."""
+  from configs import lepo
+  from lrjax.phases.run import unread_rule_fields
+  now = lepo.get_config()
+  stored = cu.to_dict(now)
+  stored["rule"].update(gate_c=8.0, r_min=0.99, noise_scale=1.0, end_token="####")
+  with open(os.path.join(tmp_path, cu.CONFIG_FILE), "w") as f:
+    json.dump(stored, f)
+  assert "rule.gate_c" in unread_rule_fields(now) and "rule.top_k" not in unread_rule_fields(now)
+  with pytest.raises(cu.ConfigMismatchError, match="rule.gate_c"):
+    cu.check_resume_config(str(tmp_path), now, allow_mismatch=False)
+  cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
+  now.rule.top_k = 20
+  with pytest.raises(cu.ConfigMismatchError, match="rule.top_k: 30"):
+    cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))

@@ -1,10 +1,13 @@
-"""The package-level import graph of lrjax has no cycle; in particular `latent/` and
-`rollout/` do not import each other.
+"""lrjax's import graphs have no cycle: neither between its parts (in particular
+`latent/` and `rollout/` do not import each other) nor between any two of its modules.
 
 Read from the source with `ast` (no module is imported): every `import` and
-`from ... import`, at module level or inside a function, of a module of
-`lrjax.<part>` by a module of another part adds the arrow part -> part. A part
-is a subpackage (`lrjax.latent`) or a top-level module (`lrjax.metrics`).
+`from ... import`, at module level or inside a function, counts. In the package
+graph, an import of a module of `lrjax.<part>` by a module of another part adds
+the arrow part -> part; a part is a subpackage (`lrjax.latent`) or a top-level
+module (`lrjax.metrics`). In the module graph, every import adds the arrow
+module -> imported module (`from pkg import name` imports `pkg.name` where that is
+a module, else the package `pkg`, i.e. its `__init__`).
 """
 from __future__ import annotations
 
@@ -23,17 +26,24 @@ def _module_name(path: pathlib.Path, root: pathlib.Path) -> tuple[str, bool]:
   return ".".join(parts), False
 
 
+def _from_base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+  """The dotted module a `from ... import` reads from (relative forms resolved
+  against the importing module's package)."""
+  base = node.module or ""
+  if node.level:
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    package = package[:len(package) - (node.level - 1)]
+    base = ".".join(package + ([base] if base else []))
+  return base
+
+
 def _imported(tree: ast.AST, module: str, is_package: bool) -> Iterable[str]:
   """Dotted names of the modules (or package members) a source file imports."""
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       yield from (alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
-      base = node.module or ""
-      if node.level:  # relative: resolve against the importing module's package
-        package = module.split(".") if is_package else module.split(".")[:-1]
-        package = package[:len(package) - (node.level - 1)]
-        base = ".".join(package + ([base] if base else []))
+      base = _from_base(node, module, is_package)
       # `from lrjax import metrics` imports the part lrjax.metrics
       yield from ([f"{base}.{a.name}" for a in node.names] if base == "lrjax" else [base])
 
@@ -56,6 +66,33 @@ def package_graph(package_dir: pathlib.Path = LRJAX) -> dict[str, set[str]]:
       target = _part(name)
       if target is not None and target != source:
         targets.add(target)
+  return graph
+
+
+def module_graph(package_dir: pathlib.Path = LRJAX) -> dict[str, set[str]]:
+  """module -> the other lrjax modules it imports (a package stands for its __init__)."""
+  root = package_dir.parent
+  sources = {}
+  for path in sorted(package_dir.rglob("*.py")):
+    module, is_package = _module_name(path, root)
+    sources[module] = (path, is_package)
+
+  def known(name: str) -> str | None:  # the module itself, or the package holding the name
+    while name and name not in sources:
+      name = name.rpartition(".")[0]
+    return name or None
+
+  graph: dict[str, set[str]] = {}
+  for module, (path, is_package) in sources.items():
+    tree = ast.parse(path.read_text(), str(path))
+    targets = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom):
+        base = _from_base(node, module, is_package)
+        targets.update(known(f"{base}.{a.name}") for a in node.names)
+      elif isinstance(node, ast.Import):
+        targets.update(known(a.name) for a in node.names)
+    graph[module] = {t for t in targets if t is not None and t != module}
   return graph
 
 
@@ -107,6 +144,31 @@ def test_latent_and_rollout_do_not_import_each_other():
 def test_package_graph_has_no_cycle():
   cycle = find_cycle(package_graph())
   assert cycle is None, "import cycle between lrjax's parts: " + " -> ".join(cycle)
+
+
+def test_module_graph_has_no_cycle():
+  """No two modules import each other, even lazily inside a function (a circle that
+  only works because one side imports late)."""
+  graph = module_graph()
+  assert "lrjax.phases.rl" in graph and "lrjax.phases.value" in graph["lrjax.phases.rl"]
+  cycle = find_cycle(graph)
+  assert cycle is None, "import cycle between lrjax's modules: " + " -> ".join(cycle)
+
+
+def test_the_module_check_sees_a_cycle_inside_one_part(tmp_path):
+  """Two modules of one subpackage that import each other (one of them lazily, one
+  relatively, one through `from pkg import module`) make a cycle."""
+  pkg = tmp_path / "lrjax"
+  (pkg / "a").mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "a" / "__init__.py").write_text("X = 1\n")
+  (pkg / "a" / "m.py").write_text("from . import n\n")
+  (pkg / "a" / "n.py").write_text("def f():\n  from lrjax.a import m\n  from lrjax.a import X\n")
+  graph = module_graph(pkg)
+  assert graph == {"lrjax": set(), "lrjax.a": set(), "lrjax.a.m": {"lrjax.a.n"},
+                   "lrjax.a.n": {"lrjax.a.m", "lrjax.a"}}
+  assert find_cycle(graph) == ["lrjax.a.m", "lrjax.a.n", "lrjax.a.m"]
+  assert package_graph(pkg)["lrjax.a"] == set()  # invisible to the package graph
 
 
 def test_the_check_sees_a_cycle(tmp_path):

@@ -319,7 +319,7 @@ def test_config_validation_names_the_field(field, bad, expect):
 
 def test_first_token_groups_metric_hand_example():
   """Groups of 2: [first zeroed on a positive row | no positive | one positive kept]."""
-  from lrjax.phases.rl import first_token_groups
+  from lrjax.phases.rl_step import first_token_groups
   adv = np.asarray([[0.0, 1.0, 1.0], [-1.0, -1.0, -1.0],    # row 0 positive, zeroed at first
                     [0.0, 0.0, 0.0], [0.0, 0.0, 0.0],       # all-equal group
                     [0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]])   # the positive kept its first A

@@ -21,7 +21,7 @@ from lrjax.phases.value import make_head_step, split_by_problem, trainable
 from lrjax.phases.workdir import load_tree, save_tree
 from lrjax.rl.advantages import ADVANTAGES
 from lrjax.rl.learner import LossSpec, policy_loss
-from lrjax.rl.latent_value import thought_positions
+from lrjax.latent import thought_positions
 from lrjax.rl.value_head import (auto_pos_weight, fit_input_norm, init_value_head, roc_auc,
                                  value_logits, weighted_bce)
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory

@@ -27,7 +27,7 @@ from tests import test_replay as replay_tests
 from lrjax.rl import dynamic
 from lrjax.rl import learner as L
 from lrjax.rl.advantages import AdvantageSpec, compute_advantages
-from lrjax.rl.losses import POLICY_LOSSES, ppo_clip
+from lrjax.rl.losses import POLICY_LOSSES, PolicyLoss, ppo_clip
 from lrjax.rollout import Sampling, Trajectory, replay, token_logp
 from tests.test_advantages import np_first_token_advantages, np_first_token_selection, np_group_adv
 
@@ -257,7 +257,7 @@ def test_loss_options_reach_the_loss_from_config(params, monkeypatch):
   def spy(new, old, adv, mask, **kw):
     seen.update(kw)
     return ppo_clip(new, old, adv, mask, **kw)
-  monkeypatch.setitem(POLICY_LOSSES._items, "spy", spy)
+  monkeypatch.setitem(POLICY_LOSSES._items, "spy", PolicyLoss(spy))
   ctx, traj = contexts()["token"], make_traj("token")
   jax.eval_shape(lambda p: L.policy_loss(ctx, spec, p, p, traj, _adv(), None), params)
   assert {k: seen[k] for k in ("clip_eps", "clip_eps_high", "dual_clip", "kl_estimator",
@@ -558,3 +558,27 @@ def test_dynamic_sampling_reuses_the_compiled_shapes_and_resumes_identically():
   assert [t for _, t in full] != [1, 1, 1, 1]  # some steps refilled
   assert len(traces) == 1
   assert dynamic.resume_position({}, 3, 4) == (12, 3)  # checkpoints without a cursor
+
+
+@pytest.mark.parametrize("declared, loss, match", [
+    (True, "gspo_clip", "rl.loss='gspo_clip' takes no direct terms"),
+    (False, "ppo_clip", "has_direct=False does not match its terms"),
+])
+def test_direct_terms_need_a_loss_that_adds_them_and_a_declaration(params, monkeypatch,
+                                                                   declared, loss, match):
+  """The learner refuses, when it traces the loss, a loss that would drop the objective's
+  direct terms and an objective whose terms disagree with its `has_direct`."""
+  from lrjax.latent import OBJECTIVES, Masks, Objective, Terms
+
+  def masks(ctx, traj):
+    none = jnp.zeros(traj.ids.shape, bool)
+    return Masks(ratio=none, stored_old=none, direct=jnp.asarray(traj.sampled))
+
+  def terms(ctx, p, traj, out, aux=None):
+    return Terms(ratio=jnp.zeros(traj.ids.shape), direct=out.hidden.sum(-1))
+  monkeypatch.setitem(OBJECTIVES._items, "test_direct",
+                      Objective(masks=masks, terms=terms, has_direct=declared))
+  ctx, traj = contexts()["token"].replace(objective="test_direct"), make_traj("token")
+  spec = L.LossSpec.from_config(_rl(loss=loss))
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(lambda p: L.policy_loss(ctx, spec, p, p, traj, _adv(), None), params)

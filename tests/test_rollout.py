@@ -211,16 +211,12 @@ def test_decode_text_and_latents():
   tok = build_char_tokenizer(DEFAULT_ALPHABET)
   tok.add_tokens(["<bot>", "<latent>", "<eot>"], special_tokens=True)
   ctx = RuleContext(CFG, "hidden", eos_id=EOS, latent_id=LAT, eot_id=EOT, num_latent=2, max_new=6)
-  emb = np.random.default_rng(0).normal(size=(CFG.vocab_size, CFG.hidden_size)).astype(np.float32)
   a, b, seven = TOK.convert_tokens_to_ids(["a", "b", "7"])
   ids = np.array([[LAT, LAT, EOT, seven, EOS, 0], [LAT, LAT, EOT, a, b, seven]], np.int32)
   span = np.array([[1, 1, 1, 2, 2, 3], [1, 1, 1, 2, 2, 2]], np.int8)
   hidden = np.zeros((2, 6, CFG.hidden_size), np.float32)
-  hidden[:, 0] = 3 * emb[a] + 0.1 * emb[b]
-  hidden[:, 1] = 2 * emb[b]
   traj = Trajectory(
       prompt_ids=np.zeros((2, 1), np.int32), prompt_mask=np.ones((2, 1), np.int32), ids=ids,
       span=span, sampled=span == 2, logp=np.zeros((2, 6), np.float32),
       records={"hidden": hidden}, lengths=np.array([5, 6]), truncated=np.array([False, True]))
   assert decode(tok, traj, ctx) == ["<latent><latent><eot>7", "<latent><latent><eot>ab7"]
-  assert decode(tok, traj, ctx, show_latent=True, embedding=emb)[0] == "[a][b]<eot>7"

@@ -1,4 +1,6 @@
 """Config validation before any phase: registry names, param_groups, out-of-range values."""
+import importlib
+
 import pytest
 
 from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, latr, lepo, nocot,
@@ -6,6 +8,7 @@ from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, lat
 from lrjax.config_utils import ConfigError
 from lrjax.phases import PHASES
 from lrjax.validate import ROWS, Row, positive, validate_config
+from tests import e2e_runs
 
 
 def _config(module=hrpo, arg=None, **fields):
@@ -37,6 +40,45 @@ def _error(c) -> str:
 def test_shipped_configs_pass(module, arg):
   c = module.get_config(arg)
   assert validate_config(c, PHASES) == c.mode.split(",")
+
+
+def _presets(name: str):
+  """(arg, config) of every preset configs/<name>.py accepts: the task presets and its own."""
+  module = importlib.import_module(f"configs.{name}")
+  for arg in (None, *base.TASK_PRESETS, "paper", "qwen2.5-1.5b"):
+    try:
+      yield arg, module.get_config(arg)
+    except ValueError as e:
+      if "unknown preset" not in str(e):
+        raise
+
+
+@pytest.mark.parametrize("name", e2e_runs.method_configs())
+def test_every_shipped_config_and_preset_passes(name):
+  presets = list(_presets(name))
+  assert len(presets) > len(base.TASK_PRESETS)
+  for arg, c in presets:
+    assert validate_config(c, PHASES) == c.mode.split(","), (name, arg)
+
+
+@pytest.mark.parametrize("module, fields, whose", [
+    (lepo, {}, "the objective of config.rule.name='gumbel_soft'"),
+    (latent_rl, {}, "config.rl.objective='latent_value'"),
+    (hrpo, {"rl.objective": "latent_value", "mode": "sft,value,rl"},
+     "config.rl.objective='latent_value'"),
+])
+def test_a_loss_without_direct_terms_is_refused_with_an_objective_that_makes_them(
+    module, fields, whose):
+  """gspo_clip (one term per sequence) would drop LEPO's and Latent RL's direct terms."""
+  msg = _error(_config(module, **{"rl.loss": "gspo_clip", **fields}))
+  assert msg.startswith(f"config.rl.loss='gspo_clip' drops the direct terms of {whose},"), msg
+  validate_config(_config(module, **{**fields, "rl.loss": "ppo_clip"}), PHASES)
+  validate_config(_config(module, **{"rl.loss": "gspo_clip", **fields, "mode": "sft"}), PHASES)
+
+
+def test_dlr_pairs_gspo_clip_with_an_objective_without_direct_terms():
+  c = dlr.get_config()
+  assert c.rl.loss == "gspo_clip" and validate_config(c, PHASES)
 
 
 @pytest.mark.parametrize("field, bad", [
@@ -192,3 +234,44 @@ def test_dlr_microbatch_holds_whole_groups():
   msg = _error(_config(dlr, "paper", **{"rl.microbatch": 32}))
   assert msg.startswith("config.rl.microbatch=32 must be a multiple of dlr.group_size=64"), msg
   validate_config(_config(dlr, "paper", **{"rl.microbatch": 64}), PHASES)
+
+
+def test_rule_fields_and_their_checks_come_from_the_rule():
+  """No module adds rule rows to ROWS when imported; the selected rule's declared checks
+  run on the fields the config sets, and a field it leaves out takes the rule's default."""
+  import lrjax.latent  # noqa: F401 - every rule registered
+  from lrjax.latent import RULES, rule_config, rule_defaults
+  assert {r.field for r in ROWS if r.field.startswith("rule.")} == {"rule.name", "rule.num_latent"}
+  assert [f for f, _ in RULES.get("gumbel_soft").checks] == ["tau", "latent_len", "top_k", "top_p"]
+  c = _config(grpo, **{"rule.name": "gumbel_soft"})  # switched by a flag: no rule fields set
+  assert "top_k" not in c.rule
+  assert rule_config("gumbel_soft", c.rule) == {"tau": 0.3, "latent_len": 64, "top_k": 30,
+                                                "top_p": 0.95}
+  validate_config(c, PHASES)
+  c.rule.top_k = 0
+  assert _error(c) == "config.rule.top_k=0 must be > 0"
+  assert rule_defaults("hybrid") == {"gate_c": 8.0, "r_min": 0.99, "top_k": 50}
+  assert rule_defaults("topk_gumbel")["top_k"] == 10 and rule_defaults("token") == {}
+
+
+def test_use_rule_writes_the_rule_defaults_and_refuses_other_fields():
+  c = base.get_config()
+  base.use_rule(c, "gumbel_soft", latent_len=8)
+  assert (c.rule.name, c.rule.latent_len, c.rule.top_k, c.rule.top_p) == ("gumbel_soft", 8, 30,
+                                                                          0.95)
+  with pytest.raises(ValueError, match="rule 'hybrid' reads no config.rule field 'tau'"):
+    base.use_rule(base.get_config(), "hybrid", tau=0.5)
+
+
+def test_rows_added_while_validating_are_not_seen(monkeypatch):
+  """check_rows reads a snapshot: a check that adds a row (as an import inside a check
+  once could) does not change the rows being run."""
+  rows = list(ROWS)
+
+  def adds_a_row(value, config):
+    rows.append(Row("rl.beta", lambda v, c: "always fails"))
+    return None
+  rows.insert(0, Row("rl.steps", adds_a_row))
+  monkeypatch.setattr("lrjax.config_checks.ROWS", rows)
+  validate_config(_config(), PHASES)
+  assert len(rows) == len(ROWS) + 2

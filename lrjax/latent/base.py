@@ -28,6 +28,7 @@ in the vocabulary (`special_tokens`), which `config.rule` fields it reads
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -161,6 +162,12 @@ class ThoughtRule(NamedTuple):
       `lrjax.data.tokenizer.add_latent_tokens`), e.g. ("<bot>", "<latent>", "<eot>").
   config_fields: (rule_cfg key, `config.rule` field) pairs: the config fields
       the rule reads into ctx.rule_cfg (e.g. hybrid's ("c", "gate_c")).
+  defaults: rule_cfg key -> value, the one source of the rule's hyper-parameter
+      defaults: where ctx.rule_cfg (or the config) leaves a key out (`rule_options`),
+      and what `configs/base.py`'s `use_rule` writes into `config.rule`.
+  checks: (`config.rule` field, check(value, config) -> problem or None) pairs,
+      run by the config validation when the rule is selected
+      (`lrjax.config_checks` has the checks).
   extra_positions(num_latent) -> response positions the rule spends before the
       answer (`hidden`: num_latent latents + `<eot>`); evaluation budgets add it
       to `eval.max_new`.
@@ -182,6 +189,8 @@ class ThoughtRule(NamedTuple):
   prompt_suffix: Callable[[RuleContext], tuple[int, ...]] = no_suffix
   special_tokens: tuple[str, ...] = ()
   config_fields: tuple[tuple[str, str], ...] = ()
+  defaults: Mapping[str, Any] = types.MappingProxyType({})
+  checks: tuple[tuple[str, Callable[[Any, Any], "str | None"]], ...] = ()
   extra_positions: Callable[[int], int] = no_extra_positions
   prepare: Callable[..., Any] | None = None
 
@@ -204,8 +213,22 @@ def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
 
 
 def rule_config(rule: str, config_rule: Any) -> dict:
-  """ctx.rule_cfg of `rule` from a `config.rule` section (its declared `config_fields`)."""
-  return {key: config_rule[field] for key, field in RULES.get(rule).config_fields}
+  """ctx.rule_cfg of `rule` from a `config.rule` section (its declared `config_fields`;
+  a field the section leaves out takes the rule's default)."""
+  r = RULES.get(rule)
+  return {key: config_rule[field] if field in config_rule else r.defaults[key]
+          for key, field in r.config_fields}
+
+
+def rule_defaults(rule: str) -> dict:
+  """{`config.rule` field: default} of every field `rule` reads."""
+  r = RULES.get(rule)
+  return {field: r.defaults[key] for key, field in r.config_fields if key in r.defaults}
+
+
+def rule_options(rule: str, rule_cfg: Mapping | tuple = ()) -> dict:
+  """Rule `rule`'s hyper-parameters: its `defaults` overlaid with `rule_cfg`."""
+  return {**RULES.get(rule).defaults, **dict(rule_cfg)}
 
 
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
@@ -219,6 +242,13 @@ def rule_aux(rule: str, tokenizer: Any, rule_cfg: Mapping | tuple = ()) -> Any:
   return make(tokenizer, dict(rule_cfg)) if make is not None else None
 
 
+def thought_positions(ctx: RuleContext, traj) -> jax.Array:
+  """[B, N] bool: t < ctx.num_latent on a live row, the positions whose outputs are fed
+  back as thoughts (`hidden`'s latent states, DLR's chain)."""
+  n = traj.ids.shape[1]
+  return (jnp.arange(n) < ctx.num_latent)[None] & (traj.span != DONE)
+
+
 def embedding_table(params: dict) -> jax.Array:
   """E [V, H] from the full parameter tree."""
   return params["model"]["embed"]["embedding"]
@@ -227,6 +257,21 @@ def embedding_table(params: dict) -> jax.Array:
 def mix_inputs(emb: jax.Array, ids: jax.Array, z: jax.Array) -> jax.Array:
   """Σ_k z_k E[ids_k]: E [V, H], ids / z [..., K] -> float32 [..., H]."""
   return jnp.sum(z[..., None].astype(jnp.float32) * emb[ids].astype(jnp.float32), axis=-2)
+
+
+def record_width(ctx: RuleContext) -> int:
+  """K of a top-k mixture rule (`gumbel_soft`, `topk_gumbel`): the entries mixed and
+  recorded per latent position, `top_k` capped at the vocabulary."""
+  return min(int(rule_options(ctx.rule, ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
+
+
+def latent_top_weight(traj, weights: jax.Array) -> dict:
+  """{"latent_top_weight": mean over latent positions of max_k weights [B, N, K]}
+  (1 = one-hot inputs), a top-k mixture rule's training metric."""
+  latent = traj.span == LATENT  # B N
+  top = jnp.max(weights, axis=-1)  # B N
+  return {"latent_top_weight": jnp.sum(jnp.where(latent, top, 0.0))
+          / jnp.maximum(jnp.sum(latent), 1)}
 
 
 def spans(batch: int, kind: int) -> jax.Array:

@@ -29,21 +29,26 @@ import jax
 import jax.numpy as jnp
 
 from lrjax import rewards
+from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.latent import assistant as asst
-from lrjax.latent.base import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table)
+from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+                               embedding_table, rule_options, thought_positions)
 from lrjax.latent.gaussian import contrastive, kl, mean_logpdf
 from lrjax.latent.objective import OBJECTIVES, Masks, Objective, Terms
 
-LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
+NAME = "dlr"
+# the assistant: a decoder preset or "mlp" (pooled prompt states); σ_0 / s at init (s: the
+# main model's embedding RMS); log σ / s clipped to [log_sigma_min, log_sigma_max]
+DEFAULTS = {"assistant": "tiny-assistant", "sigma_init": 0.5, "log_sigma_min": -5.0,
+            "log_sigma_max": 0.0}
 CONFIG_FIELDS = (("assistant", "assistant"), ("sigma_init", "sigma_init"),
                  ("log_sigma_min", "log_sigma_min"), ("log_sigma_max", "log_sigma_max"))
 
 
 def _opts(ctx: RuleContext) -> tuple[str, float, float]:
   """(assistant preset or 'mlp', clip lo, clip hi) of log σ / s."""
-  return (str(ctx.opt("assistant", "tiny-assistant")), float(ctx.opt("log_sigma_min", -5.0)),
-          float(ctx.opt("log_sigma_max", 0.0)))
+  o = rule_options(NAME, ctx.rule_cfg)
+  return str(o["assistant"]), float(o["log_sigma_min"]), float(o["log_sigma_max"])
 
 
 def _check(ctx: RuleContext) -> None:
@@ -95,16 +100,10 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
                  dict(state, t=t + 1))
 
 
-def chain_positions(ctx: RuleContext, traj) -> jax.Array:
-  """[B, N] bool: t < T on a live row (the chain)."""
-  n = traj.ids.shape[1]
-  return (jnp.arange(n) < ctx.num_latent)[None] & (traj.span != DONE)
-
-
 def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   emb = embedding_table(params)  # V H
   stored = jax.lax.stop_gradient(traj.records["z"]).astype(emb.dtype)  # B N H
-  return jnp.where(chain_positions(ctx, traj)[..., None], stored, emb[traj.ids])  # B N H
+  return jnp.where(thought_positions(ctx, traj)[..., None], stored, emb[traj.ids])  # B N H
 
 
 def chain_stats(ctx: RuleContext, params: dict, traj,
@@ -129,7 +128,7 @@ def _pad(x: jax.Array, n: int) -> jax.Array:
 
 def objective_masks(ctx: RuleContext, traj) -> Masks:
   """Ratio positions: the chain; no old term is stored (recomputed before the update)."""
-  pos = chain_positions(ctx, traj)
+  pos = thought_positions(ctx, traj)
   return Masks(ratio=pos, stored_old=jnp.zeros_like(pos))
 
 
@@ -143,7 +142,7 @@ def chain_kl(ctx: RuleContext, params: dict, traj) -> jax.Array:
   """Mean over rows and T·d of KL(π_θ(·|t) ‖ π_start(·|t)) on the stored chains. []"""
   _, _, mu, ls = chain_stats(ctx, params, traj)
   _, _, mu0, ls0 = chain_stats(ctx, params, traj, head="assistant_start")
-  live = chain_positions(ctx, traj)[:, :ctx.num_latent].astype(jnp.float32)  # B T
+  live = thought_positions(ctx, traj)[:, :ctx.num_latent].astype(jnp.float32)  # B T
   per = jnp.mean(kl(mu, ls, jax.lax.stop_gradient(mu0), jax.lax.stop_gradient(ls0)), -1)  # B T
   return (per * live).sum() / jnp.maximum(live.sum(), 1.0)
 
@@ -175,7 +174,7 @@ def init_heads(ctx: RuleContext, key: jax.Array) -> dict:
   """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference)."""
   name = _opts(ctx)[0]
   head = asst.init_assistant(name, ctx.model_cfg, ctx.num_latent, key,
-                             float(ctx.opt("sigma_init", 0.5)))
+                             float(rule_options(NAME, ctx.rule_cfg)["sigma_init"]))
   return {"assistant": head, "assistant_start": jax.tree.map(jnp.copy, head)}
 
 
@@ -207,7 +206,8 @@ DLR_OBJECTIVE = OBJECTIVES.register("dlr")(Objective(
     config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
     correct_above=0.0))  # R > 0 exactly when correct (lambda_format < 1, validated)
 
-DLR = RULES.register("dlr")(ThoughtRule(
+DLR = RULES.register(NAME)(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     objective=DLR_OBJECTIVE, prompt_suffix=prompt_suffix, special_tokens=LATENT_TOKENS,
-    config_fields=CONFIG_FIELDS, extra_positions=extra_positions, prepare=prepare))
+    config_fields=CONFIG_FIELDS, defaults=DEFAULTS, extra_positions=extra_positions,
+    prepare=prepare))

@@ -23,12 +23,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.latent.base import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
 from lrjax.latent.objective import Masks, Objective, token_terms
 from lrjax.latent.token import sample_token
-
-LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
 
 
 def _check(ctx: RuleContext) -> None:

@@ -33,17 +33,14 @@ import jax.numpy as jnp
 
 from lrjax.data.delimiter import delimiter_step, delimiter_tables
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table)
+                               embedding_table, rule_options)
 from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.model.config import ModelConfig
 from lrjax.sampling import gumbel_max, process_logits, token_logp
 
-DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}
+NAME = "hybrid"
+DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}  # HF's top-k default; the paper's r_min, c
 EPS = 1e-8
-
-
-def options(rule_cfg: Mapping | tuple) -> dict:
-  return {**DEFAULTS, **dict(rule_cfg)}
 
 
 def delimiter_aux(tokenizer: Any, delimiter: str = "####", vocab_size: int | None = None) -> dict:
@@ -76,7 +73,7 @@ def lambda_init(key: jax.Array, hidden_size: int, r_min: float = 0.99, c: float 
 
 def init_params(model_cfg: ModelConfig, rule_cfg: Mapping | tuple, key: jax.Array) -> dict:
   """{"gate_r", "gate_i": {"kernel" [H,H] ~ N(0, 0.02), "bias" [H] = 0}, "lambda" [H]}."""
-  o = options(rule_cfg)
+  o = rule_options(NAME, rule_cfg)
   h = model_cfg.hidden_size
   kr, ki, kl = jax.random.split(key, 3)
   dense = lambda k: {"kernel": 0.02 * jax.random.normal(k, (h, h), jnp.float32),
@@ -126,7 +123,7 @@ def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
 
 def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
          state: dict, aux: dict) -> StepOut:
-  o = options(ctx.rule_cfg)
+  o = rule_options(NAME, ctx.rule_cfg)
   tau = ctx.sampling.temperature
   emb = embedding_table(params)  # V H
   x = process_logits(logits, tau, o["top_k"], ctx.sampling.top_p)  # B V
@@ -150,14 +147,15 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """x_1..x_N from stored ĥ (no gradient) and the live gate and embedding table."""
   emb = embedding_table(params)  # V H
   soft = jax.lax.stop_gradient(traj.records["soft"])  # B N H
-  x = mix(params["rule"], emb[traj.ids], soft, traj.records["think"], options(ctx.rule_cfg)["c"])
+  c = rule_options(NAME, ctx.rule_cfg)["c"]
+  x = mix(params["rule"], emb[traj.ids], soft, traj.records["think"], c)
   return x.astype(emb.dtype)  # B N H
 
 
 def hybrid_ratio(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """HRPO's hidden-state ratio: mean of sqrt(1 − a²) over think positions (0 if none)."""
   emb = embedding_table(params)  # V H
-  a, _ = gate(params["rule"], emb[traj.ids], options(ctx.rule_cfg)["c"])  # B N H
+  a, _ = gate(params["rule"], emb[traj.ids], rule_options(NAME, ctx.rule_cfg)["c"])  # B N H
   ratio = jnp.sqrt(1.0 - a * a + EPS).mean(-1)  # B N
   think = traj.records["think"]  # B N
   return jnp.sum(jnp.where(think, ratio, 0.0)) / jnp.maximum(jnp.sum(think), 1)
@@ -167,8 +165,8 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   return {"hybrid_ratio": hybrid_ratio(ctx, params, traj, aux)}
 
 
-HYBRID = RULES.register("hybrid")(ThoughtRule(
+HYBRID = RULES.register(NAME)(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
     record_spec=record_spec, make_aux=lambda tokenizer, rule_cfg: delimiter_aux(tokenizer),
     metrics=metrics, objective=TOKEN_OBJECTIVE,
-    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k"))))
+    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k")), defaults=DEFAULTS))

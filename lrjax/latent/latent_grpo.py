@@ -43,23 +43,16 @@ import jax.numpy as jnp
 
 from lrjax import config_checks as checks
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table, mix_inputs)
+                               embedding_table, latent_top_weight, mix_inputs, record_width,
+                               rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
 
 NAME = "topk_gumbel"
-DEFAULTS = {"top_k": 10, "top_p": 0.95, "tau": 1.0, "noise_scale": 1.0, "end_token": "####"}
+DEFAULTS = {"top_k": 10, "top_p": 0.95, "tau": 1.0, "noise_scale": 1.0,
+            "end_token": "####"}  # the paper's, but the end token (its "</think>")
 NOISE_LOW, NOISE_HIGH = -1.5, 3.0  # the clamp of the Gumbel draw; g = (clip + 1.5) * scale
-
-
-def options(rule_cfg: Mapping | tuple) -> dict:
-  return {**DEFAULTS, **dict(rule_cfg)}
-
-
-def record_width(ctx: RuleContext) -> int:
-  """K: the top-K entries mixed and recorded per latent position (at most the vocabulary)."""
-  return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
 
 
 def one_sided_noise(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
@@ -130,7 +123,7 @@ def gumbel_surrogate(logp: jax.Array, scores: jax.Array, advantages: Any = None)
 def make_aux(tokenizer: Any, rule_cfg: Mapping) -> dict:
   """{"end_id": the first token of rule.end_token} (as the official code takes the
   first sub-token of `</think>`)."""
-  text = options(rule_cfg)["end_token"]
+  text = rule_options(NAME, rule_cfg)["end_token"]
   ids = tokenizer.encode(text, add_special_tokens=False)
   if not ids:
     raise ValueError(f"config.rule.end_token={text!r} encodes to no token")
@@ -153,7 +146,7 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   if aux is None or "end_id" not in aux:
     raise ValueError("the topk_gumbel rule needs aux={'end_id': ...}: pass "
                      "lrjax.latent.rule_aux('topk_gumbel', tokenizer, rule_cfg)")
-  o = options(ctx.rule_cfg)
+  o = rule_options(NAME, ctx.rule_cfg)
   emb = embedding_table(params)  # V H
   k = record_width(ctx)
   greedy = ctx.sampling.greedy
@@ -178,7 +171,8 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """x_1..x_N: Σ_k w_k E[v_k] (w from the stored scores, no gradient; live E) where
   the record says `soft`, E[y_t] elsewhere."""
   emb = embedding_table(params)  # V H
-  w = jax.lax.stop_gradient(weights(traj.records["scores"], options(ctx.rule_cfg)["tau"]))
+  w = jax.lax.stop_gradient(weights(traj.records["scores"],
+                                    rule_options(NAME, ctx.rule_cfg)["tau"]))
   mix = mix_inputs(emb, traj.records["ids"], w)  # B N H
   x = jnp.where(traj.records["soft"][..., None], mix, emb[traj.ids].astype(jnp.float32))
   return x.astype(emb.dtype)  # B N H
@@ -203,11 +197,8 @@ def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None,
 
 def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   """latent_top_weight: mean over latent positions of max_k w (1 = one-hot inputs)."""
-  latent = traj.span == LATENT  # B N
-  w = weights(traj.records["scores"], options(ctx.rule_cfg)["tau"])
-  top = jnp.max(w, axis=-1)  # B N
-  return {"latent_top_weight": jnp.sum(jnp.where(latent, top, 0.0))
-          / jnp.maximum(jnp.sum(latent), 1)}
+  return latent_top_weight(traj, weights(traj.records["scores"],
+                                         rule_options(NAME, ctx.rule_cfg)["tau"]))
 
 
 TOPK_GUMBEL = RULES.register(NAME)(ThoughtRule(
@@ -215,17 +206,8 @@ TOPK_GUMBEL = RULES.register(NAME)(ThoughtRule(
     make_aux=make_aux, metrics=metrics,
     objective=Objective(masks=objective_masks, terms=objective_terms, uses_advantages=True),
     config_fields=(("top_k", "top_k"), ("top_p", "top_p"), ("tau", "tau"),
-                   ("noise_scale", "noise_scale"), ("end_token", "end_token"))))
-
-
-def _selected(config) -> bool:
-  return config.rule.name == NAME
-
-
-checks.ROWS.extend([
-    checks.Row("rule.top_k", checks.positive_int, when=_selected),
-    checks.Row("rule.top_p", checks.in_unit_interval(False, True), when=_selected),
-    checks.Row("rule.tau", checks.positive, when=_selected),
-    checks.Row("rule.noise_scale", checks.non_negative, when=_selected),
-    checks.Row("rule.end_token", checks.non_empty_str, when=_selected),
-])
+                   ("noise_scale", "noise_scale"), ("end_token", "end_token")),
+    defaults=DEFAULTS,
+    checks=(("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True)),
+            ("tau", checks.positive), ("noise_scale", checks.non_negative),
+            ("end_token", checks.non_empty_str))))

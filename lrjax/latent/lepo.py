@@ -33,29 +33,19 @@ every position, so ctx.sampling.top_k / top_p are not read by this rule.
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import jax
 import jax.numpy as jnp
 
 from lrjax import config_checks as checks
 from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
-                               embedding_table, mix_inputs)
+                               embedding_table, latent_top_weight, mix_inputs, record_width,
+                               rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
 
 NAME = "gumbel_soft"
-DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}
-
-
-def options(rule_cfg: Mapping | tuple) -> dict:
-  return {**DEFAULTS, **dict(rule_cfg)}
-
-
-def record_width(ctx: RuleContext) -> int:
-  """K: the top-k entries recorded per latent position (at most the vocabulary)."""
-  return min(int(options(ctx.rule_cfg)["top_k"]), ctx.model_cfg.vocab_size)
+DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}  # the paper's
 
 
 def candidates(logits: jax.Array, temperature: float, top_k: int,
@@ -111,7 +101,7 @@ def record_spec(ctx: RuleContext, batch: int, max_new: int) -> dict:
 
 def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, key: jax.Array,
          state: dict, aux=None) -> StepOut:
-  o = options(ctx.rule_cfg)
+  o = rule_options(NAME, ctx.rule_cfg)
   emb = embedding_table(params)  # V H
   temperature, greedy = ctx.sampling.temperature, ctx.sampling.greedy
   k = record_width(ctx)
@@ -132,7 +122,7 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
 
 def _latent_cols(ctx: RuleContext, n: int) -> int:
   """Response columns that can be latent: min(L, N)."""
-  return min(int(options(ctx.rule_cfg)["latent_len"]), n)
+  return min(int(rule_options(NAME, ctx.rule_cfg)["latent_len"]), n)
 
 
 def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
@@ -171,26 +161,14 @@ def objective_terms(ctx: RuleContext, params: dict, traj, replay_out, aux=None) 
 
 def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   """latent_top_weight: mean over latent positions of max_k z (1 = one-hot inputs)."""
-  latent = traj.span == LATENT  # B N
-  top = jnp.max(traj.records["z"], axis=-1)  # B N
-  return {"latent_top_weight": jnp.sum(jnp.where(latent, top, 0.0))
-          / jnp.maximum(jnp.sum(latent), 1)}
+  return latent_top_weight(traj, traj.records["z"])
 
 
 GUMBEL_SOFT = RULES.register(NAME)(ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
-    metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms),
+    metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms,
+                                         has_direct=True),
     config_fields=(("tau", "tau"), ("latent_len", "latent_len"), ("top_k", "top_k"),
-                   ("top_p", "top_p"))))
-
-
-def _selected(config) -> bool:
-  return config.rule.name == NAME
-
-
-checks.ROWS.extend([
-    checks.Row("rule.tau", checks.positive, when=_selected),
-    checks.Row("rule.latent_len", checks.positive_int, when=_selected),
-    checks.Row("rule.top_k", checks.positive_int, when=_selected),
-    checks.Row("rule.top_p", checks.in_unit_interval(False, True), when=_selected),
-])
+                   ("top_p", "top_p")), defaults=DEFAULTS,
+    checks=(("tau", checks.positive), ("latent_len", checks.positive_int),
+            ("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True)))))

@@ -68,6 +68,11 @@ class Objective(NamedTuple):
   reference terms): a rule may shape a term's gradient by the sign of A, never
   its value (Latent-GRPO's conditional straight-through, arXiv 2604.27998).
 
+  `has_direct` declares that the terms include direct ones (`Terms.direct`, at
+  `Masks.direct`): the config validation then refuses a policy loss that does not
+  add them (`lrjax.rl.losses.PolicyLoss.supports_direct`), and the learner checks
+  the declaration against the terms when it traces the loss.
+
   `heads` names the entries of params["heads"] the objective reads (the RL phase
   refuses to start without them); `config_section` the config section whose
   fields become ctx.objective_cfg; `metrics` (optional) gives training metrics of a
@@ -89,6 +94,7 @@ class Objective(NamedTuple):
   masks: Callable[[Any, Any], Masks]
   terms: Callable[..., Terms]
   uses_advantages: bool = False
+  has_direct: bool = False  # terms.direct is not None (LEPO's soft CE, Latent RL's value)
   heads: tuple[str, ...] = ()  # params["heads"] entries the terms read
   config_section: str = ""  # the config section frozen into ctx.objective_cfg
   metrics: Callable[..., dict] | None = None  # (ctx, params, traj, aux) -> {name: scalar}

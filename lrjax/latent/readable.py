@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lrjax.latent.base import LATENT, RuleContext
+from lrjax.latent.base import LATENT, RuleContext, rule_options
 from lrjax.registry import Registry
 
 READABLE: Registry[Callable[..., list]] = Registry("readable thought")
@@ -48,8 +48,7 @@ def gumbel_soft(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> li
 
 @READABLE.register("topk_gumbel")
 def topk_gumbel(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
-  from lrjax.latent.latent_grpo import options  # noqa: PLC0415
-  tau = options(ctx.rule_cfg)["tau"]
+  tau = rule_options(ctx.rule, ctx.rule_cfg)["tau"]
   rec = traj.records
   out = []
   for t in np.flatnonzero(np.asarray(rec["soft"][row])).tolist():
@@ -77,14 +76,14 @@ def hidden(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
 
 @READABLE.register("hybrid")
 def hybrid(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
-  from lrjax.latent.hybrid import gate, options  # noqa: PLC0415
+  from lrjax.latent.hybrid import gate  # noqa: PLC0415
   think = np.asarray(traj.records["think"][row])
   ids = np.asarray(traj.ids[row])
   ts = np.flatnonzero(think).tolist()
   if not ts:
     return []
   emb = np.asarray(params["model"]["embed"]["embedding"], np.float32)
-  a, _ = gate(params["rule"], emb[ids[ts]], options(ctx.rule_cfg)["c"])  # T H
+  a, _ = gate(params["rule"], emb[ids[ts]], rule_options(ctx.rule, ctx.rule_cfg)["c"])  # T H
   share = np.mean(np.square(np.asarray(a, np.float64)), axis=-1)  # T
   return [{"t": t, "token": _tok(tokenizer, ids[t]), "token_share": round(float(s), 4)}
           for t, s in zip(ts, share)]

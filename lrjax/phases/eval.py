@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from lrjax.latent import RULES, init_rule_params, prompt_suffix
+from lrjax.latent import init_rule_params, prompt_suffix
 from lrjax.phases import held_out
 from lrjax.phases.workdir import HEADS, load_sidecar, load_tree, resolve_init_folder
 
@@ -19,8 +19,7 @@ from lrjax.phases.workdir import HEADS, load_sidecar, load_tree, resolve_init_fo
 def run_eval(run) -> dict:
   c = run.config
   n = run.num_latent()  # rule.num_latent, or 0: the chain length stored with the model
-  budget = c.eval.max_new + RULES.get(c.rule.name).extra_positions(n)
-  ctx = run.rule_context(c.rule.name, budget, num_latent=n, temperature=c.rl.temperature)
+  ctx = run.eval_context(c.rule.name, num_latent=n, temperature=c.rl.temperature)
   rule_params = init_rule_params(ctx, jax.random.key(c.seed))
   sidecar = load_sidecar(resolve_init_folder(c.init)) if c.init else None
   if sidecar is not None:

@@ -29,7 +29,7 @@ from lrjax import faults, optim
 from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
-from lrjax.latent import RULES, prompt_suffix
+from lrjax.latent import prompt_suffix
 from lrjax.latent.latent_grpo import NAME as LATENT_RULE
 from lrjax.latent_sft import layout, losses
 from lrjax.metrics import Progress, say
@@ -254,8 +254,7 @@ def _labels(run, exs, enc: dict, dec: dict) -> dict:
 def evaluate_latent(run, params: dict, phase: str, step: int, sampled: bool) -> dict:
   """Held-out metrics of `params` under the greedy `topk_gumbel` rollout."""
   e = run.config.eval
-  ctx = run.rule_context(LATENT_RULE, e.max_new + RULES.get(LATENT_RULE).extra_positions(0),
-                         temperature=e.temperature)
+  ctx = run.eval_context(LATENT_RULE, temperature=e.temperature)
   return held_out.evaluate_at(run, phase, step, {"model": params, "rule": {}, "heads": {}}, ctx,
                               prompt_suffix(ctx), sampled=sampled)
 

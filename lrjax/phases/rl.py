@@ -42,31 +42,14 @@ from lrjax import faults, metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import (OBJECTIVES, RuleContext, init_rule_params, objective_of,
-                          prompt_suffix, rule_aux, rule_of)
+from lrjax.latent import RuleContext, init_rule_params, objective_of, prompt_suffix, rule_aux
 from lrjax.model import lora
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, resume, rl_step, workdir
-from lrjax.phases.rl_step import first_token_groups, rule_metrics  # noqa: F401 (public here too)
+from lrjax.phases.rl_context import train_context
+from lrjax.phases.value import init_head
 from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
-from lrjax.rollout import Sampling
-
-
-def train_context(run) -> RuleContext:
-  """The rollout/learner context of the RL phase: the rule, `rl` sampling, and the
-  objective named by `rl.objective` with its config section (overlaid with what
-  earlier phases resolved, `run.heads_cfg`)."""
-  c = run.config
-  base = run.rule_context(c.rule.name, c.rl.max_new, num_latent=run.num_latent(),
-                          temperature=c.rl.temperature)
-  objective_cfg = {}
-  if c.rl.objective:
-    section = OBJECTIVES.get(c.rl.objective).config_section
-    objective_cfg = {**(dict(c[section]) if section else {}), **run.heads_cfg}
-  return base.replace(sampling=Sampling(temperature=c.rl.temperature, top_k=c.rl.top_k,
-                                        top_p=c.rl.top_p, greedy=bool(c.rl.greedy)),
-                      objective=c.rl.objective, objective_cfg=objective_cfg)
 
 
 def check_heads(run, ctx: RuleContext) -> None:
@@ -79,12 +62,6 @@ def check_heads(run, ctx: RuleContext) -> None:
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
         f"no phase of this run made: put the phase that trains it before 'rl' in config.mode "
         f"(Latent RL: mode 'sft,value,rl', or 'value,rl' with config.init)")
-
-
-def eval_budget(max_new: int, ctx: RuleContext) -> int:
-  """Response positions of an evaluation: the answer budget plus what the rule
-  spends before the answer (`hidden`: its latents and `<eot>`)."""
-  return max_new + rule_of(ctx).extra_positions(ctx.num_latent)
 
 
 def check_param_groups(run) -> None:
@@ -109,7 +86,6 @@ def initial_heads(run, ctx: RuleContext) -> dict:
   """params["heads"] at the start of RL: the heads earlier phases made (`run.heads`),
   or those the objective makes itself (`Objective.init_heads`, DLR's assistant), or for
   a check before they ran, freshly initialised ones of the same shapes."""
-  from lrjax.phases.value import init_head  # noqa: PLC0415 - only Latent RL needs it
   made = {"value": lambda: init_head(run, jax.random.key(0)),
           "value_start": lambda: init_head(run, jax.random.key(0))}
   obj = objective_of(ctx)
@@ -122,8 +98,7 @@ def initial_heads(run, ctx: RuleContext) -> dict:
 def run_rl(run) -> None:
   config, rl = run.config, run.config.rl
   ctx = train_context(run)
-  eval_ctx = run.rule_context(ctx.rule, eval_budget(config.eval.max_new, ctx),
-                              num_latent=ctx.num_latent, temperature=rl.temperature)
+  eval_ctx = run.eval_context(ctx.rule, num_latent=ctx.num_latent, temperature=rl.temperature)
   suffix = prompt_suffix(ctx)
   aux = rule_aux(ctx.rule, run.tokenizer, ctx.rule_cfg)
   reward_fn = rewards_lib.REWARDS.get(rl.reward or run.task.reward)

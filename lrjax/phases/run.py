@@ -69,7 +69,8 @@ class Run:
     # first: process_index() (who writes the files below) needs the process group
     distributed.maybe_initialize_distributed(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
-    config_utils.check_resume_config(workdir, config, config.allow_config_mismatch)
+    config_utils.check_resume_config(workdir, config, config.allow_config_mismatch,
+                                     unread=unread_rule_fields(config))
     config_utils.save_config(workdir, config)
     mesh = parallel.make_mesh(config.mesh)
     task = load_task(config.data)
@@ -139,6 +140,22 @@ class Run:
         pad_id=self.special["pad_id"], bot_id=self.special.get("bot_id", -1),
         latent_id=self.special.get("latent_id", -1), eot_id=self.special.get("eot_id", -1),
         num_latent=num_latent, max_new=max_new)
+
+  def eval_context(self, rule: str, num_latent: int = 0, temperature: float = 1.0) -> RuleContext:
+    """`rule_context` for a held-out evaluation: `eval.max_new` answer positions plus
+    what the rule spends before the answer (`ThoughtRule.extra_positions`: `hidden`'s
+    latents and `<eot>`)."""
+    budget = self.config.eval.max_new + RULES.get(rule).extra_positions(num_latent)
+    return self.rule_context(rule, budget, num_latent=num_latent, temperature=temperature)
+
+
+def unread_rule_fields(config) -> tuple[str, ...]:
+  """`config.rule` fields of other rules than the selected one, which nothing reads: a
+  workdir's stored config from before each rule's fields were its own (`use_rule`)
+  holds every rule's, and resuming it must not count them as changes."""
+  fields = lambda rule: {f for _, f in RULES.get(rule).config_fields}  # noqa: E731
+  other = set().union(*(fields(r) for r in RULES.names())) - fields(config.rule.name)
+  return tuple(f"rule.{f}" for f in sorted(other - {"name", "num_latent"}))
 
 
 def _task_texts(task: TaskData) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from lrjax import config_utils, faults, optim, parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
-from lrjax.latent import RULES, prompt_suffix
+from lrjax.latent import prompt_suffix
 from lrjax.metrics import Progress, say
 from lrjax.data.order import data_indices
 from lrjax.model import load_hf
@@ -97,8 +97,7 @@ def evaluate_sft(run, params, step: int, cur: _Curriculum, stage: int) -> dict:
   eval.num_samples rollouts per problem)."""
   e = run.config.eval
   rule, n = sequences.SFT_METHODS.get(run.config.sft.method).eval_rule, cur.num_latent(stage)
-  ctx = run.rule_context(rule, e.max_new + RULES.get(rule).extra_positions(n),
-                         num_latent=n, temperature=e.temperature)
+  ctx = run.eval_context(rule, num_latent=n, temperature=e.temperature)
   suffix = prompt_suffix(ctx)
   sampled = step == run.config.sft.steps or run.config.sft.sample_every_eval
   return held_out.evaluate_at(run, "sft", step, {"model": params, "rule": {}, "heads": {}}, ctx,

@@ -54,6 +54,7 @@ from lrjax.metrics import say
 from lrjax import parallel
 from lrjax.latent import init_rule_params, prompt_suffix, rule_aux
 from lrjax.phases import workdir
+from lrjax.phases.rl_context import train_context
 from lrjax.rl.value_head import (auto_pos_weight, fit_input_norm, init_value_head, roc_auc,
                                  value_logits, weighted_bce)
 
@@ -186,7 +187,6 @@ def train_head(run, data: dict, key: jax.Array) -> tuple[dict, dict]:
 
 
 def run_value(run) -> None:
-  from lrjax.phases.rl import train_context  # noqa: PLC0415
   pdir = workdir.phase_dir(run, "value")
   if workdir.is_done(run, "value"):
     with open(os.path.join(pdir, "DONE")) as f:

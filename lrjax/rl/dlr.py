@@ -30,15 +30,16 @@ import jax.numpy as jnp
 
 from lrjax.latent.dlr import chain_contrastive, chain_kl
 from lrjax.rl.aux_losses import AUX_LOSSES
-from lrjax.rl.losses import POLICY_LOSSES, _kl_term
+from lrjax.rl.losses import _kl_term, register_policy_loss
 
 sg = jax.lax.stop_gradient
 
 
-@POLICY_LOSSES.register("gspo_clip")
+@register_policy_loss("gspo_clip", supports_direct=False)
 def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
               *, ref_logp: jax.Array | None = None, beta: float = 0.0, clip_eps: float = 3e-4,
               clip_eps_high: float | None = None, kl_estimator: str = "k3", kl_clamp: float = 0.0,
+              direct: jax.Array | None = None, direct_mask: jax.Array | None = None,
               **kw) -> tuple[jax.Array, dict]:
   """Clipped surrogate on the length-normalised sequence ratio (GSPO, arXiv 2507.18071):
 
@@ -50,8 +51,13 @@ def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
   optional KL (β > 0 with ref_logp; DLR uses the auxiliary loss `dlr_chain_kl`
   instead) is the per-position estimate averaged over the mask. `dual_clip` and
   `aggregation` do not apply (the loss is per sequence). Metrics as `ppo_clip`'s,
-  `ratio_mean`, `clip_frac` and `approx_kl` at the sequence level.
+  `ratio_mean`, `clip_frac` and `approx_kl` at the sequence level. It has no
+  per-position loss to add direct terms to (`supports_direct=False`): `direct`
+  must be None.
   """
+  if direct is not None or direct_mask is not None:
+    raise ValueError("gspo_clip takes no direct terms: its objective must score every "
+                     "position inside the ratio")
   m = mask.astype(bool)  # B T
   n = jnp.maximum(m.sum(-1), 1).astype(jnp.float32)  # B
   adv = jnp.asarray(advantages, jnp.float32)

@@ -34,17 +34,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent import DONE, OBJECTIVES, Masks, Objective, RuleContext, Terms
+from lrjax.latent import OBJECTIVES, Masks, Objective, RuleContext, Terms, thought_positions
 from lrjax.rl.aux_losses import AUX_LOSSES
 from lrjax.rl.value_head import value_logits, weighted_bce
 
 sg = jax.lax.stop_gradient
-
-
-def thought_positions(ctx: RuleContext, traj) -> jax.Array:
-  """[B, N] bool: t < ctx.num_latent on a live row (the states fed back as thoughts)."""
-  n = traj.ids.shape[1]
-  return (jnp.arange(n) < ctx.num_latent)[None] & (traj.span != DONE)
 
 
 def value_masks(ctx: RuleContext, traj) -> Masks:
@@ -74,7 +68,7 @@ def value_metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
 
 
 LATENT_VALUE = OBJECTIVES.register("latent_value")(Objective(
-    masks=value_masks, terms=value_terms, heads=("value", "value_start"),
+    masks=value_masks, terms=value_terms, has_direct=True, heads=("value", "value_start"),
     config_section="latent_rl", metrics=value_metrics))
 
 

@@ -174,8 +174,14 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
     ref_params = lora.reference(params, ref_params)
     ref_out = KL_REFERENCES.get(spec.kl_reference)(ctx, ref_params, traj, aux)
     ref_logp = jax.lax.stop_gradient(obj.terms(ctx, ref_params, traj, ref_out, aux).ratio)
+  loss_fn = POLICY_LOSSES.get(spec.loss)
+  if (terms.direct is not None) != obj.has_direct:
+    raise ValueError(f"the objective's has_direct={obj.has_direct} does not match its terms "
+                     f"(direct terms {'made' if terms.direct is not None else 'not made'})")
+  if terms.direct is not None and not loss_fn.supports_direct:
+    raise ValueError(f"rl.loss={spec.loss!r} takes no direct terms, but the objective makes them")
   mask = masks.ratio.astype(jnp.float32)  # B N
-  loss, metrics = POLICY_LOSSES.get(spec.loss)(
+  loss, metrics = loss_fn(
       terms.ratio, traj.logp if old_logp is None else old_logp, advantages, mask,
       ref_logp=ref_logp, direct=terms.direct, direct_mask=masks.direct, **spec.loss_kwargs())
   for name, weight in spec.aux_losses:

@@ -1,6 +1,14 @@
 """Policy losses and their token aggregations, as registries.
 
-Every loss in `POLICY_LOSSES` has the signature
+Every entry of `POLICY_LOSSES` is a `PolicyLoss` record: the loss function `fn`
+and what it can take (`uses_ratio`, `supports_direct`), registered with
+
+    @register_policy_loss("my_loss", uses_ratio=True, supports_direct=True)
+    def my_loss(new_logp, old_logp, advantages, mask, **settings): ...
+
+The config validation reads the record: a loss without a ratio refuses
+`rl.updates_per_batch > 1`; one without direct terms refuses an objective that
+makes them. A record is called like its function. `fn` has the signature
 
     fn(new_logp [B, T], old_logp [B, T], advantages [B] or [B, T], mask [B, T], *,
        ref_logp [B, T] | None = None, beta: float = 0.0, clip_eps: float = 0.2,
@@ -27,8 +35,12 @@ The KL covers the ratio positions only. `kl_estimator` names an entry of
 [−c, c] (verl's clamp of k3 to ±10, used by Latent-GRPO arXiv 2604.27998).
 
 A loss that has no importance ratio (it is only correct on-policy, one update
-per rollout batch) declares `fn.has_ratio = False`; the config validation then
-refuses `rl.updates_per_batch > 1` with it.
+per rollout batch) declares `uses_ratio=False`; the config validation then
+refuses `rl.updates_per_batch > 1` with it. A loss that does not add the
+direct terms (`gspo_clip`, one term per sequence) declares
+`supports_direct=False`: paired with an objective that makes them (LEPO's,
+Latent RL's) it would train nothing at those positions, so the config
+validation refuses the pairing and the learner refuses to trace it.
 
 Masked positions may hold anything (padding log-probs of −inf included): they
 are selected away with `where` before any exp, never multiplied, so neither the
@@ -44,6 +56,7 @@ Shape legend: B batch rows, T response positions.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -52,10 +65,40 @@ import jax.numpy as jnp
 from lrjax.registry import Registry
 from lrjax.rl.kl import KL_ESTIMATORS
 
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyLoss:
+  """A registered policy loss: its function and what it can take.
+
+  fn: the loss, fn(new_logp, old_logp, advantages, mask, **settings) -> (loss, metrics).
+  uses_ratio: it has an importance ratio exp(new − old), so several updates per
+      rollout batch stay correct (False: on-policy only, `rl.updates_per_batch` 1).
+  supports_direct: it adds an objective's direct terms −A·d at `direct_mask`
+      (False: it must not be paired with an objective that makes them).
+  """
+  fn: Callable[..., tuple[jax.Array, dict]]
+  uses_ratio: bool = True
+  supports_direct: bool = True
+
+  def __call__(self, *args, **kw) -> tuple[jax.Array, dict]:
+    return self.fn(*args, **kw)
+
+
 AGGREGATIONS = Registry("loss aggregation")
-POLICY_LOSSES = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 sg = jax.lax.stop_gradient
+
+
+def register_policy_loss(name: str, *, uses_ratio: bool = True,
+                         supports_direct: bool = True) -> Callable[[Callable], Callable]:
+  """Registers the decorated function as `POLICY_LOSSES[name]`, a `PolicyLoss` record;
+  returns the function unchanged."""
+  def deco(fn: Callable) -> Callable:
+    POLICY_LOSSES.register(name)(PolicyLoss(fn, uses_ratio, supports_direct))
+    return fn
+  return deco
 
 
 # --------------------------------------------------------------------------- aggregations
@@ -178,7 +221,7 @@ def _finish(pg: jax.Array, kl: jax.Array, kl_active: bool, beta, mask: jax.Array
 # --------------------------------------------------------------------------- losses
 
 
-@POLICY_LOSSES.register("ppo_clip")
+@register_policy_loss("ppo_clip")
 def ppo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
              *, ref_logp: jax.Array | None = None, beta: float = 0.0, clip_eps: float = 0.2,
              clip_eps_high: float | None = None, dual_clip: float | None = None,
@@ -236,7 +279,7 @@ def ppo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, ma
                  direct_mask)
 
 
-@POLICY_LOSSES.register("reinforce_onpolicy")
+@register_policy_loss("reinforce_onpolicy", uses_ratio=False)
 def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantages: jax.Array,
                        mask: jax.Array, *, ref_logp: jax.Array | None = None, beta: float = 0.0,
                        clip_eps: float = 0.2, clip_eps_high: float | None = None,
@@ -255,7 +298,7 @@ def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantag
   `old_logp` (may be None), `clip_eps*` and `dual_clip` are unused except for
   the `ratio_mean`/`approx_kl` metrics, which compare new with old when given.
   It has no ratio, so it is only correct for one update per rollout batch
-  (`has_ratio = False`: the config refuses `rl.updates_per_batch > 1`).
+  (`uses_ratio=False`: the config refuses `rl.updates_per_batch > 1`).
   """
   del clip_eps, clip_eps_high, dual_clip
   new, adv, m = _prepare(new_logp, advantages, mask)
@@ -275,5 +318,3 @@ def reinforce_onpolicy(new_logp: jax.Array, old_logp: jax.Array | None, advantag
   return _finish(pg, kl, kl_active, beta, m, aggregation, kw, metrics, advantages, direct,
                  direct_mask)
 
-
-reinforce_onpolicy.has_ratio = False  # on-policy only: one update per rollout batch

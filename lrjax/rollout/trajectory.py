@@ -89,29 +89,14 @@ def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int,
   return ids, mask
 
 
-def _nearest_tokens(vectors: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-  """argmax_v cos(vectors [..., H], E[v]) -> [...] int."""
-  e = embedding / (np.linalg.norm(embedding, axis=-1, keepdims=True) + 1e-12)  # V H
-  v = vectors / (np.linalg.norm(vectors, axis=-1, keepdims=True) + 1e-12)  # ... H
-  return np.argmax(v @ e.T, axis=-1)
-
-
-def decode(tokenizer: Any, traj: Trajectory, ctx: RuleContext, show_latent: bool = False,
-           embedding: Any = None) -> list[str]:
+def decode(tokenizer: Any, traj: Trajectory, ctx: RuleContext) -> list[str]:
   """Response texts up to (not including) eos, outside jit.
 
-  Positions holding ctx.latent_id are shown as `<latent>`; with `show_latent`
-  (needs `embedding`, the [V, H] table, and a `hidden` record) as `[tok]`, the
-  token whose embedding is nearest (cosine) to the latent input h_t.
+  Positions holding ctx.latent_id are shown as `<latent>` (what a thought stands
+  for, e.g. its nearest tokens, is `lrjax.latent.readable`'s).
   """
   ids = np.asarray(traj.ids)
   span = np.asarray(traj.span)
-  nearest = None
-  if show_latent:
-    if embedding is None or "hidden" not in traj.records:
-      raise ValueError("show_latent needs the embedding table and a `hidden` record")
-    nearest = _nearest_tokens(np.asarray(traj.records["hidden"], np.float32),
-                              np.asarray(embedding, np.float32))  # B N
   texts = []
   for b in range(ids.shape[0]):
     parts, run = [], []
@@ -123,7 +108,7 @@ def decode(tokenizer: Any, traj: Trajectory, ctx: RuleContext, show_latent: bool
         if run:
           parts.append(tokenizer.decode(run))
           run = []
-        parts.append(f"[{tokenizer.decode([int(nearest[b, t])])}]" if show_latent else "<latent>")
+        parts.append("<latent>")
       else:
         run.append(tok)
     if run:

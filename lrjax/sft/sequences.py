@@ -43,9 +43,8 @@ import numpy as np
 
 from lrjax.data.prompts import Prompter
 from lrjax.data.tasks import Problem
+from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.registry import Registry
-
-LATENT_TOKENS = ("<bot>", "<latent>", "<eot>")
 
 
 class SFTMethod(NamedTuple):
