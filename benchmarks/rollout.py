@@ -111,13 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="compile lrjax ahead of time without XLA backend optimisation "
                       "(shorter compiles, slower programs; for smoke tests)")
   p.add_argument("--quick", action="store_true",
-                 help="tiny model, batch 2, 8 new tokens, 1 run, --fast-compile (smoke test)")
+                 help="tiny model, batch 2, 8 new tokens, 1 run (smoke test)")
   args = p.parse_args(argv)
   args.shape = FULL
   if args.quick:
     args.shape, args.batch, args.runs, args.new, args.prompt, args.latent = (
         QUICK, [2], 1, 8, 4, 2)
-    args.fast_compile = True
   args.explicit_devices = args.devices is not None
   args.devices = args.devices or [1, 2]
   if min(args.devices) < 1 or any(b % d for b in args.batch for d in args.devices):
