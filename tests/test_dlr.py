@@ -245,6 +245,76 @@ def test_main_model_gets_no_gradient_no_state_and_is_never_donated(mlp_roll):
   assert all(moved), "every assistant tensor receives an update"
 
 
+def test_total_loss_with_the_configs_beta_and_gamma_matches_numpy(mlp_roll):
+  """L = L_pg + β·KL̄ + γ·L_cl (docs/dlr.md) with configs/dlr.py's ε, β, γ, similarity and
+  temperature, re-derived in NumPy float64 from the replayed chain statistics (μ, log σ of
+  the moved assistant and of `assistant_start`, the stored z and ε, the embedding RMS s):
+
+      s_t  = mean_d log N(z_t; μ_t, σ_t),   ℓ_i = mean_t (s_t − s_t^old),   ρ_i = exp(ℓ_i)
+      L_pg = (1/B) Σ_i max(−A_i ρ_i, −A_i clip(ρ_i, 1 − ε, 1 + ε))
+      KL̄   = mean_{i,t,d} [log σ⁰/σ + (σ² + (μ − μ⁰)²) / (2σ⁰²) − ½]
+      L_cl = −mean_{p,k} log softmax_j(cos(z̃_k, z̃_j) / τ)_k,  z̃ = (μ + σ ε) / s
+
+  against the learner's total loss (the second update of a batch: old terms from the start)."""
+  ctx0, params, traj = mlp_roll
+  c = dlr_config.get_config()
+  beta, gamma, tau, eps = c.dlr.beta, c.dlr.gamma, c.dlr.temperature, c.rl.clip_eps
+  assert (c.dlr.similarity, beta, gamma, tau, eps) == ("cosine", 0.01, 0.1, 0.5, 3e-4)
+  ctx = ctx0.replace(objective_cfg={"group_size": G, "beta": beta, "gamma": gamma,
+                                    "similarity": c.dlr.similarity, "temperature": tau})
+  rl = _rl_cfg()
+  spec = LossSpec.from_config(rl)
+  old = behaviour_logp(ctx, params, traj)  # fixed before the first update
+  rng = np.random.default_rng(11)
+  moved = jax.tree.map(lambda x: x + 0.05 * jnp.asarray(rng.normal(size=x.shape), x.dtype),
+                       params["heads"]["assistant"])
+  policy = {**params, "heads": {**params["heads"], "assistant": moved}}
+  rewards = np.asarray([1.5, -0.5, 0.5, -1.5, -0.5, 1.5, 1.5, -0.5], np.float32)
+  adv = adv_lib.compute_advantages(adv_lib.AdvantageSpec.from_config(rl), jnp.asarray(rewards))
+  loss, m = jax.jit(policy_loss, static_argnums=(0, 1), compiler_options=FAST)(
+      ctx, spec, policy, None, traj, adv, None, old, jnp.asarray(rewards))
+
+  def np_stats(assistant):
+    p = {**params, "heads": {**params["heads"], "assistant": assistant}}
+    return [np.asarray(x, np.float64) for x in _stats(ctx, p, traj)]  # z, ε, μ, log σ
+  z, e, mu, ls = np_stats(moved)
+  _, _, mu0, ls0 = np_stats(params["heads"]["assistant_start"])
+  _, _, mu_old, ls_old = np_stats(params["heads"]["assistant"])
+  assert (np.asarray(traj.ids)[:, :T] == LAT).all()  # every row's chain is scored
+  logn = lambda mu_, ls_: (-0.5 * ((z - mu_) / np.exp(ls_)) ** 2 - ls_  # noqa: E731
+                           - 0.5 * np.log(2 * np.pi)).mean(-1)  # B T
+  s_new, s_old = logn(mu, ls), logn(mu_old, ls_old)
+  np.testing.assert_allclose(np.asarray(old)[:, :T], s_old, rtol=1e-5)
+  b = len(rewards)
+  a = np.zeros(b)
+  for g in range(b // G):
+    r = rewards[g * G:(g + 1) * G].astype(np.float64)
+    a[g * G:(g + 1) * G] = (r - r.mean()) / (r.std(ddof=1) + rl.adv_eps)
+  pg, n_clipped = 0.0, 0
+  for i in range(b):
+    rho = np.exp(np.mean(s_new[i] - s_old[i]))
+    unclipped, clipped = -a[i] * rho, -a[i] * np.clip(rho, 1 - eps, 1 + eps)
+    n_clipped += clipped > unclipped
+    pg += max(unclipped, clipped) / b
+  assert 0 < n_clipped < b  # both branches of the clip occur
+  kl = np.mean(ls0 - ls + (np.exp(2 * ls) + (mu - mu0) ** 2) / (2 * np.exp(2 * ls0)) - 0.5)
+  emb = np.asarray(params["model"]["embed"]["embedding"], np.float64)
+  chains = ((mu + np.exp(ls) * e) / np.sqrt(np.mean(emb ** 2))).reshape(b, -1)
+  l_cl = 0.0
+  for g in range(b // G):
+    u = chains[g * G:(g + 1) * G]
+    u = u / np.linalg.norm(u, axis=-1, keepdims=True)
+    sim = u @ u.T / tau
+    for k in range(G):
+      l_cl -= (sim[k, k] - np.log(np.exp(sim[k]).sum())) / b
+  assert kl > 1e-3 and abs(l_cl - np.log(G)) > 1e-3
+  want = pg + beta * kl + gamma * l_cl
+  np.testing.assert_allclose(float(m["pg_loss"]), pg, rtol=1e-5)
+  np.testing.assert_allclose(float(m["aux_dlr_chain_kl"]), beta * kl, rtol=1e-5)
+  np.testing.assert_allclose(float(m["aux_dlr_contrastive"]), gamma * l_cl, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+
+
 def _tensor_hash(folder):
   from safetensors.numpy import load_file
   t = load_file(os.path.join(folder, "model.safetensors"))
