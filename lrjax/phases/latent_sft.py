@@ -113,11 +113,7 @@ def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, 
       merged = _merge(state, tr)
       return losses.stage1_loss(cfg, merged["enc"], merged["dec"], batch, top_k)
 
-    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
-    upd, opt = optimizer.update(g, state["opt_state"], train)
-    new = _merge(state, optax.apply_updates(train, upd))
-    new["opt_state"] = opt
-    return new, {**m, "grad_norm": optax.global_norm(g)}
+    return _update(state, train, loss_fn, optimizer)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -136,12 +132,18 @@ def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
       return losses.stage2_loss(cfg, _merge(state, tr)["dec"], batch, probs,
                                 float(s.ce_weight), float(s.kl_weight))
 
-    (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
-    upd, opt = optimizer.update(g, state["opt_state"], train)
-    new = _merge(state, optax.apply_updates(train, upd))
-    new["opt_state"] = opt
-    return new, {**m, "grad_norm": optax.global_norm(g)}
+    return _update(state, train, loss_fn, optimizer)
   return jax.jit(step, donate_argnums=0)
+
+
+def _update(state: dict, train: dict, loss_fn, optimizer) -> tuple[dict, dict]:
+  """One optimizer step of `train` (the trainable part of state) on loss_fn(train) ->
+  (loss, metrics); (new state, metrics with grad_norm)."""
+  (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
+  upd, opt = optimizer.update(g, state["opt_state"], train)
+  new = _merge(state, optax.apply_updates(train, upd))
+  new["opt_state"] = opt
+  return new, {**m, "grad_norm": optax.global_norm(g)}
 
 
 def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=None) -> dict:
