@@ -231,7 +231,9 @@ def test_main_model_gets_no_gradient_no_state_and_is_never_donated(mlp_roll):
   before = jax.tree.map(np.array, model)
   start = jax.tree.map(np.array, params["heads"]["assistant_start"])
   update = make_update(ctx, spec, opt)
-  p, s = params, state
+  # the update donates the trainable heads: a copy, so the module's fixture stays whole
+  p = {**params, "heads": jax.tree.map(lambda x: jnp.array(x, copy=True), params["heads"])}
+  s = state
   for _ in range(2):
     p, s, m = update(p, s, None, traj, adv, None, old, rewards)
     assert bool(m["ok"]) and float(m["grad_norm"]) > 0
