@@ -7,19 +7,13 @@ from configs import (base, coconut, dlr, grpo, hrpo, latent_grpo, latent_rl, lat
                      sft, sft_control)
 from lrjax.config_utils import ConfigError
 from lrjax.phases import PHASES
+from lrjax.testing.rehearsal import override
 from lrjax.validate import ROWS, Row, positive, validate_config
 from tests import e2e_runs
 
 
 def _config(module=hrpo, arg=None, **fields):
-  c = module.get_config(arg)
-  for field, value in fields.items():
-    node = c
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return override(module.get_config(arg), fields)
 
 
 def _error(c) -> str:
