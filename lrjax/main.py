@@ -112,9 +112,19 @@ def resolve_config_path(value: str) -> str:
   return value
 
 
+def resolve_config_args(argv: list[str]) -> list[str]:
+  """argv with the value of `--config=PATH` or `--config PATH` through `resolve_config_path`."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith("--config="):
+      out[i] = f"--config={resolve_config_path(a[len('--config='):])}"
+    elif a == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config_path(out[i + 1])
+  return out
+
+
 def parse_flags(argv):
-  argv = [f"--config={resolve_config_path(a[len('--config='):])}" if a.startswith("--config=")
-          else a for a in argv]
+  argv = resolve_config_args(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:

@@ -180,11 +180,16 @@ def test_config_path_resolves_from_any_directory(tmp_path, monkeypatch):
   """`configs/<m>.py` from another directory is the installed `configs` package's file
   (here: the checkout's, on the import path); a local file of that path wins, and a
   file in a `configs/` package folder reads its own siblings."""
-  from lrjax.main import resolve_config_path
+  from lrjax.main import resolve_config_args, resolve_config_path
   monkeypatch.chdir(tmp_path)
   monkeypatch.setattr(sys, "path", list(sys.path))
-  assert resolve_config_path("configs/grpo.py:prosqa") == os.path.join(
-      ROOT, "configs", "grpo.py") + ":prosqa"
+  want = os.path.join(ROOT, "configs", "grpo.py") + ":prosqa"
+  assert resolve_config_path("configs/grpo.py:prosqa") == want
+  # both spellings of the flag (absl reads `--config PATH` as `--config=PATH`)
+  assert resolve_config_args(["m", "--config=configs/grpo.py:prosqa", "--workdir=w"]) == [
+      "m", f"--config={want}", "--workdir=w"]
+  assert resolve_config_args(["m", "--config", "configs/grpo.py:prosqa", "--config.seed=1"]) == [
+      "m", "--config", want, "--config.seed=1"]
   assert resolve_config_path("configs/nope.py") == "configs/nope.py"  # the flag reports it
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "__init__.py").write_text("")
