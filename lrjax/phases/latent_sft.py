@@ -235,22 +235,27 @@ def _labels(run, exs, enc: dict, dec: dict) -> dict:
   n = np.array([layout.num_latents(e, s.compression_rate) for e in exs], np.int32)
   ids_all, probs_all = [], []
   for lo in range(0, len(exs), s.batch_size):
-    batch = layout.stage1_batch(exs[lo:lo + s.batch_size], s.compression_rate,
-                                run.tokenizer.pad_token_id, s.max_len)
+    rows = exs[lo:lo + s.batch_size]
+    # the last batch filled up with its last example: one row count, one compile
+    batch = layout.stage1_batch(rows + rows[-1:] * (s.batch_size - len(rows)),
+                                s.compression_rate, run.tokenizer.pad_token_id, s.max_len)
     ids, probs = jax.device_get(fn(enc, dec, batch))
-    ids_all += list(ids)
-    probs_all += list(probs)
+    ids_all += list(ids[:len(rows)])
+    probs_all += list(probs[:len(rows)])
   width = int(n.max())
-  ids = np.stack([a[:width] if len(a) >= width else np.pad(a, ((0, width - len(a)), (0, 0)))
-                  for a in ids_all]).astype(np.int32)
-  probs = np.stack([a[:width] if len(a) >= width else np.pad(a, ((0, width - len(a)), (0, 0)))
-                    for a in probs_all]).astype(np.float32)
+  ids = np.stack([_fit(a, width) for a in ids_all]).astype(np.int32)
+  probs = np.stack([_fit(a, width) for a in probs_all]).astype(np.float32)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if jax.process_index() == 0:
     np.savez(path, ids=ids, probs=probs, n=n)
   workdir.mark_done(run, phase, {"examples": len(exs), "max_latents": width,
                                  "k": int(ids.shape[-1])})
   return {"ids": ids, "probs": probs, "n": n}
+
+
+def _fit(a: np.ndarray, width: int) -> np.ndarray:
+  """[N, K] rows cut or zero-padded to `width`."""
+  return a[:width] if len(a) >= width else np.pad(a, ((0, width - len(a)), (0, 0)))
 
 
 def evaluate_latent(run, params: dict, phase: str, step: int, sampled: bool) -> dict:
