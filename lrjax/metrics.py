@@ -52,6 +52,23 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def _summary_writer_class() -> type:
+  """tensorboardX's `SummaryWriter`, imported without torch unless torch is loaded.
+
+  tensorboardX imports torch at import time when it is installed (a second or
+  more of CPU per run) only to accept torch tensors; lrjax logs Python floats.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard (tensorboardX)."""
 
@@ -97,8 +114,7 @@ class MetricsWriter:
 
   def _tb_writer(self, phase: str) -> Any:
     if phase not in self._tb:
-      from tensorboardX import SummaryWriter  # deferred: slow import
-      self._tb[phase] = SummaryWriter(
+      self._tb[phase] = _summary_writer_class()(
           os.path.join(self.workdir, "tb", phase), purge_step=self._purge_step.pop(phase, None))
     return self._tb[phase]
 

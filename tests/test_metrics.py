@@ -169,3 +169,16 @@ def test_plot_cli(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(out)) == ["eval.png", "other.png", "train.png"]
+
+
+def test_tensorboard_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch when it is installed; a run logs floats and never
+  pays for it (a fresh interpreter: this worker may have loaded torch already)."""
+  import subprocess
+  import sys
+  code = ("import sys; from lrjax import metrics; "
+          f"w = metrics.MetricsWriter({str(tmp_path)!r}); w.write('rl', 1, {{'a': 1.0}}); "
+          "w.close(); print('torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False", out.stdout + out.stderr
+  assert os.listdir(tmp_path / "tb" / "rl")
