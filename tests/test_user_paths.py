@@ -152,12 +152,10 @@ class ReadmeRuns:
   PARALLEL = 2
 
   def __init__(self, root):
-    import subprocess
-    import sys
     self.root = str(root)
     os.symlink(os.path.join(e2e.ROOT, "configs"), os.path.join(self.root, "configs"))
     self.commands = readme_commands()
-    self.results, self.validated = {}, {}
+    self.results, self.validated, self.retried = {}, {}, {}
     todo = []
     for i, cmd in enumerate(self.commands):
       why = why_validate_only(cmd)
@@ -173,10 +171,7 @@ class ReadmeRuns:
       for i in [i for i in todo if after[i] <= set(self.results)][:self.PARALLEL - len(running)]:
         todo.remove(i)
         cmd = self.commands[i]
-        running[i] = (subprocess.Popen(
-            [sys.executable, "-m", cmd.module, *runnable(cmd)], cwd=self.root,
-            env=dict(e2e.env(), **cmd.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True), time.time())
+        running[i] = (self._start(cmd, fast=True), time.time())
       assert running, f"README commands waiting on each other: {todo}"
       i, (p, t) = next((i, r) for i, r in running.items() if r[0].poll() is not None) \
           if any(r[0].poll() is not None for r in running.values()) else (None, (None, 0))
@@ -184,8 +179,20 @@ class ReadmeRuns:
         time.sleep(0.2)
         continue
       out, err = p.communicate()
+      if e2e.crashed_in_xla(p.returncode) and not self.retried.get(i):
+        self.retried[i] = f"segfault with the fast XLA options: {err.strip()[-300:]}"
+        running[i] = (self._start(self.commands[i], fast=False), t)
+        continue
       self.results[i] = (p.returncode, out, err, time.time() - t)
       del running[i]
+
+  def _start(self, cmd: Command, fast: bool):
+    import subprocess
+    import sys
+    env = dict(e2e.env(cmd.env.get("XLA_FLAGS", ""), fast=fast),
+               **{k: v for k, v in cmd.env.items() if k != "XLA_FLAGS"})
+    return subprocess.Popen([sys.executable, "-m", cmd.module, *runnable(cmd)], cwd=self.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
   def workdir_of(self, config_arg: str) -> str | None:
     """The workdir of the README's plain run of `config_arg` (no mode or init flags)."""
@@ -218,6 +225,8 @@ def test_readme_commands_run_in_order(readme):
   ran = [str(readme.commands[i]) for i in readme.results]
   print("ran:\n" + "\n".join(f"  {readme.results[i][3]:5.1f} s  {readme.commands[i].text}"
                              for i in readme.results))
+  print("".join(f"run again with XLA's default options: {readme.commands[i]} ({why})\n"
+                for i, why in readme.retried.items()), end="")
   print("validated only:\n" + "\n".join(f"  {readme.commands[i].text}  ({why})"
                                         for i, why in readme.validated.items()))
   assert len(ran) >= 15 and len(readme.validated) <= 4
@@ -340,3 +349,13 @@ def test_ci_runs_the_readme_test_command():
   with open(os.path.join(e2e.ROOT, ".ci", "run")) as f:
     ci = [line.strip() for line in f if not line.lstrip().startswith("#")]
   assert tests[0] in ci, (tests[0], ci)
+
+
+def test_a_segfault_with_the_fast_xla_options_runs_again_with_the_defaults(tmp_path):
+  code = ("import os, signal; flags = os.environ.get('XLA_FLAGS', ''); "
+          "'optimization_level=0' in flags and os.kill(os.getpid(), signal.SIGSEGV); "
+          "print('flags=' + flags)")
+  rc, out, err = e2e.run(["-c", code], str(tmp_path))
+  assert rc == 0 and out.strip() == "flags=", (rc, out, err)
+  rc, out, err = e2e.run(["-c", "import os; print(os.environ['XLA_FLAGS'])"], str(tmp_path))
+  assert rc == 0 and out.strip() == e2e.FAST_XLA_FLAGS
