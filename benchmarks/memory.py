@@ -13,29 +13,34 @@ XLA's count per device (`compiled.memory_analysis()`) is
 
     peak = arguments + outputs − aliased (donated) + temporaries
 
-printed beside an analytic count: parameters P·b / S, AdamW state 2·P·b / S,
-gradients P·b / S (float32 when accumulated), the reference copy when β > 0
-(b bytes per parameter, S = fsdp·tensor shards), activations of the update's
+printed beside an analytic count: parameters P·m / S, AdamW state 2·P·m / S,
+gradients P·m / S (float32 when accumulated), the update's copy of the weights in the
+compute dtype P·b / S when m ≠ b, the reference copy P·b / S when β > 0 (m bytes per
+stored parameter, `--param_dtype`: float32 master weights by default, as in a run; b
+bytes per parameter in the compute dtype `--dtype`; S = fsdp·tensor shards), activations
+of the update's
 live rows r (with remat: the L block inputs r·T·H·b plus one block's working
 set; without: L working sets), the vocabulary block r·N·C·4·3 (C =
 logits_chunk, V without chunking), and the rollout's KV cache
-2·L·r·(P+N)·K·D·b plus its decode copy of the weights, gathered whole on
-every device once per rollout (P·b: no all-gather per decoded token). The temporaries
+2·L·r·(P+N)·K·D·b plus its decode copy of the weights in the compute dtype, gathered
+whole on every device once per rollout (P·b: no all-gather per decoded token), beside the
+stored parameters P·m / S. The temporaries
 come from the CPU compiler's schedule; a TPU or GPU schedule differs somewhat.
 
     python benchmarks/memory.py                                # 3 sizes x 3 hosts
     python benchmarks/memory.py --sizes qwen2.5-1.5b --hosts v5e-8 --microbatch 16
     python benchmarks/memory.py --dtype float32 --remat 0 --logits_chunk 0   # the naive setting
+    python benchmarks/memory.py --param_dtype bfloat16   # no master copy (bfloat16 storage)
 
 Training batch: `--batch` rows (prompts x group), `--prompt` prompt tokens,
 `--new` response tokens, the token rule and PPO-clip, one optimizer update.
 `--lora_rank r` (α = `--lora_alpha`, 2r by default) adds LoRA adapters on every
 projection and trains only them (`rl.param_groups` of `configs/hrpo.py:qwen2.5-1.5b`:
 adapters at 5e-6, the base frozen): no AdamW state or optimizer-side gradient for
-the base, and the KL reference is the live base with adapters off (no copy).
-The analytic count then has the base weights, one merged copy W + (α/r)AB and
-its gradient (the learner merges outside the layer scan), and the adapters with
-their AdamW state and gradient.
+the base, which is stored in the compute dtype (frozen: no master copy), and the KL
+reference is the live base with adapters off (no copy). The analytic count then has the
+base weights, one merged copy W + (α/r)AB and its gradient (the learner merges outside
+the layer scan), and the adapters with their AdamW state and gradient (m bytes each).
 
     python benchmarks/memory.py --sizes qwen2.5-1.5b --hosts v5e-8 --lora_rank 32 --beta 0.005
 
@@ -89,7 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=64, help="rows per update (prompts x group)")
   p.add_argument("--prompt", type=int, default=128)
   p.add_argument("--new", type=int, default=512)
-  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--dtype", default="bfloat16", help="model.dtype: the compute dtype")
+  p.add_argument("--param_dtype", default="float32",
+                 help="model.param_dtype: the trained parameters' storage (master weights)")
   p.add_argument("--remat", type=int, default=1)
   p.add_argument("--logits_chunk", type=int, default=8192)
   p.add_argument("--microbatch", type=int, default=0, help="rows per accumulated chunk (0: off)")
@@ -105,8 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def model_config(size: str, args):
   from lrjax.model import lora, preset
-  cfg = preset(size).replace(dtype=args.dtype, remat=bool(args.remat),
-                             logits_chunk=args.logits_chunk)
+  cfg = preset(size).replace(dtype=args.dtype, param_dtype=args.param_dtype,
+                             remat=bool(args.remat), logits_chunk=args.logits_chunk)
   if args.lora_rank:
     cfg = cfg.replace(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha or 2.0 * args.lora_rank,
                       lora_targets=lora.TARGETS)
@@ -125,12 +132,18 @@ def _abstract(tree, shardings):
                       tree, shardings)
 
 
-def abstract_params(cfg, mesh):
-  """{"model", "rule", "heads"} as sharded ShapeDtypeStructs (the token rule has no rule params)."""
+def abstract_params(cfg, mesh, groups=None):
+  """{"model", "rule", "heads"} as sharded ShapeDtypeStructs (the token rule has no rule
+  params); with `groups`, the frozen backbone in the compute dtype, as the RL phase keeps it."""
   from lrjax import parallel
   from lrjax.model import init, lora
-  model = jax.eval_shape(lambda: lora.attach(cfg, init(cfg, jax.random.key(0)), jax.random.key(1)))
-  tree = {"model": model, "rule": {}, "heads": {}}
+  from lrjax.rl.learner import frozen_in_compute_dtype
+
+  def make():
+    model = lora.attach(cfg, init(cfg, jax.random.key(0)), jax.random.key(1))
+    tree = {"model": model, "rule": {}, "heads": {}}
+    return frozen_in_compute_dtype(cfg, groups, tree) if groups is not None else tree
+  tree = jax.eval_shape(make)
   return _abstract(tree, parallel.param_shardings(tree, mesh))
 
 
@@ -156,17 +169,16 @@ def compile_update(cfg, mesh, args, return_inputs: bool = False):
   """The jitted RL update (`make_update`) compiled for abstract sharded inputs (and
   those inputs with `return_inputs`)."""
   from configs import base
-  from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
+  from lrjax.rl.learner import LossSpec, frozen_reference, make_rl_optimizer, make_update
   from lrjax.rollout.trajectory import Trajectory
   ctx = rule_context(cfg, args)
-  from lrjax.model import lora
   rl = base.get_config().rl
   if cfg.lora_rank:  # configs/hrpo.py:qwen2.5-1.5b: adapters only, the base frozen
     rl.param_groups = (("model/lora/.*", 5e-6), ("model/.*", None), (".*", 1e-4))
   optimizer = make_rl_optimizer(rl, 100)
   spec = LossSpec(beta=args.beta)
   update = make_update(ctx, spec, optimizer, microbatch=args.microbatch)
-  params = abstract_params(cfg, mesh)
+  params = abstract_params(cfg, mesh, optimizer.groups)
   opt_state = jax.eval_shape(optimizer.init, params)
   from lrjax import parallel
   opt_state = _abstract(opt_state, parallel.param_shardings(opt_state, mesh))
@@ -177,7 +189,10 @@ def compile_update(cfg, mesh, args, return_inputs: bool = False):
                     logp=s((b, n), jnp.float32), records={}, lengths=s((b,), jnp.int32),
                     truncated=s((b,), bool))
   traj, adv = abstract_batch((traj, s((b,), jnp.float32)), mesh)
-  ref = lora.reference_copy(params) if args.beta > 0 else None  # with LoRA: no model copy
+  ref = None
+  if args.beta > 0:  # with LoRA: no model copy
+    ref = jax.eval_shape(lambda p: frozen_reference(cfg, p), params)
+    ref = _abstract(ref, parallel.param_shardings(ref, mesh))
   inputs = (params, opt_state, ref, traj, adv, None)
   with jax.set_mesh(mesh):  # activations' rows over (data, fsdp): `parallel.constrain_rows`
     compiled = update.lower(*inputs).compile()
@@ -208,9 +223,10 @@ def analytic(cfg, host: Host, args) -> dict:
   data, fsdp, tensor = host.mesh
   shards, row_shards = fsdp * tensor, data * fsdp
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init(cfg, jax.random.key(0)))))
-  b = jnp.dtype(cfg.jnp_dtype).itemsize
-  weights = n_params * b / shards
-  grads = n_params * (4 if args.microbatch else b) / shards
+  b, m = jnp.dtype(cfg.jnp_dtype).itemsize, jnp.dtype(cfg.param_jnp_dtype).itemsize
+  weights = n_params * b / shards  # in the compute dtype
+  stored = n_params * m / shards  # the trained parameters (float32 masters by default)
+  grads = n_params * (4 if args.microbatch else m) / shards
   rows = max((args.microbatch or args.batch) / row_shards, 1)
   t, n = args.prompt + args.new - 1, args.new
   h, f, heads, kv, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
@@ -223,14 +239,15 @@ def analytic(cfg, host: Host, args) -> dict:
     from lrjax.model import lora
     n_lora = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
         lambda: lora.init(cfg, jax.random.key(0)))))
-    update = weights * 3 + n_lora * 4 * b / shards + acts + vocab  # A,B; grads; mu, nu
-  else:
-    update = weights * (3 + (args.beta > 0)) + grads + acts + vocab
+    update = weights * 3 + n_lora * 4 * m / shards + acts + vocab  # A,B; grads; mu, nu
+    stored = weights  # the frozen base: no master copy
+  else:  # masters, AdamW state, gradients, the compute copy, the reference
+    update = stored * 3 + grads + weights * ((m != b) + (args.beta > 0)) + acts + vocab
   roll_rows = max(args.batch / row_shards, 1)
   kv_cache = 2 * cfg.num_layers * roll_rows * (args.prompt + args.new) * kv * d * b
-  return {"params": n_params, "weights": weights, "opt": 2 * weights, "acts": acts + vocab,
+  return {"params": n_params, "weights": stored, "opt": 2 * stored, "acts": acts + vocab,
           "update": update, "kv": kv_cache,
-          "rollout": weights + n_params * b + kv_cache}
+          "rollout": stored + n_params * b + kv_cache}
 
 
 def run(argv: Sequence[str] | None = None) -> list[dict]:

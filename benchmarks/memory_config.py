@@ -1,8 +1,9 @@
 """`benchmarks/memory.py --config=...`: one config's RL step compiled ahead of time.
 
 Builds what the RL phase builds (`lrjax.phases.rl.train_context`, `initial_heads`,
-`init_rule_params`, `lora.attach`, `LossSpec.from_config`, `make_rl_optimizer`,
-`make_update`) from the config alone, every array a `jax.ShapeDtypeStruct` carrying
+`init_rule_params`, `lora.attach`, `frozen_in_compute_dtype` (float32 masters for the
+trained parameters, the frozen ones in `model.dtype`), `frozen_reference`,
+`LossSpec.from_config`, `make_rl_optimizer`, `make_update`) from the config alone, every array a `jax.ShapeDtypeStruct` carrying
 lrjax's shardings on the config's mesh; the trajectory's shapes (the rule's records
 included) come from `jax.eval_shape` of the rule's own rollout. No checkpoint,
 tokenizer or data is read: the model is `model.preset`, special-token ids are stand-ins
@@ -71,10 +72,10 @@ class AbstractRun:
 
 
 def model_config(config):
-  """The preset's ModelConfig with the config's dtype, remat, chunking and LoRA."""
+  """The preset's ModelConfig with the config's dtypes, remat, chunking and LoRA."""
   from lrjax.model import lora, preset
   m = config.model
-  cfg = preset(m.preset).replace(dtype=m.dtype, remat=bool(m.remat),
+  cfg = preset(m.preset).replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=bool(m.remat),
                                  logits_chunk=int(m.get("logits_chunk", 0)))
   if m.lora.rank:
     cfg = cfg.replace(lora_rank=int(m.lora.rank), lora_alpha=float(m.lora.alpha),
@@ -99,15 +100,18 @@ def abstract_step(config, mesh, prompt: int) -> dict:
   from lrjax.latent import init_rule_params
   from lrjax.model import init, lora
   from lrjax.phases.rl import initial_heads, train_context
-  from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
+  from lrjax.optim import ParamGroups
+  from lrjax.rl.learner import (LossSpec, frozen_in_compute_dtype, frozen_reference,
+                                make_rl_optimizer, make_update)
   from lrjax.rollout import rollout
   cfg, special = model_config(config)
   run = AbstractRun(config, cfg, special)
   ctx = train_context(run)
   key = jax.random.key(0)
-  tree = jax.eval_shape(lambda: {
+  groups = ParamGroups(tuple(config.rl.param_groups))
+  tree = jax.eval_shape(lambda: frozen_in_compute_dtype(cfg, groups, {  # as the RL phase
       "model": lora.attach(cfg, init(cfg, key), key),
-      "rule": init_rule_params(ctx, key), "heads": initial_heads(run, ctx)})
+      "rule": init_rule_params(ctx, key), "heads": initial_heads(run, ctx)}))
   params = memory._abstract(tree, parallel.param_shardings(tree, mesh))
   rl = config.rl
   rows = rl.num_prompts * rl.group_size
@@ -127,7 +131,10 @@ def abstract_step(config, mesh, prompt: int) -> dict:
   optimizer = make_rl_optimizer(rl, rl.steps)
   opt_state = jax.eval_shape(optimizer.init, params)
   opt_state = memory._abstract(opt_state, parallel.param_shardings(opt_state, mesh))
-  ref = lora.reference_copy(params) if rl.beta > 0 else None
+  ref = None
+  if rl.beta > 0:  # the frozen reference, its backbone in the compute dtype
+    ref = jax.eval_shape(lambda p: frozen_reference(cfg, p), params)
+    ref = memory._abstract(ref, parallel.param_shardings(ref, mesh))
   update = make_update(ctx, LossSpec.from_config(rl), optimizer,
                        microbatch=int(rl.get("microbatch", 0)), mesh=mesh)
   return {"ctx": ctx, "params": params, "ids": ids, "mask": mask, "key": rkey, "aux": aux,

@@ -69,7 +69,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name in lrjax.model.PRESETS (ignored when init is an HF folder)
+  # compute dtype (activations, the weights as the forward reads them, the HF export)
   c.model.dtype = "float32"
+  # storage dtype of the trained parameters and of AdamW's state: float32 keeps master
+  # weights under a bfloat16 model.dtype (updates below bfloat16's resolution still count)
+  c.model.param_dtype = "float32"
   c.model.remat = False  # rematerialise each decoder block in the backward pass
   # The learner and SFT read log-probs from hidden states in chunks of this many vocabulary
   # columns (no [B, N, V] float32 logits); 0 = full logits. Vocabularies up to it are whole.

@@ -233,6 +233,7 @@ ROWS.extend([
     Row("data.chat_template", one_of(lambda: ["none", "auto"])),
     Row("model.preset", one_of(_presets), when=lambda c: not c.init),  # init brings its shapes
     Row("model.dtype", one_of(_dtypes)),
+    Row("model.param_dtype", one_of(_dtypes)),
     Row("model.logits_chunk", non_negative_int),
     Row("model.lora.rank", non_negative_int),
     Row("model.lora.alpha", positive, when=lambda c: c.model.lora.rank > 0),

@@ -160,3 +160,42 @@ def test_sigkill_leaves_a_restorable_checkpoint(tmp_path):
 def test_config_mismatch_is_reexported():
   assert ckpt_lib.config_mismatch({"rl": {"lr": 1e-5}}, {"rl": {"lr": 1e-4}}) == [
       "rl.lr: 1e-05 (stored) != 0.0001 (now)"]
+
+
+def test_bfloat16_compute_run_resumes_float32_masters(tmp_path):
+  """An SFT run in bfloat16 compute (`model.dtype`) checkpoints its float32 master weights
+  (`model.param_dtype`) and AdamW state, and a resume restores them bit for bit in float32:
+  not bfloat16 values (most masters differ from their bfloat16 rounding)."""
+  from configs import sft
+  from lrjax.optim import make_optimizer
+  from lrjax.phases import workdir as workdir_lib
+  from lrjax.phases.pipeline import prepare, run_phases
+  from lrjax.testing.rehearsal import override
+  fields = {"model.dtype": "bfloat16", "sft.steps": 2, "sft.batch_size": 4,
+            "sft.warmup_steps": 0, "sft.eval_every": 2, "checkpoint.every": 2,
+            "data.train_size": 64, "data.sft_size": 64, "eval.num_problems": 4, "eval.batch_size": 4,
+            "eval.max_new": 8, "eval.sampled": False, "eval.show_samples": 1}
+  config = override(sft.get_config(), fields)
+  assert config.model.param_dtype == "float32"  # the default: master weights
+  work = str(tmp_path / "run")
+  run, phases = prepare(config, work)
+  run_phases(run, phases)
+  trained = jax.device_get(run.params)
+  leaves = jax.tree.leaves(trained)
+  assert all(x.dtype == np.float32 for x in leaves)
+  rounded = [np.asarray(x) != np.asarray(x.astype(jnp.bfloat16), np.float32) for x in leaves]
+  assert np.mean(np.concatenate([r.ravel() for r in rounded])) > 0.5
+  again, _ = prepare(config, work)
+  s = config.sft  # the phase's own optimizer, for its state's structure
+  opt = make_optimizer(s.lr, s.weight_decay, s.warmup_steps, s.steps, s.schedule, s.clip_norm)
+  template = again.place({"params": again.params, "opt_state": opt.init(again.params)})
+  with workdir_lib.checkpointer(again, "sft") as ck:
+    state, step, _ = workdir_lib.try_resume(again, "sft", ck, template)
+  assert step == 2
+  for x, y in zip(jax.tree.leaves(state["params"]), leaves, strict=True):
+    assert x.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(x), y)
+  moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0]
+  assert moments and all(x.dtype == jnp.float32 for x in moments)
+  again.close()
+  run.close()

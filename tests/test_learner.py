@@ -319,48 +319,44 @@ def test_rule_declarations_replace_name_branches(monkeypatch):
 
 def _bf16_vs_f32_update(lr):
   """One learner update (token rule, ppo_clip / token_mean, AdamW of `make_rl_optimizer`)
-  in bfloat16 parameters and activations, and in float32 from the same (bf16-rounded)
-  start. -> (loss32, loss16, {path: (delta32, delta16)} float64)."""
+  in bfloat16 compute with float32 master weights, and in float32, from the same
+  (bf16-rounded) start. -> (loss32, loss16, {path: (delta32, delta16)} float64)."""
   rl = _rl(param_groups=((".*", lr),))
   spec = L.LossSpec.from_config(rl)
-  p16 = {"model": jax.tree.map(lambda x: x.astype(jnp.bfloat16), random_params(seed=4))}
-  p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p16)  # the same values
+  p32 = {"model": jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32),
+                               random_params(seed=4))}
   ctx32 = contexts()["token"]
   traj = sampler_logp(ctx32, p32, make_traj("token", seed=6))
   out = {}
-  for name, ctx, p in (("f32", ctx32, p32),
-                       ("bf16", ctx32.replace(model_cfg=CFG.replace(dtype="bfloat16")), p16)):
+  for name, cfg in (("f32", CFG), ("bf16", CFG.replace(dtype="bfloat16", param_dtype="float32"))):
     opt = L.make_rl_optimizer(rl, 10)
-    upd = L.make_update(ctx, spec, opt)
+    upd = L.make_update(ctx32.replace(model_cfg=cfg), spec, opt)
     step = fast_jit(lambda q, st, t, a, upd=upd: upd(q, st, None, t, a, None))
-    new, _, m = step(_copy(p), opt.init(p), traj, _adv())
+    new, _, m = step(_copy(p32), opt.init(p32), traj, _adv())
     assert bool(m["ok"])
-    assert all(x.dtype == jax.tree.leaves(p)[0].dtype for x in jax.tree.leaves(new))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new))  # the masters
     out[name] = float(m["loss"]), {
         jax.tree_util.keystr(k): np.asarray(b, np.float64) - np.asarray(a, np.float64)
-        for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(p)[0], jax.tree.leaves(new))}
+        for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(p32)[0], jax.tree.leaves(new))}
   return out["f32"][0], out["bf16"][0], {k: (d, out["bf16"][1][k]) for k, d in out["f32"][1].items()}
 
 
 def test_bfloat16_rl_update_matches_float32():
-  """One RL update in bfloat16 against float32 from the same start: the loss within 1e-2
-  relative (measured 3.7e-3) and each tensor's parameter change within a relative L2 of
-  0.2 (weights and biases, measured 0.003-0.13) or 0.4 (the norm scales at 1.0, whose
-  bfloat16 ulp 2^-7 is ~0.4-0.8 lr: measured 0.19-0.27).
+  """One RL update in bfloat16 compute (float32 master weights) against float32 from the
+  same start, at the configs' lr 3e-5: the loss within 1e-2 relative and each tensor's
+  parameter change within a relative L2 of 0.2 (measured 2e-6 to 0.18; norm scales
+  included: the masters keep their step, which bfloat16 storage rounds away at 1.0).
 
-  lr = 1e-2 so the change is far above the parameters' bfloat16 resolution. AdamW's first
-  step is ±lr·sign(g) per element, so the error is the share of elements whose gradient
-  sign bfloat16 flips (rel. L2 ≈ 2√share). attn/k/bias is left out: its gradient is
-  near zero (measured rel. error 0.84, sign noise). At the configs' lr (3e-5) the
-  bfloat16 parameters keep no float32 master copy and ~88% of the weight changes round
-  away (every norm scale's), so the comparison is made at a resolvable lr."""
-  l32, l16, deltas = _bf16_vs_f32_update(1e-2)
+  AdamW's first step is ±lr·sign(g) per element, so the error is the share of elements
+  whose gradient sign bfloat16 compute flips (rel. L2 ≈ 2√share). attn/k/bias is left
+  out: its gradient is near zero (sign noise)."""
+  l32, l16, deltas = _bf16_vs_f32_update(3e-5)
   assert l16 == pytest.approx(l32, rel=1e-2)
   for k, (d32, d16) in deltas.items():
     if k.endswith("['k']['bias']"):
       continue
     err = np.linalg.norm(d16 - d32) / np.linalg.norm(d32)
-    assert err < (0.4 if "scale" in k else 0.2), (k, err)
+    assert err < 0.2, (k, err)
 
 
 # ----------------------------------------------------------------------------- loss options

@@ -92,11 +92,13 @@ def _spy_rollouts(monkeypatch):
 
 
 def _lrjax_greedy(folder, prompt_ids, max_new):
-  """lrjax's greedy token rollout of the exported folder (float32)."""
+  """lrjax's greedy token rollout of the exported folder (float32), the prompt left-padded
+  to the largest prompt bucket: presets whose exports share a layout (vocabulary, special
+  ids) share the compiled rollout."""
   from lrjax.data import special as special_lib, tokenizer as tok_lib
   from lrjax.latent import RuleContext
   from lrjax.model import load_hf
-  from lrjax.rollout import rollout
+  from lrjax.rollout import PROMPT_BUCKETS, bucket_length, pad_prompts, rollout
   from lrjax.sampling import Sampling
   cfg, params = load_hf(folder, dtype="float32")
   ids = special_lib.resolve_special(tok_lib.load_tokenizer(folder), folder)
@@ -104,9 +106,10 @@ def _lrjax_greedy(folder, prompt_ids, max_new):
   ctx = RuleContext(model_cfg=cfg, rule="token", sampling=Sampling(greedy=True),
                     eos_id=ids.eos_ids[0], extra_eos=ids.eos_ids[1:], pad_id=ids.pad_id,
                     max_new=max_new)
-  traj = rollout(ctx, {"model": params, "rule": {}, "heads": {}},
-                 jnp.asarray([prompt_ids], jnp.int32), jnp.ones((1, len(prompt_ids)), jnp.int32),
-                 jax.random.key(0))
+  padded, mask = pad_prompts([prompt_ids],
+                             bucket_length(len(prompt_ids), PROMPT_BUCKETS[-1:]), ids.pad_id)
+  traj = rollout(ctx, {"model": params, "rule": {}, "heads": {}}, jnp.asarray(padded),
+                 jnp.asarray(mask), jax.random.key(0))
   n = int(traj.lengths[0])
   return [int(t) for t in np.asarray(traj.ids)[0, :n]], ids
 

@@ -87,6 +87,7 @@ def test_dlr_pairs_gspo_clip_with_an_objective_without_direct_terms():
     ("sft.method", "cott"),
     ("model.preset", "qwen2.5-7b"),
     ("model.dtype", "bf16"),
+    ("model.param_dtype", "fp32"),
     ("rl.kl_estimator", "k4"),
     ("rl.kl_reference", "token_input"),
 ])

@@ -3,6 +3,12 @@
 Every function takes the static `ModelConfig` first and the parameter pytree
 second; none holds state. `forward` is the one entry point the rollout, the
 SFT scan and the RL learner share.
+
+Parameters are stored in `cfg.param_dtype` and computed with in `cfg.dtype`:
+`compute_params` casts them (float32 master weights under bfloat16 compute); `forward`
+and `decode.prepare` call it, and the rollout and the learner's replay call it once at
+their start, so one cast per step serves every position and the gradient of a loss
+reaches the stored (master) parameters.
 """
 from __future__ import annotations
 
@@ -28,8 +34,18 @@ def module(cfg: ModelConfig) -> Decoder:
   return Decoder(cfg)
 
 
+def compute_params(cfg: ModelConfig, params: dict) -> dict:
+  """`params` with every floating leaf in the compute dtype `cfg.dtype` (leaves already in
+  it are passed through: the identity when the parameters are stored in `cfg.dtype`)."""
+  dt = cfg.jnp_dtype
+
+  def cast(x):
+    return x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt else x
+  return jax.tree.map(cast, params)
+
+
 def init(cfg: ModelConfig, key: jax.Array) -> dict:
-  """Random parameters (N(0, 0.02) weights, unit norms, zero biases)."""
+  """Random parameters (N(0, 0.02) weights, unit norms, zero biases) in cfg.param_dtype."""
   ids = jnp.zeros((1, 1), jnp.int32)
   dummy = jnp.zeros((1, 1, cfg.hidden_size), cfg.jnp_dtype)
   variables = module(cfg).init(key, dummy, ids, jnp.ones((1, 1), bool))
@@ -42,8 +58,10 @@ def embed(cfg: ModelConfig, params: dict, ids: jax.Array) -> jax.Array:
 
 
 def lm_logits(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
-  """float32 logits from final hidden states [..., H] -> [..., V]."""
-  return module(cfg).apply({"params": lora.base(params)}, hidden, method=Decoder.head)
+  """float32 logits from final hidden states [..., H] -> [..., V] (the weights in the compute
+  dtype, then the product in float32)."""
+  return module(cfg).apply({"params": compute_params(cfg, lora.base(params))}, hidden,
+                           method=Decoder.head)
 
 
 def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Array,
@@ -60,10 +78,12 @@ def forward(cfg: ModelConfig, params: dict, embeds: jax.Array, positions: jax.Ar
       at slots [cache.index, cache.index + T).
     fresh_cache: (static) the cache is empty, so it is written but not read.
 
-  LoRA adapters in `params` are merged first (`lora.merged`).
+  LoRA adapters in `params` are merged first (`lora.merged`), then the weights are cast
+  to the compute dtype (`compute_params`).
   """
   hidden, logits_, new_cache = module(cfg).apply(
-      {"params": lora.merged(cfg, params)}, embeds, positions, attention_mask, cache, fresh_cache)
+      {"params": compute_params(cfg, lora.merged(cfg, params))}, embeds, positions,
+      attention_mask, cache, fresh_cache)
   return Output(hidden, logits_, new_cache)
 
 

@@ -68,7 +68,10 @@ class ModelConfig:
   o_bias: bool = False
   mlp_bias: bool = False
   max_position_embeddings: int = 32768
-  dtype: str = "float32"  # parameter and activation dtype
+  dtype: str = "float32"  # compute dtype: activations, and the weights as the forward reads them
+  # storage dtype of the parameters ("" = dtype): float32 under a bfloat16 `dtype` keeps
+  # float32 master weights, cast to `dtype` once per step (`lrjax.model.api.compute_params`)
+  param_dtype: str = ""
   remat: bool = False  # rematerialise each block in the backward pass
   # vocabulary columns per chunk when the learner scores ids from hidden states
   # (`lrjax.model.vocab`); 0 = full [.., V] logits
@@ -93,6 +96,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
     resolve_dtype(self.dtype)
+    if self.param_dtype:
+      resolve_dtype(self.param_dtype)
     if self.logits_chunk < 0:
       raise ValueError(f"logits_chunk must be >= 0 (0 = off), got {self.logits_chunk}")
     rope_type = dict(self.rope_scaling).get("rope_type", "default")
@@ -101,14 +106,22 @@ class ModelConfig:
 
   @property
   def jnp_dtype(self):
+    """The compute dtype."""
     return resolve_dtype(self.dtype)
+
+  @property
+  def param_jnp_dtype(self):
+    """The dtype the parameters are stored (and trained) in."""
+    return resolve_dtype(self.param_dtype or self.dtype)
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
 
   @classmethod
-  def from_hf_dict(cls, d: Mapping[str, Any], dtype: Any = "float32") -> "ModelConfig":
-    """Builds a config from a transformers `config.json` dictionary."""
+  def from_hf_dict(cls, d: Mapping[str, Any], dtype: Any = "float32",
+                   param_dtype: Any = "") -> "ModelConfig":
+    """Builds a config from a transformers `config.json` dictionary (compute dtype
+    `dtype`, parameters stored in `param_dtype`, "" = `dtype`)."""
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(
@@ -146,8 +159,9 @@ class ModelConfig:
         tie_word_embeddings=bool(d.get("tie_word_embeddings", model_type == "qwen2")),
         qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias,
         max_position_embeddings=d.get("max_position_embeddings", 32768),
-        dtype=resolve_dtype(dtype).name, bos_token_id=d.get("bos_token_id"),
-        eos_token_id=eos, pad_token_id=d.get("pad_token_id"))
+        dtype=resolve_dtype(dtype).name,
+        param_dtype=resolve_dtype(param_dtype).name if param_dtype else "",
+        bos_token_id=d.get("bos_token_id"), eos_token_id=eos, pad_token_id=d.get("pad_token_id"))
 
   def to_hf_dict(self) -> dict:
     """A `config.json` dictionary that transformers v4 and v5 both read."""

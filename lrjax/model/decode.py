@@ -34,14 +34,16 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.model import lora
+from lrjax.model.api import compute_params
 from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.model.transformer import rms_norm, rope_inv_freq, rope_tables, rotate
 
 
 def prepare(cfg: ModelConfig, params: dict) -> dict:
   """Decode parameters (call outside loops): per-layer tuples of TRANSPOSED kernels [out, in],
-  q/k/v and gate/up fused, biases as [out, 1] columns; LoRA adapters merged (`lora.merged`)."""
-  params = lora.merged(cfg, params)
+  q/k/v and gate/up fused, biases as [out, 1] columns; LoRA adapters merged (`lora.merged`);
+  in the compute dtype (`api.compute_params`)."""
+  params = compute_params(cfg, lora.merged(cfg, params))
   lp = params["layers"]
   a, m = lp["attn"], lp["mlp"]
   t = lambda w: jnp.swapaxes(w, -1, -2)  # noqa: E731  [..., in, out] -> [..., out, in]

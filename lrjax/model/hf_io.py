@@ -101,22 +101,24 @@ class _Reader:
     return handle.get_tensor(name)
 
 
-def read_config(path: str, dtype: Any = "float32") -> ModelConfig:
+def read_config(path: str, dtype: Any = "float32", param_dtype: Any = "") -> ModelConfig:
   cfg_file = os.path.join(path, "config.json")
   if not os.path.exists(cfg_file):
     raise CheckpointError(f"{path} has no config.json")
   with open(cfg_file) as f:
-    return ModelConfig.from_hf_dict(json.load(f), dtype=dtype)
+    return ModelConfig.from_hf_dict(json.load(f), dtype=dtype, param_dtype=param_dtype)
 
 
-def load_hf(path: str, dtype: Any = jnp.float32, sharding: Any = None) -> tuple[ModelConfig, dict]:
-  """Loads a local HF Qwen2/Llama folder -> (cfg, params) in `dtype`.
+def load_hf(path: str, dtype: Any = jnp.float32, sharding: Any = None,
+            param_dtype: Any = "") -> tuple[ModelConfig, dict]:
+  """Loads a local HF Qwen2/Llama folder -> (cfg, params): compute dtype `dtype`, the
+  parameters stored in `param_dtype` ("" = `dtype`; float32 for master weights).
 
   `sharding`, if given, is a pytree of shardings matching the parameters (see
   `lrjax.parallel.param_shardings`): each tensor is placed as it is read.
   """
-  dtype = resolve_dtype(dtype)
-  cfg = read_config(path, dtype)
+  cfg = read_config(path, dtype, param_dtype)
+  dtype = cfg.param_jnp_dtype
   reader = _Reader(path)
   flat = traverse_util.flatten_dict(abstract_params(cfg))
   flat_sharding = traverse_util.flatten_dict(sharding) if sharding is not None else {}

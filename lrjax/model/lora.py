@@ -69,7 +69,7 @@ def check_targets(targets) -> tuple[str, ...]:
 
 
 def init(cfg: ModelConfig, key: jax.Array) -> dict:
-  """Fresh adapters {group: {name: {"a": [L, in, r], "b": [L, r, out] = 0}}} in cfg's dtype."""
+  """Fresh adapters {group: {name: {"a": [L, in, r], "b": [L, r, out] = 0}}} in cfg.param_dtype."""
   if cfg.lora_rank <= 0:
     raise ValueError("LoRA adapters need cfg.lora_rank > 0")
   shapes, r, n = kernel_shapes(cfg), cfg.lora_rank, cfg.num_layers
@@ -79,7 +79,7 @@ def init(cfg: ModelConfig, key: jax.Array) -> dict:
     bound = d_in ** -0.5  # PEFT: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in))
     a = jax.random.uniform(jax.random.fold_in(key, i), (n, d_in, r), jnp.float32, -bound, bound)
     out.setdefault(GROUPS[name], {})[name] = {
-        "a": a.astype(cfg.jnp_dtype), "b": jnp.zeros((n, r, d_out), cfg.jnp_dtype)}
+        "a": a.astype(cfg.param_jnp_dtype), "b": jnp.zeros((n, r, d_out), cfg.param_jnp_dtype)}
   return out
 
 

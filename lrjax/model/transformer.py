@@ -70,26 +70,27 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int = -1) -> jax.Array:
-  """scale * (x / sqrt(mean(x^2) + eps)) over `axis` (the features), the statistics in float32."""
+  """scale * (x / sqrt(mean(x^2) + eps)) over `axis` (the features), the statistics in float32,
+  the result in x's dtype."""
   xf = x.astype(jnp.float32)
   y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axis, keepdims=True) + eps)
-  return scale * y.astype(x.dtype)
+  return scale.astype(x.dtype) * y.astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
-  """y = w * (x / sqrt(mean(x^2) + eps)), the statistics in float32."""
+  """y = w * (x / sqrt(mean(x^2) + eps)), the statistics in float32; w stored in param_dtype."""
   eps: float
-  dtype: jnp.dtype
+  param_dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
     return rms_norm(x, scale, self.eps)
 
 
-def _dense(features, use_bias, dtype, name):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype,
-                  kernel_init=_INIT, name=name)
+def _dense(features, use_bias, cfg, name):
+  return nn.Dense(features, use_bias=use_bias, dtype=cfg.jnp_dtype,
+                  param_dtype=cfg.param_jnp_dtype, kernel_init=_INIT, name=name)
 
 
 class Attention(nn.Module):
@@ -110,9 +111,9 @@ class Attention(nn.Module):
     b, t, _ = x.shape
     n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = n // k
-    q = _dense(n * d, cfg.qkv_bias, dt, "q")(x).reshape(b, t, n, d)
-    key = _dense(k * d, cfg.qkv_bias, dt, "k")(x).reshape(b, t, k, d)
-    val = _dense(k * d, cfg.qkv_bias, dt, "v")(x).reshape(b, t, k, d)
+    q = _dense(n * d, cfg.qkv_bias, cfg, "q")(x).reshape(b, t, n, d)
+    key = _dense(k * d, cfg.qkv_bias, cfg, "k")(x).reshape(b, t, k, d)
+    val = _dense(k * d, cfg.qkv_bias, cfg, "v")(x).reshape(b, t, k, d)
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions, inv_freq).reshape(b, t, k, g, d)  # B T K G D
     key = apply_rope(key, positions, inv_freq)  # B T K D
@@ -131,7 +132,7 @@ class Attention(nn.Module):
     if old_kv is not None:
       out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., :-t], old_kv[1].astype(dt))
     out = out.reshape(b, t, n * d)
-    return _dense(cfg.hidden_size, cfg.o_bias, dt, "o")(out), (key, val)
+    return _dense(cfg.hidden_size, cfg.o_bias, cfg, "o")(out), (key, val)
 
 
 class MLP(nn.Module):
@@ -140,10 +141,10 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    cfg, dt = self.cfg, self.cfg.jnp_dtype
-    gate = _dense(cfg.intermediate_size, cfg.mlp_bias, dt, "gate")(x)
-    up = _dense(cfg.intermediate_size, cfg.mlp_bias, dt, "up")(x)
-    return _dense(cfg.hidden_size, cfg.mlp_bias, dt, "down")(nn.silu(gate) * up)
+    cfg = self.cfg
+    gate = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "gate")(x)
+    up = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "up")(x)
+    return _dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down")(nn.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -152,23 +153,23 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, old_kv, positions, new_mask, old_mask):
-    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    cfg, pdt = self.cfg, self.cfg.param_jnp_dtype
     x = constrain_rows(x)  # B T H, rows over (data, fsdp) under a mesh
     h, kv = Attention(cfg, name="attn")(
-        RMSNorm(cfg.rms_norm_eps, dt, name="input_norm")(x), positions, new_mask, old_kv, old_mask)
+        RMSNorm(cfg.rms_norm_eps, pdt, name="input_norm")(x), positions, new_mask, old_kv, old_mask)
     x = x + h
-    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="post_attn_norm")(x))
+    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, pdt, name="post_attn_norm")(x))
     return x, kv
 
 
 class LMHead(nn.Module):
   """Untied output projection [H, V]; the product is taken in float32."""
   vocab_size: int
-  dtype: jnp.dtype
+  param_dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, h):
-    kernel = self.param("kernel", _INIT, (h.shape[-1], self.vocab_size), self.dtype)
+    kernel = self.param("kernel", _INIT, (h.shape[-1], self.vocab_size), self.param_dtype)
     return h.astype(jnp.float32) @ kernel.astype(jnp.float32)
 
 
@@ -177,8 +178,8 @@ class Decoder(nn.Module):
   cfg: ModelConfig
 
   def setup(self):
-    cfg, dt = self.cfg, self.cfg.jnp_dtype
-    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=dt,
+    cfg, dt, pdt = self.cfg, self.cfg.jnp_dtype, self.cfg.param_jnp_dtype
+    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=pdt,
                           embedding_init=_INIT, name="embed")
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
     self.layers = nn.scan(
@@ -186,9 +187,9 @@ class Decoder(nn.Module):
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
         unroll=cfg.num_layers if cfg.num_layers <= 4 else 1,
     )(cfg, name="layers")
-    self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")
+    self.final_norm = RMSNorm(cfg.rms_norm_eps, pdt, name="final_norm")
     if not cfg.tie_word_embeddings:
-      self.lm_head = LMHead(cfg.vocab_size, dt, name="lm_head")
+      self.lm_head = LMHead(cfg.vocab_size, pdt, name="lm_head")
 
   def embed_ids(self, ids):
     return self.embed(ids)

@@ -24,16 +24,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lrjax.model.api import lm_logits
+from lrjax.model.api import compute_params, lm_logits
 from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.parallel import constrain_rows
 
 
 def output_table(cfg: ModelConfig, params: dict) -> jax.Array:
-  """W [V, H]: the tied embedding table, or the untied LM head's kernel transposed."""
+  """W [V, H] in the compute dtype: the tied embedding table, or the untied LM head's kernel
+  transposed."""
   if cfg.tie_word_embeddings:
-    return params["embed"]["embedding"]
-  return params["lm_head"]["kernel"].T
+    return compute_params(cfg, params["embed"]["embedding"])
+  return compute_params(cfg, params["lm_head"]["kernel"]).T
 
 
 def chunked(cfg: ModelConfig) -> bool:

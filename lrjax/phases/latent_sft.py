@@ -306,7 +306,8 @@ def run_latent_sft(run) -> None:
   check_config(run.config)
   pdir = workdir.phase_dir(run, PHASE)
   if workdir.is_done(run, PHASE):
-    _, run.params = load_hf(os.path.join(pdir, "export"), dtype=run.config.model.dtype)
+    _, run.params = load_hf(os.path.join(pdir, "export"), dtype=run.config.model.dtype,
+                            param_dtype=run.config.model.param_dtype)
     run.model_num_latent = 0
     say(f"[lrjax] reusing the finished Latent-SFT model in {pdir}")
     return

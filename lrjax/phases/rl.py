@@ -49,7 +49,8 @@ from lrjax.phases import held_out, resume, rl_step, workdir
 from lrjax.phases.rl_context import train_context
 from lrjax.phases.value import init_head
 from lrjax.rl import advantages as adv_lib, dynamic
-from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update
+from lrjax.rl.learner import (LossSpec, frozen_in_compute_dtype, frozen_reference,
+                              make_rl_optimizer, make_update)
 
 
 def check_heads(run, ctx: RuleContext) -> None:
@@ -109,15 +110,16 @@ def run_rl(run) -> None:
   model = lora.attach(ctx.model_cfg, run.params, jax.random.fold_in(key, 3))  # LoRA: B = 0
   params = {"model": model, "rule": init_rule_params(ctx, jax.random.fold_in(key, 1)),
             "heads": initial_heads(run, ctx)}
+  params = frozen_in_compute_dtype(ctx.model_cfg, ParamGroups(tuple(rl.param_groups)), params)
   start_host = parallel.fetch(params)  # a collective with several processes
   start_model = start_host["model"] if rl.log_param_change else None
   start_hashes = resume.tree_hashes(start_host)  # the reference is rebuilt, not stored
   del start_host
   params = run.place(params)
-  # the frozen reference: a copy of the starting tree (the policy's buffers are donated);
-  # with LoRA only of "rule" and "heads": the update reads the live base, adapters off
-  ref_params = (run.place(jax.tree.map(jax.numpy.copy, lora.reference_copy(params)))
-                if rl.beta > 0 else None)
+  # the frozen reference: a copy of the starting tree (the policy's buffers are donated),
+  # its backbone in the compute dtype; with LoRA only of "rule" and "heads": the update
+  # reads the live base, adapters off
+  ref_params = run.place(frozen_reference(ctx.model_cfg, params)) if rl.beta > 0 else None
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec.from_config(rl)
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)

@@ -168,7 +168,8 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
   folder = ""
   if config.init:
     folder = resolve_init_folder(config.init)
-    model_cfg, params = load_hf(folder, dtype=config.model.dtype)
+    model_cfg, params = load_hf(folder, dtype=config.model.dtype,
+                                param_dtype=config.model.param_dtype)
     tokenizer = tok_lib.load_tokenizer(config.tokenizer.path or folder)
   else:
     tok_dir = os.path.join(workdir, "tokenizer")
@@ -181,7 +182,7 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
     model_cfg = preset(config.model.preset)
     vocab = max(model_cfg.vocab_size, -(-len(tokenizer) // 8) * 8)
     model_cfg = model_cfg.replace(vocab_size=vocab, dtype=config.model.dtype,
-                                  remat=config.model.remat, eos_token_id=tokenizer.eos_token_id,
+                                  param_dtype=config.model.param_dtype, remat=config.model.remat, eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     params = init(model_cfg, jax.random.key(config.seed))
   ids = special_lib.resolve_special(tokenizer, folder)  # may add a pad token

@@ -178,7 +178,8 @@ def run_sft(run) -> None:
   if workdir.is_done(run, "sft") and not resume.continue_finished(
       "SFT", pdir, resume.finished_steps(pdir, s.steps), s.steps, "sft.steps"):
     export_dir = os.path.join(pdir, "export")
-    _, run.params = load_hf(export_dir, dtype=config.model.dtype)
+    _, run.params = load_hf(export_dir, dtype=config.model.dtype,
+                            param_dtype=config.model.param_dtype)
     run.model_num_latent = workdir.load_model_meta(export_dir).get("num_latent")
     say(f"[lrjax] reusing the finished SFT model in {pdir}")
     return

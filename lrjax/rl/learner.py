@@ -25,8 +25,9 @@ stored them (`masks.stored_old`) and are recomputed on the same stored inputs
 with the parameters before the first update everywhere else.
 
 The reference for the KL is a frozen copy of the starting tree {"model",
-"rule", "heads"}; with LoRA adapters, the live frozen base with the adapters
-off (`lrjax.model.lora.reference`, no copy of the model). `policy_inputs` (default) replays the policy's stored inputs
+"rule", "heads"}, its backbone in the compute dtype (`frozen_reference`); with LoRA
+adapters, the live frozen base with the adapters off (`lrjax.model.lora.reference`,
+no copy of the model). `policy_inputs` (default) replays the policy's stored inputs
 through the same rule (so the KL is 0 at the first step); `token_inputs`
 replays plain token embeddings E[y] instead (HRPO's choice: the starting
 model without the hybrid mix).
@@ -50,7 +51,7 @@ import optax
 
 from lrjax.faults import guarded_update
 from lrjax.latent import Masks, RuleContext, embedding_table, objective_of
-from lrjax.model import lora
+from lrjax.model import ModelConfig, compute_params, lora
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.parallel import on_mesh
 from lrjax.registry import Registry
@@ -75,6 +76,26 @@ def token_inputs(ctx: RuleContext, ref_params: dict, traj: Any, aux: Any) -> Rep
   """Plain token embeddings E[y_t] of the emitted ids as inputs (HRPO's reference:
   the starting model run on tokens, arXiv 2505.18454)."""
   return replay(ctx, ref_params, traj, aux, inputs=embedding_table(ref_params)[traj.ids])
+
+
+def frozen_in_compute_dtype(cfg: ModelConfig, groups: ParamGroups, params: dict) -> dict:
+  """`params` with the backbone leaves of its frozen groups (lr None: a LoRA base, DLR's
+  main model) in the compute dtype `cfg.dtype`: they never change, so only the trained
+  ones keep a `cfg.param_dtype` (float32 master) copy."""
+  trainable, frozen = groups.split(params)
+  if "model" not in frozen:
+    return params
+  return ParamGroups.merge(trainable, {**frozen, "model": compute_params(cfg, frozen["model"])})
+
+
+def frozen_reference(cfg: ModelConfig, params: dict) -> dict:
+  """The KL reference copied from the starting tree (`lora.reference_copy`), its backbone
+  in the compute dtype `cfg.dtype`: it is only read (each replay casts to that dtype
+  anyway), so it needs no float32 master copy."""
+  ref = lora.reference_copy(params)
+  if "model" in ref:
+    ref = {**ref, "model": compute_params(cfg, ref["model"])}
+  return jax.tree.map(jnp.copy, ref)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from lrjax.latent.base import DONE, RuleContext, rule_of
 from lrjax.model import decode
-from lrjax.model.api import embed, positions_from_mask
+from lrjax.model.api import compute_params, embed, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
 
 
@@ -65,6 +65,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   b, p = prompt_ids.shape
   mask = prompt_mask.astype(bool)  # B P
   prompt_len = jnp.sum(mask, axis=-1, dtype=jnp.int32)  # B
+  params = {**params, "model": compute_params(cfg, params["model"])}  # once, not per step
   dparams = decode.prepare(cfg, params["model"])  # per-layer, fused: split once, not per step
   ends = phase_ends(n)
   hidden, logits, cache = decode.prefill(cfg, dparams, embed(cfg, params["model"], prompt_ids),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.latent.base import DONE, RuleContext, rule_of
-from lrjax.model.api import embed, forward, positions_from_mask
+from lrjax.model.api import compute_params, embed, forward, positions_from_mask
 from lrjax.sampling import token_logp
 from lrjax.rollout.trajectory import Trajectory
 
@@ -45,6 +45,7 @@ def replay(ctx: RuleContext, params: dict, traj: Trajectory, aux=None,
   the rule's x_1 .. x_N (e.g. plain token embeddings for a reference model).
   """
   cfg = ctx.model_cfg
+  params = {**params, "model": compute_params(cfg, params["model"])}  # one cast (masters)
   b, p = traj.prompt_ids.shape
   n = traj.ids.shape[1]
   if inputs is None:

@@ -92,8 +92,8 @@ def real_checkpoint(kind: str, path: str, corpus, seed: int = 0, size: str = "",
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         clean_up_tokenization_spaces=False)
     hf_tok.chat_template = QWEN_TEMPLATE
-    dims = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 2,
-            "num_attention_heads": 12, "num_key_value_heads": 2, **full}
+    dims = {"hidden_size": 48, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 12, "num_key_value_heads": 2, **full}  # head_dim 4
     dims.pop("head_dim", None)  # Qwen2: hidden / heads
     cfg = transformers.Qwen2Config(
         vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
@@ -114,7 +114,7 @@ def real_checkpoint(kind: str, path: str, corpus, seed: int = 0, size: str = "",
         tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
         clean_up_tokenization_spaces=False)
     hf_tok.chat_template = LLAMA_TEMPLATE
-    dims = {"hidden_size": 128, "intermediate_size": 192, "num_hidden_layers": 2,
+    dims = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 4, **full}
     cfg = transformers.LlamaConfig(
         vocab_size=128258, max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
