@@ -45,6 +45,7 @@ def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
 def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
   """Selects thought rule `name`: `config.rule.name`, and every `config.rule` field the
   rule reads at the rule's default (`lrjax.latent.rule_defaults`) unless `fields` sets it."""
+  import lrjax.methods  # noqa: PLC0415,F401 - registers the methods' rules
   from lrjax.latent import rule_defaults  # noqa: PLC0415 - configs load before lrjax runs
   values = rule_defaults(name)
   unknown = sorted(set(fields) - set(values))
