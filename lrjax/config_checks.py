@@ -133,6 +133,8 @@ def off_or_above_one(value, config) -> str | None:
 ROWS: list[Row] = []
 # method name -> its rows (`lrjax.method.Method.rows`), run after ROWS
 METHOD_ROWS: Registry[tuple[Row, ...]] = Registry("method's validation rows")
+# config section -> the typed options record (`lrjax.method.Options`) of the method owning it
+OPTION_SECTIONS: Registry[type] = Registry("method's config section")
 
 
 def check_rows(config, phases: Sequence[str], rows: Sequence[Row] | None = None) -> None:

@@ -14,7 +14,8 @@ method's own module under `lrjax/methods/`, which builds one `Method` record:
         prechecks={"my_phase": check_my_phase},      # PRECHECKS (before any phase)
         heads={"my_head": Head(init, phase)},        # HEADS (params["heads"] entries)
         readable={"my_rule": render},                # READABLE (shown latent thoughts)
-        rows=(Row("my_method.coef", positive),))     # validation rows of its config fields
+        options={"my_method": MyOptions},            # config section -> typed `Options`
+        rows=(Row("my_method.coef", positive),))     # validation rows of other fields
 
 and `lrjax/methods/__init__.py` registers it with `register_method(MY_METHOD)`:
 every part goes into its registry under its name, and the record into `METHODS`.
@@ -28,9 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
-from lrjax.config_checks import METHOD_ROWS, Row
+import ml_collections
+
+from lrjax.config_checks import METHOD_ROWS, OPTION_SECTIONS, Check, Row
 from lrjax.latent.base import RULES, ThoughtRule
 from lrjax.latent.objective import HEADS, OBJECTIVES, Head, Objective
 from lrjax.latent.readable import READABLE
@@ -47,6 +50,48 @@ def _none() -> Mapping:
 
 
 @dataclasses.dataclass(frozen=True)
+class Options:
+  """A method's typed options: subclass as a frozen dataclass whose fields are the
+  fields of its config section, with their defaults (the one place of them), and
+  `CHECKS`, field -> (check(value, config) -> problem or None, phases the check is
+  limited to). An instance checks itself; the config validation runs the same checks
+  on the section (`rows`), when the config has it.
+
+      @dataclasses.dataclass(frozen=True)
+      class MyOptions(Options):
+        weight: float = 0.01
+        CHECKS = {"weight": (non_negative, ("rl",))}
+
+  `configs/base.py`'s `use_options(c, "my_method", weight=0.1)` writes the section.
+  """
+  CHECKS: ClassVar[Mapping[str, tuple[Check, tuple[str, ...]]]] = {}
+
+  def __post_init__(self):
+    for field, (check, _) in self.CHECKS.items():
+      value = getattr(self, field)
+      problem = check(value, None)
+      if problem:
+        raise ValueError(f"{type(self).__name__}.{field}={value!r} {problem}")
+
+  @classmethod
+  def rows(cls, section: str) -> tuple[Row, ...]:
+    """The checks as validation rows of `config.<section>.<field>`."""
+    return tuple(Row(f"{section}.{field}", check, phases=tuple(phases),
+                     when=lambda c, s=section: s in c)
+                 for field, (check, phases) in cls.CHECKS.items())
+
+  @classmethod
+  def from_section(cls, section: Any) -> "Options":
+    """The options a config section holds (a field it leaves out takes its default)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{n: section[n] for n in names if n in section})
+
+  def section(self) -> ml_collections.ConfigDict:
+    """The config section of these options."""
+    return ml_collections.ConfigDict(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """One paper's parts, each under the name a config selects it by (see the module
   docstring). Every field but `name` is optional."""
@@ -60,13 +105,18 @@ class Method:
   prechecks: Mapping[str, Callable[[Any], None]] = dataclasses.field(default_factory=_none)
   heads: Mapping[str, Head] = dataclasses.field(default_factory=_none)
   readable: Mapping[str, Callable[..., list]] = dataclasses.field(default_factory=_none)
+  options: Mapping[str, type] = dataclasses.field(default_factory=_none)
   rows: tuple[Row, ...] = ()
+
+  def all_rows(self) -> tuple[Row, ...]:
+    """`rows` and the checks of its option sections."""
+    return tuple(self.rows) + tuple(r for s, cls in self.options.items() for r in cls.rows(s))
 
   def names(self) -> dict[str, tuple[str, ...]]:
     """{part: the names it registers}: what this method owns and generic code must not
     name."""
     parts = ("rules", "objectives", "policy_losses", "aux_losses", "sft_methods", "phases",
-             "heads")
+             "heads", "options")
     return {p: tuple(getattr(self, p)) for p in parts}
 
 
@@ -76,7 +126,8 @@ METHODS: Registry[Method] = Registry("method")
 def _registries() -> tuple[tuple[str, Registry], ...]:
   return (("rules", RULES), ("objectives", OBJECTIVES), ("policy_losses", POLICY_LOSSES),
           ("aux_losses", AUX_LOSSES), ("sft_methods", SFT_METHODS), ("phases", PHASES),
-          ("prechecks", PRECHECKS), ("heads", HEADS), ("readable", READABLE))
+          ("prechecks", PRECHECKS), ("heads", HEADS), ("readable", READABLE),
+          ("options", OPTION_SECTIONS))
 
 
 def register_method(method: Method) -> Method:
@@ -90,8 +141,8 @@ def register_method(method: Method) -> Method:
       for name, part in getattr(method, field).items():
         registry.register(name)(part)
         done.append((registry, name))
-    if method.rows:
-      METHOD_ROWS.register(method.name)(tuple(method.rows))
+    if method.all_rows():
+      METHOD_ROWS.register(method.name)(method.all_rows())
       done.append((METHOD_ROWS, method.name))
   except ValueError:
     for registry, name in reversed(done):
@@ -106,6 +157,6 @@ def unregister_method(name: str) -> Method:
   for field, registry in _registries():
     for part in getattr(method, field):
       registry.unregister(part)
-  if method.rows:
+  if method.all_rows():
     METHOD_ROWS.unregister(name)
   return method

@@ -146,6 +146,16 @@ def _objective_heads(value, config) -> str | None:
   return None
 
 
+def _objective_section(value, config) -> str | None:
+  """An objective that reads a config section (`Objective.config_section`) needs it."""
+  from lrjax.latent import OBJECTIVES
+  section = OBJECTIVES.get(value).config_section if value else ""
+  if section and section not in config:
+    return (f"reads config.{section}, which this config has not: add it with "
+            f"configs/base.py's use_options(c, {section!r})")
+  return None
+
+
 def _warmup_below_steps(phase: str) -> Check:
   def check(value, config):
     steps = get_field(config, f"{phase}.steps")
@@ -238,6 +248,7 @@ ROWS.extend([
     Row("rl.aux_losses", _aux_losses),
     Row("rl.objective", one_of(_registry("lrjax.latent", "OBJECTIVES", extra=("",)))),
     Row("rl.objective", _objective_heads, phases=("rl",)),
+    Row("rl.objective", _objective_section, phases=("rl",)),
     Row("rl.loss", _loss_takes_objective, phases=("rl",)),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),

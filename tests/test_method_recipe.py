@@ -1,11 +1,13 @@
 """docs/learner.md's "Adding a method" recipe, followed to the letter: a toy method made
-of a thought rule with an option, an objective with its own config section, an
-auxiliary loss and a validation row, all in one module (here: this file), registered
+of a thought rule with an option, an objective, an auxiliary loss and typed options that
+are its own config section (defaults and checks), all in one module (here: this file),
+registered
 with the public call `lrjax/methods/__init__.py` uses, then run through a short
 RL run, and unregistered afterwards (every registry as before).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -13,12 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from lrjax.config_checks import Row, non_negative, positive
+from lrjax.config_checks import non_negative, positive
 from lrjax.config_utils import ConfigError
 from lrjax.latent import (ANSWER, Objective, RuleContext, StepOut, ThoughtRule, embedding_table,
                           rule_options)
 from lrjax.latent.objective import token_masks, token_terms
-from lrjax.method import METHODS, Method, register_method, unregister_method
+from lrjax.method import METHODS, Method, Options, register_method, unregister_method
 from lrjax.sampling import sample, token_logp
 
 # --- the toy method's module ----------------------------------------------------------
@@ -53,6 +55,13 @@ def toy_norm(params, traj, replay_out, *, ctx, **kw):
   return float(ctx.objective_opt("weight")) * value, {"sq": value}
 
 
+@dataclasses.dataclass(frozen=True)
+class ToyOptions(Options):
+  """The `toy` config section: its fields, defaults and checks."""
+  weight: float = 0.01  # toy_norm's weight
+  CHECKS = {"weight": (non_negative, ("rl",))}
+
+
 TOY = Method(
     name="toy",
     rules={RULE: ThoughtRule(step=step, replay_inputs=replay_inputs,
@@ -61,7 +70,7 @@ TOY = Method(
     objectives={"toy_objective": Objective(masks=token_masks, terms=token_terms,
                                            config_section="toy", metrics=objective_metrics)},
     aux_losses={"toy_norm": toy_norm},
-    rows=(Row("toy.weight", non_negative, phases=("rl",), when=lambda c: "toy" in c),))
+    options={"toy": ToyOptions})
 
 
 def toy_config(**fields) -> ml_collections.ConfigDict:
@@ -69,7 +78,7 @@ def toy_config(**fields) -> ml_collections.ConfigDict:
   from configs import base, grpo  # noqa: PLC0415
   c = grpo.get_config()
   base.use_rule(c, RULE, scale=0.5)
-  c.toy = ml_collections.ConfigDict({"weight": 0.01})
+  base.use_options(c, "toy")
   c.rl.objective = "toy_objective"
   c.rl.aux_losses = (("toy_norm", 1.0),)
   for k, v in fields.items():
@@ -113,6 +122,8 @@ def test_the_toy_method_validates_its_fields(toy):
     validate_config(toy_config(**{"rule.scale": -1.0}), PHASES)
   with pytest.raises(ConfigError, match=r"config.toy.weight=-2.0 must be >= 0"):
     validate_config(toy_config(**{"toy.weight": -2.0}), PHASES)
+  with pytest.raises(ValueError, match=r"ToyOptions.weight=-1 must be >= 0"):
+    ToyOptions(weight=-1)
 
 
 def test_the_toy_method_runs_a_short_pipeline(toy, tmp_path):

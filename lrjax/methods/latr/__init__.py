@@ -6,19 +6,16 @@ its own parts are Latent RL's:
     value_phase.py   the `value` phase: pre-trains V on the starting model's thoughts
     latent_rl.py     the `latent_value` objective and the online `value_bce` loss
 
-Its settings are the `latent_rl` config section.
+Its settings are the `latent_rl` config section, typed by `options.LatentRLOptions`
+(their defaults and checks).
 """
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from lrjax import config_checks as checks
 from lrjax.latent.objective import Head
 from lrjax.method import Method
 from lrjax.methods.latr.latent_rl import LATENT_VALUE, value_bce
-
-PHASE = "value"
-SECTION = "latent_rl"
+from lrjax.methods.latr.options import PHASE, SECTION, LatentRLOptions
 
 
 def _run_value(run) -> None:
@@ -31,15 +28,12 @@ def _init_head(run, key):
   return init_head(run, key)
 
 
-def _positive_ints(value, config) -> str | None:
-  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-    return "must be a non-empty tuple of integers >= 1, e.g. (128, 32, 8)"
-  bad = [w for w in value if not checks._is_int(w) or w < 1]
-  return f"has entries that are not integers >= 1: {bad}" if bad else None
-
-
-def _row(field: str, check, phases=(PHASE,)) -> checks.Row:
-  return checks.Row(f"{SECTION}.{field}", check, phases=phases)
+def _section_for_value(value, config) -> str | None:
+  """The value phase reads the `latent_rl` section."""
+  if SECTION not in config:
+    return (f"runs the {PHASE!r} phase, which reads config.{SECTION}: start from "
+            f"configs/latent_rl.py, or add it with configs/base.py's use_options(c, {SECTION!r})")
+  return None
 
 
 LATR = Method(
@@ -47,13 +41,5 @@ LATR = Method(
     phases={PHASE: _run_value},
     # "value" is trained on in RL; "value_start" is the pre-trained head kept frozen
     heads={"value": Head(_init_head, PHASE), "value_start": Head(_init_head, PHASE)},
-    rows=(
-        _row("widths", _positive_ints),
-        _row("dropout", checks.in_unit_interval(True, False), phases=(PHASE, "rl")),
-        _row("pos_weight", checks.non_negative),
-        _row("prompts", checks._compare(">=", 2, integer=True)),
-        _row("samples", checks.positive_int),
-        _row("holdout", checks.in_unit_interval(False, False)),
-        _row("epochs", checks.positive_int),
-        _row("batch_size", checks.positive_int),
-        _row("lr", checks.positive)))
+    options={SECTION: LatentRLOptions},
+    rows=(checks.Row("mode", _section_for_value, phases=(PHASE,)),))
