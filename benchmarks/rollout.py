@@ -56,7 +56,9 @@ import transformers  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402  (resolve the lazy import now)
 
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer  # noqa: E402
-from lrjax.latent import RuleContext, hybrid, init_rule_params  # noqa: E402
+import lrjax.methods  # noqa: E402,F401  (registers the methods)
+from lrjax.latent import RuleContext, init_rule_params  # noqa: E402
+from lrjax.methods import hrpo as hybrid  # noqa: E402
 from lrjax.model import load_hf  # noqa: E402
 from lrjax.rollout import Sampling, rollout  # noqa: E402
 

@@ -45,6 +45,7 @@ def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
 def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
   """Selects thought rule `name`: `config.rule.name`, and every `config.rule` field the
   rule reads at the rule's default (`lrjax.latent.rule_defaults`) unless `fields` sets it."""
+  import lrjax.methods  # noqa: PLC0415,F401 - registers the methods' rules
   from lrjax.latent import rule_defaults  # noqa: PLC0415 - configs load before lrjax runs
   values = rule_defaults(name)
   unknown = sorted(set(fields) - set(values))
@@ -54,6 +55,14 @@ def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
   c.rule.name = name
   for field, value in {**values, **fields}.items():
     c.rule[field] = value
+
+
+def use_options(c: ml_collections.ConfigDict, section: str, **fields) -> None:
+  """Adds a method's own config section `section` (e.g. `latent_rl`): its typed options
+  (`lrjax.method.Options`) at their defaults unless `fields` sets them, checked."""
+  import lrjax.methods  # noqa: PLC0415,F401 - registers the methods' options
+  from lrjax.config_checks import OPTION_SECTIONS  # noqa: PLC0415
+  c[section] = OPTION_SECTIONS.get(section)(**fields).section()
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -218,19 +227,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.reward = ""  # '' = the task's default reward
   c.rl.eval_every = 100
   c.rl.log_every = 10
-
-  # Latent RL's value head (configs/latent_rl.py; read by the `value` phase and by
-  # rl.objective = "latent_value" / the "value_bce" auxiliary loss).
-  c.latent_rl = ml_collections.ConfigDict()
-  c.latent_rl.widths = (128, 32, 8)  # hidden widths of V: H -> 128 -> 32 -> 8 -> 1
-  c.latent_rl.dropout = 0.1
-  c.latent_rl.pos_weight = 0.0  # BCE weight of the positives; 0 = n_neg / n_pos of the data
-  c.latent_rl.prompts = 512  # problems rolled out to pre-train the head
-  c.latent_rl.samples = 4  # sampled responses per problem (at rl.temperature / top_k / top_p)
-  c.latent_rl.holdout = 0.2  # share of those problems held out (the split is by problem)
-  c.latent_rl.epochs = 30
-  c.latent_rl.batch_size = 256  # latent states per head update
-  c.latent_rl.lr = 5e-4  # Adam, pre-training; stage 2 uses the head's rl.param_groups lr
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_problems = 1000  # held-out problems (0 = the whole eval split)

@@ -57,8 +57,8 @@ def get_config(arg=None):
   c.rl.aux_losses = (("value_bce", 1.0),)
   c.rl.beta = 0.0
   c.rl.aggregation = "token_mean"
-  c.latent_rl.prompts = 4096
-  c.latent_rl.samples = 1  # one greedy response per problem
+  # Latent RL's own section (lrjax/methods/latr/options.py: its fields and defaults)
+  base.use_options(c, "latent_rl", prompts=4096, samples=1)  # one greedy response per problem
   # the pre-trained head "value_start" (a yardstick) and the input standardisation stay
   # fixed; the online head learns at 1e-4; the backbone at the shared RL lr
   c.rl.param_groups = (("heads/value_start/.*", None), ("heads/value/input_norm/.*", None),

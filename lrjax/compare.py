@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from absl import app, flags
 from ml_collections import config_flags
 
+import lrjax.methods  # noqa: F401  (registers the shipped methods)
 from lrjax import compare_plots, compare_stability
 from lrjax.compare_plots import mean_se
 from lrjax.config_utils import mode_phases

@@ -2,10 +2,13 @@
 
 Kept apart from `lrjax.validate` (whose registry rows import the registries
 lazily) so that a thought rule can name its checks (`ThoughtRule.checks`) and a
-method can add rows without taking on those imports:
+method can declare rows without taking on those imports:
 
-    from lrjax.config_checks import ROWS, Row, positive
-    ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
+    from lrjax.config_checks import Row, positive
+    Method(..., rows=(Row("my_method.coef", positive, phases=("rl",)),))
+
+`lrjax.method.register_method` files a method's rows in `METHOD_ROWS` under its
+name; the validation runs them after `ROWS`.
 
 `check_rows` reads the rows as they are when it starts: a row added while it
 runs (by a module a check imports) is not seen, so rows must be added before.
@@ -19,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lrjax.config_utils import ConfigError, get_field
+from lrjax.registry import Registry
 
 Check = Callable[[Any, Any], "str | None"]
 
@@ -127,6 +131,10 @@ def off_or_above_one(value, config) -> str | None:
 
 # Every row, in order (`lrjax.validate` adds the core rows; method modules add theirs).
 ROWS: list[Row] = []
+# method name -> its rows (`lrjax.method.Method.rows`), run after ROWS
+METHOD_ROWS: Registry[tuple[Row, ...]] = Registry("method's validation rows")
+# config section -> the typed options record (`lrjax.method.Options`) of the method owning it
+OPTION_SECTIONS: Registry[type] = Registry("method's config section")
 
 
 def check_rows(config, phases: Sequence[str], rows: Sequence[Row] | None = None) -> None:

@@ -53,6 +53,7 @@ def main(argv) -> None:
   if _PRINT_WORKDIR.value:
     print(os.path.abspath(workdir))
     return
+  import lrjax.methods  # noqa: F401  (registers the shipped methods)
   from lrjax.phases.pipeline import prepare, run_phases
   try:
     run, phases = prepare(config, workdir)

@@ -18,10 +18,9 @@ misspelling is an error even where it is not read yet.
 A thought rule declares the checks of its `config.rule` fields itself
 (`ThoughtRule.checks`); they run after `ROWS`, when the rule is selected, on
 the fields the config sets (a field left out takes the rule's default). Other
-fields of a method may add rows explicitly, before validation runs, e.g.
+fields of a method are checked by the rows its `Method` record declares, e.g.
 
-    from lrjax.config_checks import ROWS, Row, positive
-    ROWS.append(Row("rl.my_coef", positive, phases=("rl",)))
+    Method(..., rows=(Row("my_method.coef", positive, phases=("rl",)),))
 
 and a registry's names are checked with `one_of(lambda: MY_REGISTRY.names())`.
 A registered advantage estimator may declare `min_group_size` (GRPO-style
@@ -30,15 +29,16 @@ checked against it. A registered policy loss is a `PolicyLoss` record: with
 `uses_ratio=False` (HRPO's `reinforce_onpolicy`) `rl.updates_per_batch > 1` is
 refused; with `supports_direct=False` (DLR's `gspo_clip`) so is an objective that
 declares direct terms (`Objective.has_direct`: LEPO's rule, Latent RL's
-`latent_value`), whose positions it would not train.
+`latent_value`), whose positions it would not train. A registered method's own
+rows (`lrjax.method.Method.rows`, filed in `METHOD_ROWS`) run after `ROWS`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lrjax.config_checks import (ROWS, Check, Row, _compare, _is_int, _is_number,  # noqa: F401
-                                  boolean, check_rows, in_unit_interval, non_negative,
-                                  non_negative_int, off_or_above_one, off_or_non_negative, one_of,
+from lrjax.config_checks import (METHOD_ROWS, ROWS, Check, Row, _compare,  # noqa: F401
+                                  _is_int, _is_number, boolean, check_rows, in_unit_interval,
+                                  non_negative, non_negative_int, off_or_above_one, off_or_non_negative, one_of,
                                   param_groups, positive, positive_int)
 from lrjax.config_utils import ConfigError, get_field, mode_phases
 
@@ -112,14 +112,6 @@ def _synthetic_task(config) -> bool:
           and TASKS.get(config.data.task).__module__ == "lrjax.data.synthetic")
 
 
-def _microbatch_groups(value, config) -> str | None:
-  """DLR's contrastive term compares the chains of one group: a chunk holds whole groups."""
-  g = int(config.dlr.group_size)
-  if value and value % g:
-    return f"must be a multiple of dlr.group_size={g} (the contrastive term reads whole groups)"
-  return None
-
-
 def _min_group_size(value, config) -> str | None:
   from lrjax.rl.advantages import ADVANTAGES
   need = getattr(ADVANTAGES.get(config.rl.advantage), "min_group_size", 1)
@@ -141,21 +133,27 @@ def _pass_k(value, config) -> str | None:
 
 
 def _objective_heads(value, config) -> str | None:
-  """An objective that reads a head needs the phase that trains it in config.mode."""
-  from lrjax.latent import OBJECTIVES
+  """An objective that reads a head an earlier phase makes (`HEADS`) needs that phase in
+  config.mode."""
+  from lrjax.latent import HEADS, OBJECTIVES
   heads = OBJECTIVES.get(value).heads if value else ()
   phases = mode_phases(config.mode)
-  if "value" in heads and "value" not in phases:
-    return ("reads the value head: run the 'value' phase before 'rl' (config.mode "
-            "'sft,value,rl', or 'value,rl' with config.init)")
+  for h in heads:
+    phase = HEADS.get(h).phase if h in HEADS else ""
+    if phase and phase not in phases:
+      return (f"reads the {h} head: run the {phase!r} phase before 'rl' (config.mode "
+              f"'sft,{phase},rl', or '{phase},rl' with config.init)")
   return None
 
 
-def _positive_ints(value, config) -> str | None:
-  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-    return "must be a non-empty tuple of integers >= 1, e.g. (128, 32, 8)"
-  bad = [w for w in value if not _is_int(w) or w < 1]
-  return f"has entries that are not integers >= 1: {bad}" if bad else None
+def _objective_section(value, config) -> str | None:
+  """An objective that reads a config section (`Objective.config_section`) needs it."""
+  from lrjax.latent import OBJECTIVES
+  section = OBJECTIVES.get(value).config_section if value else ""
+  if section and section not in config:
+    return (f"reads config.{section}, which this config has not: add it with "
+            f"configs/base.py's use_options(c, {section!r})")
+  return None
 
 
 def _warmup_below_steps(phase: str) -> Check:
@@ -251,6 +249,7 @@ ROWS.extend([
     Row("rl.aux_losses", _aux_losses),
     Row("rl.objective", one_of(_registry("lrjax.latent", "OBJECTIVES", extra=("",)))),
     Row("rl.objective", _objective_heads, phases=("rl",)),
+    Row("rl.objective", _objective_section, phases=("rl",)),
     Row("rl.loss", _loss_takes_objective, phases=("rl",)),
     Row("rl.param_groups", param_groups),
     Row("rule.num_latent", non_negative_int),
@@ -298,8 +297,6 @@ ROWS.extend([
     Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
     Row("rl.microbatch", non_negative_int, phases=("rl",)),
     Row("rl.microbatch", _microbatch, phases=("rl",)),
-    Row("rl.microbatch", _microbatch_groups, phases=("rl",),
-        when=lambda c: "dlr" in c and c.rl.objective == "dlr"),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),
@@ -311,19 +308,6 @@ ROWS.extend([
     Row("rl.log_param_change", boolean, phases=("rl",)),
     Row("rl.eval_every", positive_int, phases=("rl",)),
     Row("rl.log_every", positive_int, phases=("rl",)),
-    # Latent RL's value head (the value phase)
-    Row("latent_rl.widths", _positive_ints, phases=("value",)),
-    Row("latent_rl.dropout", in_unit_interval(True, False), phases=("value", "rl")),
-    Row("latent_rl.pos_weight", non_negative, phases=("value",)),
-    Row("latent_rl.prompts", _compare(">=", 2, integer=True), phases=("value",)),
-    Row("latent_rl.samples", positive_int, phases=("value",)),
-    Row("latent_rl.holdout", in_unit_interval(False, False), phases=("value",)),
-    Row("latent_rl.epochs", positive_int, phases=("value",)),
-    Row("latent_rl.batch_size", positive_int, phases=("value",)),
-    Row("latent_rl.lr", positive, phases=("value",)),
-    # DLR: R = R_corr + lambda R_fmt is > 0 exactly when the answer is correct
-    Row("dlr.lambda_format", in_unit_interval(True, False), phases=("rl",),
-        when=lambda c: "dlr" in c),
     # evaluation (every phase evaluates) and checkpoints
     Row("eval.num_problems", non_negative_int),
     Row("eval.batch_size", positive_int),
@@ -357,6 +341,8 @@ def validate_config(config, phases_registry) -> list[str]:
   if len(phases) == 1 and phases[0] in READS_INIT and not config.init:
     raise ConfigError(f"config.init must name a workdir or HF folder for mode={phases[0]}")
   check_rows(config, phases)
+  for method in METHOD_ROWS.names():  # each registered method's own rows
+    check_rows(config, phases, METHOD_ROWS.get(method))
   check_rows(config, phases, rule_rows(config))
   return phases
 

@@ -27,6 +27,8 @@ import jax  # noqa: E402
 # Must run before JAX initialises its backends.
 jax.config.update("jax_num_cpu_devices", 8)
 
+import lrjax.methods  # noqa: E402,F401  (registers the shipped methods, as the entry points do)
+
 # Files that take longest go first, so that with `-n 2` (whole files per worker) the
 # last file to start is a short one (seconds measured on 2 cores, longest first).
 SLOW_FIRST = ("test_user_paths.py", "test_faults.py", "test_compare.py", "test_main.py",

@@ -130,3 +130,31 @@ def test_resume_ignores_other_rules_fields_of_an_older_workdir(tmp_path):
   now.rule.top_k = 20
   with pytest.raises(cu.ConfigMismatchError, match="rule.top_k: 30"):
     cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
+
+
+def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_path, capsys):
+  """A workdir written when configs/base.py held Latent RL's section in every config
+  resumes with a config that has none: one line says the section is dropped, and it is
+  not a mismatch; a changed value elsewhere still is."""
+  import json  # noqa: PLC0415
+
+  from configs import base, hrpo  # noqa: PLC0415
+  from lrjax.config_utils import (ConfigMismatchError, check_resume_config,  # noqa: PLC0415
+                                  save_config, to_dict)
+  from lrjax.phases.run import dropped_sections  # noqa: PLC0415
+  old = hrpo.get_config()
+  base.use_options(old, "latent_rl")
+  w = str(tmp_path)
+  save_config(w, old)
+  now = hrpo.get_config()
+  dropped = dropped_sections(w, now)
+  assert dropped == ("latent_rl",)
+  out = [line for line in capsys.readouterr().out.splitlines() if line]
+  assert len(out) == 1 and "config.latent_rl" in out[0] and "dropped" in out[0], out
+  check_resume_config(w, now, False, unread=dropped)
+  now.rl.clip_eps = 2 * now.rl.clip_eps
+  with pytest.raises(ConfigMismatchError, match="rl.clip_eps"):
+    check_resume_config(w, now, False, unread=dropped)
+  assert dropped_sections(w, old) == ()
+  with open(f"{w}/config.json") as f:
+    assert "latent_rl" in json.load(f) and "latent_rl" in to_dict(old)

@@ -22,10 +22,10 @@ from jax.scipy import stats
 from configs import dlr as dlr_config
 from lrjax import rewards
 from lrjax.latent import OBJECTIVES, RuleContext
-from lrjax.latent import dlr as dlr_rule
-from lrjax.latent.gaussian import contrastive, kl, logpdf, mean_logpdf
+from lrjax.methods.dlr import rule as dlr_rule
+from lrjax.methods.dlr.gaussian import contrastive, kl, logpdf, mean_logpdf
 from lrjax.rl import advantages as adv_lib
-from lrjax.rl.dlr import gspo_clip
+from lrjax.methods.dlr.losses import gspo_clip
 from lrjax.rl.learner import LossSpec, behaviour_logp, make_rl_optimizer, make_update, policy_loss
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory
 from tests.test_replay import BOT, CFG, EOS, EOT, FAST, LAT, model_params

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer
-from lrjax.latent import ANSWER, LATENT, RuleContext, hybrid
+from lrjax.latent import ANSWER, LATENT, RuleContext
+from lrjax.methods import hrpo as hybrid
 from lrjax.model import preset
 from lrjax.rollout import Sampling
 

@@ -1,5 +1,6 @@
 """lrjax's import graphs have no cycle: neither between its parts (in particular
 `latent/` and `rollout/` do not import each other) nor between any two of its modules.
+Generic code does not import `lrjax.methods` and names no method's parts.
 
 Read from the source with `ast` (no module is imported): every `import` and
 `from ... import`, at module level or inside a function, counts. In the package
@@ -150,7 +151,7 @@ def test_module_graph_has_no_cycle():
   """No two modules import each other, even lazily inside a function (a circle that
   only works because one side imports late)."""
   graph = module_graph()
-  assert "lrjax.phases.rl" in graph and "lrjax.phases.value" in graph["lrjax.phases.rl"]
+  assert "lrjax.phases.rl" in graph and "lrjax.phases.rl_context" in graph["lrjax.phases.rl"]
   cycle = find_cycle(graph)
   assert cycle is None, "import cycle between lrjax's modules: " + " -> ".join(cycle)
 
@@ -183,3 +184,73 @@ def test_the_check_sees_a_cycle(tmp_path):
   assert graph == {"lrjax": set(), "lrjax.a": {"lrjax.b"}, "lrjax.b": {"lrjax.a"}}
   assert find_cycle(graph) in (["lrjax.a", "lrjax.b", "lrjax.a"],)
   assert find_cycle({"x": {"y"}, "y": set()}) is None
+
+
+# --- generic code names no method ---------------------------------------------------
+
+# the parts every method builds on; each paper's parts live in lrjax/methods/
+GENERIC = ("lrjax.rl", "lrjax.rollout", "lrjax.phases", "lrjax.model", "lrjax.data",
+           "lrjax.latent", "lrjax.validate")
+
+
+def _generic_sources(package_dir: pathlib.Path = LRJAX) -> dict[str, pathlib.Path]:
+  root = package_dir.parent
+  out = {}
+  for path in sorted(package_dir.rglob("*.py")):
+    module, _ = _module_name(path, root)
+    if any(module == g or module.startswith(g + ".") for g in GENERIC):
+      out[module] = path
+  return out
+
+
+def test_generic_modules_do_not_import_the_methods():
+  """Only entry points (lrjax.main, lrjax.compare, configs, tests) import lrjax.methods;
+  generic code reads the registries the methods fill."""
+  graph = module_graph()
+  sources = _generic_sources()
+  assert "lrjax.phases.rl" in sources and "lrjax.latent.base" in sources
+  bad = {m: sorted(t for t in graph[m] if t == "lrjax.methods" or t.startswith("lrjax.methods."))
+         for m in sources}
+  bad = {m: t for m, t in bad.items() if t}
+  assert not bad, f"generic modules import lrjax.methods: {bad}"
+
+
+def method_names() -> dict[str, str]:
+  """{name: 'method/part'} of every name a registered method owns (its rules, objectives,
+  policy and auxiliary losses, SFT methods, phases and heads), read from the records."""
+  import lrjax.methods  # noqa: F401,PLC0415  (registers them)
+  from lrjax.method import METHODS  # noqa: PLC0415
+  owned = {}
+  for m in METHODS.names():
+    for part, names in METHODS.get(m).names().items():
+      owned.update({n: f"{m}/{part}" for n in names})
+  return owned
+
+
+def string_literals(path: pathlib.Path) -> Iterable[tuple[int, str]]:
+  """(line, value) of every string constant in the source (docstrings included)."""
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+      yield node.lineno, node.value
+
+
+def test_generic_modules_name_no_method():
+  """No generic module holds a method's registered name as a string literal: what a
+  method needs from generic code, it declares in its `Method` record."""
+  owned = method_names()
+  assert {"hybrid", "gumbel_soft", "topk_gumbel", "hidden", "dlr", "latent_value", "value_bce",
+          "gspo_clip", "dlr_chain_kl", "coconut", "value", "latent_sft"} <= set(owned)
+  assert "token" not in owned  # the generic rule belongs to no method
+  from lrjax.data.prompts import PROMPTS  # noqa: PLC0415
+  # prompt formats stay data: lrjax.data.prompts registers each paper's prompt by name
+  prompts = LRJAX / "data" / "prompts.py"
+  found = [f"{path.relative_to(LRJAX.parent)}:{line}: {value!r} ({owned[value]})"
+           for module, path in _generic_sources().items()
+           for line, value in string_literals(path) if value in owned
+           and not (path == prompts and value in PROMPTS)]
+  assert not found, "generic modules name a method's parts:\n" + "\n".join(found)
+
+
+def test_the_name_check_sees_a_literal(tmp_path):
+  (tmp_path / "m.py").write_text('"""doc naming hybrid"""\nX = {"hybrid": 1}\nY = f"a{X}"\n')
+  assert [v for _, v in string_literals(tmp_path / "m.py") if v == "hybrid"] == ["hybrid"]

@@ -15,7 +15,8 @@ import pytest
 from configs import latent_grpo as latent_grpo_config
 from lrjax.config_utils import ConfigError
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer
-from lrjax.latent import ANSWER, DONE, LATENT, RuleContext, latent_grpo as lg
+from lrjax.latent import ANSWER, DONE, LATENT, RuleContext
+from lrjax.methods.latent_grpo import rule as lg
 from lrjax.model import preset
 from lrjax.optim import ParamGroups
 from lrjax.phases import PHASES

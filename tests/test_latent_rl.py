@@ -17,13 +17,13 @@ from configs import latent_rl as latent_rl_config
 from lrjax.config_utils import ConfigError
 from lrjax.latent import RuleContext
 from lrjax.phases import PHASES
-from lrjax.phases.value import make_head_step, split_by_problem, trainable
+from lrjax.methods.latr.value_phase import make_head_step, split_by_problem, trainable
 from lrjax.phases.workdir import load_tree, save_tree
 from lrjax.rl.advantages import ADVANTAGES
 from lrjax.rl.learner import LossSpec, policy_loss
 from lrjax.latent import thought_positions
-from lrjax.rl.value_head import (auto_pos_weight, fit_input_norm, init_value_head, roc_auc,
-                                 value_logits, weighted_bce)
+from lrjax.methods.latr.value_head import (auto_pos_weight, fit_input_norm, init_value_head,
+                                           roc_auc, value_logits, weighted_bce)
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory
 from lrjax.validate import validate_config
 from tests.test_replay import BOT, CFG, EOS, EOT, FAST, LAT, model_params
@@ -167,7 +167,7 @@ def test_objective_and_bce_values(rollout):
   np.testing.assert_allclose(float(loss), policy + bce, rtol=1e-5)
   np.testing.assert_allclose(float(m["aux_value_bce_value_mean"]), sig[mask].mean(), rtol=1e-5)
   # the objective's metrics read the recorded thoughts (= the replayed states)
-  from lrjax.rl.latent_value import value_metrics  # noqa: PLC0415
+  from lrjax.methods.latr.latent_rl import value_metrics  # noqa: PLC0415
   vm = value_metrics(ctx, params, traj)
   np.testing.assert_allclose(float(vm["value_mean"]), sig[mask].mean(), rtol=1e-4)
   # "value_start" is read from its own slot: a different frozen head gives its own mean
@@ -256,7 +256,7 @@ def _value_data(labels, n_latent=2, seed=0):
 
 
 def test_train_head_keeps_the_best_epoch_as_a_host_copy():
-  from lrjax.phases.value import train_head  # noqa: PLC0415
+  from lrjax.methods.latr.value_phase import train_head  # noqa: PLC0415
   run = _value_run(epochs=6)
   labels = np.random.default_rng(1).random(200) < 0.4
   head, summary = train_head(run, _value_data(labels), jax.random.key(0))
@@ -280,7 +280,7 @@ def test_train_head_without_a_better_epoch_returns_a_host_copy():
   """Held-out problems of one class: every epoch's AUC is NaN, no epoch beats the
   start, and the initial head comes back on the host, not as the live device tree
   (placed twice, as "value" and "value_start", it would alias one donated buffer)."""
-  from lrjax.phases.value import train_head  # noqa: PLC0415
+  from lrjax.methods.latr.value_phase import train_head  # noqa: PLC0415
   run = _value_run(epochs=1)
   held = split_by_problem(40, run.config.latent_rl.holdout, run.config.seed)
   labels = ~held  # held-out: all wrong; training: all right, but one wrong below
@@ -294,7 +294,7 @@ def test_train_head_without_a_better_epoch_returns_a_host_copy():
 def test_value_phase_with_one_class_warns_and_keeps_the_initial_head(label, says, capsys):
   """A model that solves every (or no) problem: one warning line, AUC undefined, the
   head returned is the initial one (what random weights or a short warm-up give)."""
-  from lrjax.phases.value import init_head, train_head  # noqa: PLC0415
+  from lrjax.methods.latr.value_phase import init_head, train_head  # noqa: PLC0415
   run = _value_run(epochs=2)
   head, summary = train_head(run, _value_data(np.full(20, label)), jax.random.key(0))
   out = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
@@ -321,7 +321,7 @@ def test_value_phase_then_rl(tmp_path, capsys):
   from lrjax.compare import apply_overrides  # noqa: PLC0415
   from lrjax.data.order import data_window  # noqa: PLC0415
   from lrjax.phases.pipeline import prepare, run_phases  # noqa: PLC0415
-  from lrjax.phases.value import HEAD_FILE, VALUE_STREAM, run_value  # noqa: PLC0415
+  from lrjax.methods.latr.value_phase import HEAD_FILE, VALUE_STREAM, run_value  # noqa: PLC0415
   from tests.test_main import FAST  # noqa: PLC0415
   even = lambda completion, answer: float(answer[-1:] in "02468")  # noqa: E731
   rewards.REWARDS.register("test_even_answer")(even)

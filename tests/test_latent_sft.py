@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrjax.latent_sft import layout, losses
+from lrjax.methods.latent_grpo.latent_sft import layout, losses
 from lrjax.model import forward, init, preset
 
 # prompt P0 P1 P2, think t1..t5 (k = 2: chunks [t1 t2] [t3 t4] [t5]), tail Z0 Z1
@@ -174,7 +174,7 @@ def test_gumbel_perturbation_keeps_end_token_off_top():
 
 
 def test_stage1_gradient_reaches_encoder_only_through_latents():
-  from lrjax.phases.latent_sft import initial_encoder
+  from lrjax.methods.latent_grpo.sft_phase import initial_encoder
   cfg, dec = _tiny()
   enc = initial_encoder(init(cfg, jax.random.key(1)))
   b = layout.stage1_batch([EX], 2, PAD, max_len=64, multiple=8)
@@ -202,7 +202,7 @@ def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
   import types
   import ml_collections
   from lrjax.metrics import MetricsWriter
-  from lrjax.phases import latent_sft as phase
+  from lrjax.methods.latent_grpo import sft_phase as phase
   config = ml_collections.ConfigDict({"latent_sft": {"log_every": 1, "eval_every": 100},
                                       "checkpoint": {"every": 2, "max_to_keep": 2}})
 
@@ -237,7 +237,7 @@ def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
 def test_config_refusals_name_the_field():
   from configs import latent_sft as cfg
   from lrjax.config_utils import ConfigError
-  from lrjax.phases.latent_sft import check_config
+  from lrjax.methods.latent_grpo.sft_phase import check_config
   check_config(cfg.get_config())
   with pytest.raises(ConfigError, match="config.init"):
     check_config(cfg.get_config("paper"))  # latent_sft alone needs a CoT model

@@ -20,7 +20,7 @@ import pytest
 from configs import base
 from lrjax.latent import (ANSWER, DONE, LATENT, RULES, RuleContext, ThoughtRule, prompt_suffix,
                           rule_config)
-from lrjax.latent import hidden as hidden_rule
+from lrjax.methods import coconut as hidden_rule
 from lrjax.model import preset
 from lrjax.phases.run import Run, needs_latent_tokens
 from tests import test_replay as replay_tests
@@ -176,7 +176,7 @@ PLAIN = L.LossSpec(loss="ppo_clip", aggregation="seq_mean")
 
 def _hybrid_aux():
   from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer
-  from lrjax.latent.hybrid import delimiter_aux
+  from lrjax.methods.hrpo import delimiter_aux
   return delimiter_aux(build_char_tokenizer(DEFAULT_ALPHABET), "####", CFG.vocab_size)
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from configs import lepo as lepo_config
 from lrjax.config_utils import ConfigError
-from lrjax.latent import ANSWER, DONE, LATENT, RuleContext, lepo
+from lrjax.latent import ANSWER, DONE, LATENT, RuleContext
+from lrjax.methods import lepo
 from lrjax.model import preset
 from lrjax.phases import PHASES
 from lrjax.rl import learner

@@ -89,7 +89,7 @@ def test_split_and_merge_round_trip():
 @pytest.fixture(scope="module")
 def setup():
   from lrjax.data.tokenizer import build_char_tokenizer
-  from lrjax.latent.hybrid import delimiter_aux
+  from lrjax.methods.hrpo import delimiter_aux
   cfg = preset("tiny")
   aux = delimiter_aux(build_char_tokenizer("0123456789+-*=<># ab,?\n"))
   ctx = RuleContext(model_cfg=cfg, rule="hybrid", rule_cfg={"c": 8.0, "r_min": 0.95, "top_k": 50},

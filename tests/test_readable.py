@@ -10,7 +10,7 @@ import pytest
 
 from lrjax import inspect as inspect_lib
 from lrjax.latent import ANSWER, LATENT, RuleContext
-from lrjax.latent.hybrid import init_params as hybrid_init
+from lrjax.methods.hrpo import init_params as hybrid_init
 from lrjax.latent.readable import readable
 from lrjax.model import preset
 from lrjax.phases.held_out import truncate_samples, write_samples

@@ -14,7 +14,7 @@ import pytest
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer
 from lrjax.latent import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
                           embedding_table)
-from lrjax.latent import hybrid
+from lrjax.methods import hrpo as hybrid
 from lrjax.model import abstract_params, preset
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory, token_logp
 

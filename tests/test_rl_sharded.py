@@ -28,7 +28,7 @@ def test_sharded_update_matches_single_device(rule, loss):
   rule_cfg = {}
   if rule == "hybrid":
     from lrjax.data.tokenizer import build_char_tokenizer
-    from lrjax.latent.hybrid import delimiter_aux
+    from lrjax.methods.hrpo import delimiter_aux
     aux = delimiter_aux(build_char_tokenizer("0123456789+-*=<># ab,?\n"))
     # r_min 0.95: the gate mixes in the soft embedding, but the policy stays close enough
     # to the token-input reference that exp(ref - new) in the k3 KL does not amplify
@@ -74,7 +74,7 @@ def test_rollout_with_batch_over_data_mesh_matches_single_device(rule):
   benchmarks/rollout.py --devices and a data-parallel trainer run) samples the same
   trajectory as one device: same tokens, log-probs to float rounding."""
   from lrjax.data.tokenizer import build_char_tokenizer
-  from lrjax.latent.hybrid import delimiter_aux
+  from lrjax.methods.hrpo import delimiter_aux
   cfg = preset("tiny").replace(num_layers=2)
   aux = delimiter_aux(build_char_tokenizer("0123456789+-*=<># ab,?\n")) if rule == "hybrid" else None
   ctx = RuleContext(model_cfg=cfg, rule=rule, rule_cfg={"top_k": 50} if rule == "hybrid" else {},

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer
-from lrjax.latent import ANSWER, DONE, LATENT, RuleContext, hybrid
+from lrjax.latent import ANSWER, DONE, LATENT, RuleContext
+from lrjax.methods import hrpo as hybrid
 from lrjax.model import preset
 from lrjax.rollout import (Sampling, Trajectory, bucket_length, decode, pad_prompts, rollout,
                            sample_trajectory, token_logp)

@@ -1,5 +1,6 @@
 """Config validation before any phase: registry names, param_groups, out-of-range values."""
 import importlib
+import types
 
 import pytest
 
@@ -10,6 +11,22 @@ from lrjax.phases import PHASES
 from lrjax.testing.rehearsal import override
 from lrjax.validate import ROWS, Row, positive, validate_config
 from tests import e2e_runs
+
+
+def test_a_method_section_is_its_own():
+  """Latent RL's section is not in every config: a config without it that reads it (the
+  value phase, the latent_value objective) is refused in one line naming the section;
+  the section's values are checked when it is there, and by its typed options."""
+  assert "latent_rl" not in hrpo.get_config() and "latent_rl" in latent_rl.get_config()
+  msg = _error(_config(hrpo, **{"rl.objective": "latent_value", "mode": "sft,value,rl"}))
+  assert msg.startswith("config.rl.objective='latent_value' reads config.latent_rl"), msg
+  msg = _error(_config(hrpo, mode="sft,value,rl"))
+  assert msg.startswith("config.mode='sft,value,rl' runs the 'value' phase, which reads "
+                        "config.latent_rl"), msg
+  msg = _error(_config(latent_rl, **{"latent_rl.holdout": 1.5}))
+  assert msg.startswith("config.latent_rl.holdout=1.5 must be"), msg
+  with pytest.raises(ValueError, match="LatentRLOptions.prompts=1 must be >= 2"):
+    base.use_options(hrpo.get_config(), "latent_rl", prompts=1)
 
 
 def _config(module=hrpo, arg=None, **fields):
@@ -55,10 +72,20 @@ def test_every_shipped_config_and_preset_passes(name):
     assert validate_config(c, PHASES) == c.mode.split(","), (name, arg)
 
 
+def _hrpo_with_latent_rl(arg=None):
+  """configs/hrpo.py with Latent RL's own section added (its defaults)."""
+  c = hrpo.get_config(arg)
+  base.use_options(c, "latent_rl")
+  return c
+
+
+HRPO_LATENT_RL = types.SimpleNamespace(get_config=_hrpo_with_latent_rl)
+
+
 @pytest.mark.parametrize("module, fields, whose", [
     (lepo, {}, "the objective of config.rule.name='gumbel_soft'"),
     (latent_rl, {}, "config.rl.objective='latent_value'"),
-    (hrpo, {"rl.objective": "latent_value", "mode": "sft,value,rl"},
+    (HRPO_LATENT_RL, {"rl.objective": "latent_value", "mode": "sft,value,rl"},
      "config.rl.objective='latent_value'"),
 ])
 def test_a_loss_without_direct_terms_is_refused_with_an_objective_that_makes_them(

@@ -29,7 +29,7 @@ old terms recomputed (Latent-GRPO, arXiv 2604.27998) returns an all-False
 
 An objective can also be chosen by name instead of the rule's own
 (`rl.objective`, a name in `OBJECTIVES`; '' = the rule's): Latent RL's
-value-guided objective (`lrjax.rl.latent_value`) scores the `hidden` rule's
+value-guided objective (`lrjax.methods.latr.latent_rl`) scores the `hidden` rule's
 thoughts with a value head instead of scoring tokens. Such an objective names
 the heads it reads (`heads`, entries of params["heads"]) and the config section
 its settings come from (`config_section`, frozen into ctx.objective_cfg).
@@ -122,3 +122,18 @@ TOKEN_OBJECTIVE = Objective(masks=token_masks, terms=token_terms)
 
 # name -> Objective chosen by `rl.objective` instead of the thought rule's own
 OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+class Head(NamedTuple):
+  """An entry of params["heads"] that an earlier phase makes (e.g. a value head).
+
+  init(run, key) -> a fresh head of the run's shapes (the RL phase's checks before
+      that phase ran read its shapes); phase: the phase that trains it, which must
+      come before `rl` in `config.mode` when the objective reads it.
+  """
+  init: Callable[[Any, jax.Array], Any]
+  phase: str
+
+
+# head name -> Head (entries of params["heads"] that objectives read, `Objective.heads`)
+HEADS: Registry[Head] = Registry("head")

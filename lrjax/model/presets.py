@@ -17,7 +17,7 @@ PRESETS: dict[str, ModelConfig] = {
                         num_heads=4, num_kv_heads=2, model_type="qwen2", rope_theta=10000.0,
                         tie_word_embeddings=True, max_position_embeddings=2048),
     # ~0.1M parameters: the DLR assistant beside `tiny` (its vocab_size is set to the main
-    # model's when it is built, `lrjax.latent.assistant`).
+    # model's when it is built, `lrjax.methods.dlr.assistant`).
     "tiny-assistant": ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=176,
                                   num_layers=2, num_heads=4, num_kv_heads=2, model_type="qwen2",
                                   rope_theta=10000.0, tie_word_embeddings=True,

@@ -1,13 +1,12 @@
 """The pipeline: the phases `lrjax.main` runs, in the order `config.mode` lists them.
 
     sft   phases/sft.py   CoT / No-CoT / Coconut warm-up: run.params, <workdir>/sft/
-    latent_sft  phases/latent_sft.py  Latent-SFT from run.params: run.params, <workdir>/latent_sft/
-    value phases/value.py Latent RL's value head on thoughts: run.heads["value"], <workdir>/value/
     rl    phases/rl.py    rollout, rewards, advantages, updates: run.params, <workdir>/rl/
     eval  phases/eval.py  held-out metrics of `config.init` (and its rule sidecar)
     span_probe  phases/span_probe.py  does `config.init` read information from a latent span?
 
-and what the phases share:
+and a method's own phases (`lrjax.method.Method.phases`, e.g. Latent RL's value
+head, Latent-SFT), registered with the method; and what the phases share:
 
     phases/run.py       `Run`: config, workdir, mesh, task, tokenizer, model, metrics writer
     phases/workdir.py   a phase's files: checkpoints, resume, export, DONE
@@ -16,7 +15,7 @@ and what the phases share:
 
 A phase is `fn(run) -> None` on the `lrjax.phases.run.Run` that every phase
 shares; the parameters pass from one phase to the next through `run.params`
-and `run.rule_params` (extra heads, e.g. the value head, through `run.heads`).
+and `run.rule_params` (extra heads, e.g. a value head, through `run.heads`).
 
 `PRECHECKS` holds optional checks of a phase that need the built `Run` (model
 and tokenizer) but no training; `lrjax.main` runs those of every requested
@@ -42,18 +41,6 @@ def _sft(run) -> None:
   run_sft(run)
 
 
-@PHASES.register("latent_sft")
-def _latent_sft(run) -> None:
-  from lrjax.phases.latent_sft import run_latent_sft
-  run_latent_sft(run)
-
-
-@PRECHECKS.register("latent_sft")
-def _latent_sft_check(run) -> None:
-  from lrjax.phases.latent_sft import check_config
-  check_config(run.config)
-
-
 @PHASES.register("eval")
 def _eval(run) -> None:
   from lrjax.phases.eval import run_eval
@@ -64,12 +51,6 @@ def _eval(run) -> None:
 def _span_probe(run) -> None:
   from lrjax.phases.span_probe import run_span_probe
   run_span_probe(run)
-
-
-@PHASES.register("value")
-def _value(run) -> None:
-  from lrjax.phases.value import run_value
-  run_value(run)
 
 
 @PHASES.register("rl")

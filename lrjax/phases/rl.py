@@ -42,12 +42,12 @@ from lrjax import faults, metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
-from lrjax.latent import RuleContext, init_rule_params, objective_of, prompt_suffix, rule_aux
+from lrjax.latent import (HEADS, RuleContext, init_rule_params, objective_of, prompt_suffix,
+                          rule_aux)
 from lrjax.model import lora
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, resume, rl_step, workdir
 from lrjax.phases.rl_context import train_context
-from lrjax.phases.value import init_head
 from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import (LossSpec, frozen_in_compute_dtype, frozen_reference,
                               make_rl_optimizer, make_update)
@@ -61,8 +61,9 @@ def check_heads(run, ctx: RuleContext) -> None:
   if missing:
     raise ConfigError(
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
-        f"no phase of this run made: put the phase that trains it before 'rl' in config.mode "
-        f"(Latent RL: mode 'sft,value,rl', or 'value,rl' with config.init)")
+        f"no phase of this run made: put the phase that trains it before 'rl' in config.mode"
+        + (f" ('{p}' with config.init, or 'sft,{p}' before 'rl')"
+           if (p := HEADS.get(missing[0]).phase if missing[0] in HEADS else "") else ""))
 
 
 def check_param_groups(run) -> None:
@@ -87,8 +88,7 @@ def initial_heads(run, ctx: RuleContext) -> dict:
   """params["heads"] at the start of RL: the heads earlier phases made (`run.heads`),
   or those the objective makes itself (`Objective.init_heads`, DLR's assistant), or for
   a check before they ran, freshly initialised ones of the same shapes."""
-  made = {"value": lambda: init_head(run, jax.random.key(0)),
-          "value_start": lambda: init_head(run, jax.random.key(0))}
+  made = {h: (lambda h=h: HEADS.get(h).init(run, jax.random.key(0))) for h in HEADS.names()}
   obj = objective_of(ctx)
   if obj.init_heads is not None and any(h not in run.heads for h in obj.heads):
     fresh = obj.init_heads(ctx, jax.random.fold_in(jax.random.key(run.config.seed), 2))

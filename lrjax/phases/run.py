@@ -29,6 +29,7 @@ from lrjax import config_utils, distributed, parallel
 from lrjax.data import special as special_lib, tokenizer as tok_lib
 from lrjax.data.prompts import Prompter
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
+from lrjax.config_checks import OPTION_SECTIONS
 from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter, say
 from lrjax.model import ModelConfig, init, load_hf, lora, preset
@@ -70,7 +71,8 @@ class Run:
     distributed.maybe_initialize_distributed(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_resume_config(workdir, config, config.allow_config_mismatch,
-                                     unread=unread_rule_fields(config))
+                                     unread=unread_rule_fields(config)
+                                     + dropped_sections(workdir, config))
     config_utils.save_config(workdir, config)
     mesh = parallel.make_mesh(config.mesh)
     task = load_task(config.data)
@@ -156,6 +158,20 @@ def unread_rule_fields(config) -> tuple[str, ...]:
   fields = lambda rule: {f for _, f in RULES.get(rule).config_fields}  # noqa: E731
   other = set().union(*(fields(r) for r in RULES.names())) - fields(config.rule.name)
   return tuple(f"rule.{f}" for f in sorted(other - {"name", "num_latent"}))
+
+
+def dropped_sections(workdir: str, config) -> tuple[str, ...]:
+  """A method's config sections (`OPTION_SECTIONS`) that a workdir's stored config holds
+  and `config` has not: a config.json written when configs/base.py held every method's
+  section. Nothing reads them; resuming does not count them as changes, says so in one
+  line, and the config.json it writes drops them."""
+  stored = config_utils.load_config(workdir) or {}
+  dropped = tuple(s for s in OPTION_SECTIONS.names() if s in stored and s not in config)
+  if dropped:
+    say(f"[lrjax] {workdir}: its stored config.json holds "
+        f"{', '.join('config.' + s for s in dropped)}, which this config has not (a method "
+        "section it does not use, from before each method kept its own); dropped")
+  return dropped
 
 
 def _task_texts(task: TaskData) -> list[str]:

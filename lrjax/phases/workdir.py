@@ -155,13 +155,27 @@ def load_model_meta(path: str) -> dict:
   return meta
 
 
+def _export_phases(workdir: str) -> list[str]:
+  """The phases whose export a workdir's model is read from, newest first: its stored
+  config's `mode` from the last phase back, then `rl` and `sft`."""
+  from lrjax.config_utils import CONFIG_FILE, mode_phases  # noqa: PLC0415
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+      mode = json.load(f).get("mode", "")
+  except (OSError, ValueError, AttributeError):
+    mode = ""
+  order = [*reversed(mode_phases(mode if isinstance(mode, str) else "")), "rl", "sft"]
+  return list(dict.fromkeys(order))
+
+
 def resolve_init_folder(path: str) -> str:
-  """An HF folder, or a workdir whose newest export (rl, then latent_sft, then sft) is returned."""
+  """An HF folder, or a workdir whose newest export (the last phase of its `mode` that
+  exported a model, e.g. rl, then latent_sft, then sft) is returned."""
   if os.path.exists(os.path.join(path, "config.json")) and (
       os.path.exists(os.path.join(path, "model.safetensors"))
       or os.path.exists(os.path.join(path, "model.safetensors.index.json"))):
     return path
-  for phase in ("rl", "latent_sft", "sft"):
+  for phase in _export_phases(path):
     export_dir = os.path.join(path, phase, "export")
     if os.path.exists(os.path.join(export_dir, "config.json")):
       return export_dir

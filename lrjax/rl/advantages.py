@@ -133,7 +133,7 @@ def constant(rewards: jax.Array, group_size: int, *, valid: jax.Array | None = N
 
   For objectives whose learning signal is in the scored terms themselves, not
   in an outcome advantage: Latent RL's value objective (arXiv 2512.11816,
-  `lrjax.rl.latent_value`), one greedy rollout per prompt. Invalid rows get 0.
+  `lrjax.methods.latr.latent_rl`), one greedy rollout per prompt. Invalid rows get 0.
   """
   del group_size, kw
   ones = jnp.ones(rewards.shape, jnp.float32)

@@ -20,9 +20,10 @@ and one `update` is
 The thought rule, not the learner, says what is scored (`lrjax.latent.objective`):
 `token`/`hybrid` the sampled token's log_softmax(l/τ)[y], `hidden` the same at
 `<eot>` and the text after it; `rl.objective` may name a registered objective
-instead (Latent RL's value objective, `lrjax.rl.latent_value`). Old terms are the sampler's `traj.logp` where it
-stored them (`masks.stored_old`) and are recomputed on the same stored inputs
-with the parameters before the first update everywhere else.
+instead (Latent RL's value objective, `lrjax.methods.latr.latent_rl`). Old terms
+are the sampler's `traj.logp` where it stored them (`masks.stored_old`) and are
+recomputed on the same stored inputs with the parameters before the first update
+everywhere else.
 
 The reference for the KL is a frozen copy of the starting tree {"model",
 "rule", "heads"}, its backbone in the compute dtype (`frozen_reference`); with LoRA

@@ -79,7 +79,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
   }
   if ctx.return_logits:
     bufs["logits"] = jnp.zeros((b, n, cfg.vocab_size), jnp.float32)  # B N V
-  carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, hidden=hidden,
+  carry = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, last_hidden=hidden,
                state=(rule.init_state(ctx, b) if rule.prepare is None else rule.prepare(
                    ctx, params, prompt_ids, prompt_mask, jax.random.fold_in(key, PREPARE_STREAM),
                    aux)),
@@ -88,8 +88,8 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
 
   def body(c):
     t, live = c["t"], ~c["done"]  # [], B
-    so = rule.step(ctx, params, c["logits"], c["hidden"], jax.random.fold_in(key, t), c["state"],
-                   aux)
+    so = rule.step(ctx, params, c["logits"], c["last_hidden"], jax.random.fold_in(key, t),
+                   c["state"], aux)
     token = jnp.where(live, so.token, ctx.pad_id)  # B
     sampled = live & so.sampled  # B
     span = jnp.where(live, so.span, DONE).astype(jnp.int8)  # B
@@ -104,7 +104,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
     eos = live & ctx.is_eos(token)  # B
     x = so.next_embed.astype(cfg.jnp_dtype)  # B H
     hidden, logits, cache = decode.step(cfg, dparams, x, prompt_len + t, c["cache"])
-    return dict(t=t + 1, cache=cache, logits=logits, hidden=hidden,
+    return dict(t=t + 1, cache=cache, logits=logits, last_hidden=hidden,
                 state=_rows(live, so.state, c["state"]),
                 done=c["done"] | eos, ended=c["ended"] | eos, bufs=bufs)
 

@@ -165,13 +165,15 @@ def _encode_text(kind: str) -> Callable:
   return encode
 
 
-def _encode_coconut(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
-                    latent_ids: LatentIds | None = None, max_latent_stage: int | None = None,
-                    pad_latents: bool = False, start_latents: int = 0,
-                    max_latents: int = 0, prompter: Prompter | None = None
-                    ) -> tuple[list[int], int, int, int]:
+def encode_latent_curriculum(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
+                             latent_ids: LatentIds | None = None,
+                             max_latent_stage: int | None = None, pad_latents: bool = False,
+                             start_latents: int = 0, max_latents: int = 0,
+                             prompter: Prompter | None = None) -> tuple[list[int], int, int, int]:
+  """A latent-curriculum row (Coconut's stage s, or LatR's schedule): see the module
+  docstring."""
   if latent_ids is None:
-    raise ValueError("mode 'coconut' needs latent_ids")
+    raise ValueError("a latent SFT method needs latent_ids")
   pr = prompter or Prompter(tokenizer)
   prompt = pr.ids(problem.question)
   if max_latents > 0:
@@ -186,9 +188,8 @@ def _encode_coconut(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1
 
 SFT_METHODS.register("cot")(SFTMethod(_encode_text("cot")))
 SFT_METHODS.register("nocot")(SFTMethod(_encode_text("nocot")))
-SFT_METHODS.register("coconut")(SFTMethod(_encode_coconut, latent=True,
-                                          special_tokens=LATENT_TOKENS, eval_rule="hidden"))
-MODES = ("cot", "nocot", "coconut")  # the registered methods, in this order
+# Coconut's curriculum (`encode_latent_curriculum`) is registered by its method,
+# lrjax/methods/coconut.py.
 
 
 def sft_method(mode: str) -> SFTMethod:

@@ -1,6 +1,6 @@
 """A latent span in the CoT warm-up: the main model learns to read `<bot> z_1..z_T <eot>`.
 
-DLR (`lrjax.latent.dlr`) puts an assistant's chain z_1 .. z_T between `<bot>` and
+DLR (`lrjax.methods.dlr.rule`) puts an assistant's chain z_1 .. z_T between `<bot>` and
 `<eot>` after the question of a frozen main model. A plain CoT warm-up never shows
 the main model such a span, so any chain there throws it off. With
 `sft.latent_span = T > 0` a share `sft.span_prob` of the CoT rows reads (ours)

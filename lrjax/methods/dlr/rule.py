@@ -1,7 +1,7 @@
 """`dlr`: a trained assistant's latent chain read by a frozen main model (DLR, arXiv 2601.17275).
 
 The prompt (question) ends with `<bot>`. Before the main model's loop, the
-assistant (`lrjax.latent.assistant`, params["heads"]["assistant"]) samples the
+assistant (`lrjax.methods.dlr.assistant`, params["heads"]["assistant"]) samples the
 whole chain z_0 .. z_{T-1} (T = ctx.num_latent) in its own `lax.scan`, its KV
 cache carried by that loop (`prepare`); the chain depends on the question only,
 not on the main model's states. The main model then reads it:
@@ -18,7 +18,7 @@ What the learner scores (objective `dlr`, the rule's own): the ratio term
 s_t = mean_d log N(z_t; μ_t, σ_t) at the T chain positions, μ_t and σ_t replayed
 teacher-forced from the stored chain with the live assistant; the old terms are
 recomputed before the first update (ratio exactly 1 there). The `gspo_clip`
-loss (`lrjax.rl.dlr`) averages them over T into one length-normalised
+loss (`lrjax.methods.dlr.losses`) averages them over T into one length-normalised
 sequence ratio. The main model's tokens are never scored: it gets no gradient.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ import jax.numpy as jnp
 
 from lrjax import rewards
 from lrjax.data.tokenizer import LATENT_TOKENS
-from lrjax.latent import assistant as asst
-from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, rule_options, thought_positions)
-from lrjax.latent.gaussian import contrastive, kl, mean_logpdf
-from lrjax.latent.objective import OBJECTIVES, Masks, Objective, Terms
+from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.methods.dlr import assistant as asst
+from lrjax.methods.dlr.gaussian import contrastive, kl, mean_logpdf
 
 NAME = "dlr"
 # the assistant: a decoder preset or "mlp" (pooled prompt states); σ_0 / s at init (s: the
@@ -148,7 +148,7 @@ def chain_kl(ctx: RuleContext, params: dict, traj) -> jax.Array:
 
 
 def chain_contrastive(ctx: RuleContext, params: dict, traj) -> jax.Array:
-  """L_cl (`lrjax.latent.gaussian.contrastive`) on the reparameterised chains
+  """L_cl (`lrjax.methods.dlr.gaussian.contrastive`) on the reparameterised chains
   z̃ = μ_θ + σ_θ·ε (ε stored), in units of the embedding RMS s. []"""
   _, eps, mu, ls = chain_stats(ctx, params, traj)
   chains = (mu + jnp.exp(ls) * eps) / asst.embed_rms(params["model"])  # B T H
@@ -201,13 +201,13 @@ def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
   return (ctx.bot_id,)
 
 
-DLR_OBJECTIVE = OBJECTIVES.register("dlr")(Objective(
+DLR_OBJECTIVE = Objective(
     masks=objective_masks, terms=objective_terms, heads=("assistant", "assistant_start"),
     config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
-    correct_above=0.0))  # R > 0 exactly when correct (lambda_format < 1, validated)
+    correct_above=0.0)  # R > 0 exactly when correct (lambda_format < 1, validated)
 
-DLR = RULES.register(NAME)(ThoughtRule(
+DLR = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     objective=DLR_OBJECTIVE, prompt_suffix=prompt_suffix, special_tokens=LATENT_TOKENS,
     config_fields=CONFIG_FIELDS, defaults=DEFAULTS, extra_positions=extra_positions,
-    prepare=prepare))
+    prepare=prepare)

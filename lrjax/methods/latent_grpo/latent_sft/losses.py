@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent_sft.layout import Stage1Batch, Stage2Batch
+from lrjax.methods.latent_grpo.latent_sft.layout import Stage1Batch, Stage2Batch
 from lrjax.model import ModelConfig, forward
 
 GUMBEL_LOW, GUMBEL_HIGH = -1.5, 3.0  # `apply_gumbel_noise`'s clamp

@@ -2,7 +2,7 @@
 
 DeepLatent Reasoning (DLR, arXiv 2601.17275) samples latent chains
 T = (z_1 .. z_T), z_t ∈ R^d. With z_t ~ N(μ_t, diag σ_t²) (lrjax's reading,
-`lrjax.latent.assistant`):
+`lrjax.methods.dlr.assistant`):
 
     log N(z; μ, σ)      = Σ_d −½((z − μ)/σ)² − log σ − ½ log 2π
     KL(N(μ,σ)‖N(μ',σ')) = Σ_d log(σ'/σ) + (σ² + (μ − μ')²) / (2σ'²) − ½

@@ -40,12 +40,14 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lrjax import config_checks as checks
-from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, latent_top_weight, mix_inputs, record_width,
                                rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.latent.readable import mix_pairs
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
 
@@ -201,7 +203,20 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
                                          rule_options(NAME, ctx.rule_cfg)["tau"]))
 
 
-TOPK_GUMBEL = RULES.register(NAME)(ThoughtRule(
+def readable(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
+  """"mix": each soft input's (token, weight) pairs, w = softmax(scores / τ), largest first."""
+  tau = rule_options(ctx.rule, ctx.rule_cfg)["tau"]
+  rec = traj.records
+  out = []
+  for t in np.flatnonzero(np.asarray(rec["soft"][row])).tolist():
+    s = np.asarray(rec["scores"][row, t], np.float64) / tau
+    w = np.exp(s - s.max())
+    out.append({"t": t, "mix": mix_pairs(tokenizer, np.asarray(rec["ids"][row, t]),
+                                         w / w.sum())})
+  return out
+
+
+TOPK_GUMBEL = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     make_aux=make_aux, metrics=metrics,
     objective=Objective(masks=objective_masks, terms=objective_terms, uses_advantages=True),
@@ -210,4 +225,4 @@ TOPK_GUMBEL = RULES.register(NAME)(ThoughtRule(
     defaults=DEFAULTS,
     checks=(("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True)),
             ("tau", checks.positive), ("noise_scale", checks.non_negative),
-            ("end_token", checks.non_empty_str))))
+            ("end_token", checks.non_empty_str)))

@@ -30,8 +30,8 @@ from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
 from lrjax.latent import prompt_suffix
-from lrjax.latent.latent_grpo import NAME as LATENT_RULE
-from lrjax.latent_sft import layout, losses
+from lrjax.methods.latent_grpo.latent_sft import layout, losses
+from lrjax.methods.latent_grpo.rule import NAME as LATENT_RULE
 from lrjax.metrics import Progress, say
 from lrjax.model import load_hf
 from lrjax.phases import held_out, workdir

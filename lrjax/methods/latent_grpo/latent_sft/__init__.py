@@ -2,7 +2,7 @@
 
     layout.py   rows, chunking, the induction / supervision masks, dual-track positions
     losses.py   the latent mixture, stage 1's CE, stage 2's CE + KL, soft labels
-    (lrjax/phases/latent_sft.py runs the stages; docs/latent_sft.md)
+    (lrjax/methods/latent_grpo/sft_phase.py runs the stages; docs/latent_sft.md)
 
 Stage 1 trains an encoder (a copy of the CoT model with a learned compress
 embedding) and the decoder: each encoder compress state h becomes the latent

@@ -1,4 +1,4 @@
-"""`gumbel_soft`: LEPO's Gumbel-softmax latent rollout and its unified objective
+"""LEPO: the `gumbel_soft` rule, a Gumbel-softmax latent rollout and its unified objective
 (Latent Reasoning Policy Optimization, arXiv 2604.17892; official code
 YuyanZhou/lepo); docs/lepo.md.
 
@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lrjax import config_checks as checks
-from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, latent_top_weight, mix_inputs, record_width,
                                rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
+from lrjax.latent.readable import mix_pairs
+from lrjax.method import Method
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
 
@@ -164,11 +167,21 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   return latent_top_weight(traj, traj.records["z"])
 
 
-GUMBEL_SOFT = RULES.register(NAME)(ThoughtRule(
+def readable(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
+  """"mix": the recorded (token, weight z) pairs of each latent input, largest first."""
+  span, rec = np.asarray(traj.span[row]), traj.records
+  return [{"t": t, "mix": mix_pairs(tokenizer, np.asarray(rec["ids"][row, t]),
+                                    np.asarray(rec["z"][row, t], np.float64))}
+          for t in np.flatnonzero(span == LATENT).tolist()]
+
+
+GUMBEL_SOFT = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms,
                                          has_direct=True),
     config_fields=(("tau", "tau"), ("latent_len", "latent_len"), ("top_k", "top_k"),
                    ("top_p", "top_p")), defaults=DEFAULTS,
     checks=(("tau", checks.positive), ("latent_len", checks.positive_int),
-            ("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True)))))
+            ("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True))))
+
+LEPO = Method(name="lepo", rules={NAME: GUMBEL_SOFT}, readable={NAME: readable})

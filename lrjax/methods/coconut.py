@@ -1,4 +1,4 @@
-"""`hidden`: Coconut / LatR continuous thoughts (Hao et al., arXiv 2412.06769;
+"""Coconut: the `hidden` rule, continuous thoughts (Hao et al., arXiv 2412.06769;
 Özeren & Aßenmacher, arXiv 2512.11816).
 
 The prompt already ends with `<bot>`. With N = ctx.num_latent:
@@ -24,10 +24,15 @@ import jax
 import jax.numpy as jnp
 
 from lrjax.data.tokenizer import LATENT_TOKENS
-from lrjax.latent.base import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+from lrjax.latent.base import (ANSWER, DONE, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table)
 from lrjax.latent.objective import Masks, Objective, token_terms
+from lrjax.latent.readable import nearest_tokens
 from lrjax.latent.token import sample_token
+from lrjax.method import Method
+from lrjax.sft.sequences import SFTMethod, encode_latent_curriculum
+
+NAME = "hidden"
 
 
 def _check(ctx: RuleContext) -> None:
@@ -88,7 +93,19 @@ def extra_positions(num_latent: int) -> int:
   return num_latent + 1  # the latents and the forced <eot>
 
 
-HIDDEN = RULES.register("hidden")(ThoughtRule(
+def readable(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
+  """"nearest": the vocabulary tokens nearest (cosine) to each fed-back hidden state."""
+  return nearest_tokens(params, traj.records["hidden"][row], ctx.num_latent, tokenizer)
+
+
+HIDDEN = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     objective=Objective(masks=objective_masks, terms=token_terms), prompt_suffix=prompt_suffix,
-    special_tokens=LATENT_TOKENS, extra_positions=extra_positions))
+    special_tokens=LATENT_TOKENS, extra_positions=extra_positions)
+
+# the SFT method: the Coconut curriculum (rows with latent thoughts), evaluated with `hidden`
+COCONUT_SFT = SFTMethod(encode_latent_curriculum, latent=True, special_tokens=LATENT_TOKENS,
+                        eval_rule=NAME)
+
+COCONUT = Method(name="coconut", rules={NAME: HIDDEN}, sft_methods={"coconut": COCONUT_SFT},
+                 readable={NAME: readable})

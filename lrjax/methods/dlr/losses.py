@@ -5,7 +5,7 @@ the contrastive term, as registered parts (`configs/dlr.py` names them).
 The paper's loss is L = L_GRPO + γ·L_cl with L_GRPO the PPO clip on the
 sequence-level ratio π(T_i)/π_old(T_i) of the G chains of a prompt, minus
 β·KL(π‖π_ref). It gives neither the density nor ε. lrjax's reading (ours): with
-s_t = mean_d log N(z_t; μ_t, σ_t) (the `dlr` objective, `lrjax.latent.dlr`),
+s_t = mean_d log N(z_t; μ_t, σ_t) (the `dlr` objective, `lrjax.methods.dlr.rule`),
 
     ℓ_i  = (1/T) Σ_t (s_t − s_t^old)        the mean log-ratio over T·d (GSPO-style)
     ρ_i  = exp(ℓ_i)
@@ -28,14 +28,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent.dlr import chain_contrastive, chain_kl
-from lrjax.rl.aux_losses import AUX_LOSSES
-from lrjax.rl.losses import _kl_term, register_policy_loss
+from lrjax.methods.dlr.rule import chain_contrastive, chain_kl
+from lrjax.rl.losses import PolicyLoss, _kl_term
 
 sg = jax.lax.stop_gradient
 
 
-@register_policy_loss("gspo_clip", supports_direct=False)
 def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
               *, ref_logp: jax.Array | None = None, beta: float = 0.0, clip_eps: float = 3e-4,
               clip_eps_high: float | None = None, kl_estimator: str = "k3", kl_clamp: float = 0.0,
@@ -80,7 +78,6 @@ def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
                 "dual_clip_frac": zero, "approx_kl": sg(-log_ratio.mean())}
 
 
-@AUX_LOSSES.register("dlr_chain_kl")
 def dlr_chain_kl(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Array, dict]:
   """β · KL̄(π_θ ‖ π_start) over T·d (β = `dlr.beta`); metric `kl` is KL̄ itself."""
   del kw
@@ -89,7 +86,6 @@ def dlr_chain_kl(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Arra
   return beta * value, {"kl": value}
 
 
-@AUX_LOSSES.register("dlr_contrastive")
 def dlr_contrastive(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Array, dict]:
   """γ · L_cl on the reparameterised chains (γ = `dlr.gamma`; skipped at γ = 0)."""
   del kw
@@ -98,3 +94,7 @@ def dlr_contrastive(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.A
     return jnp.zeros((), jnp.float32), {}
   value = chain_contrastive(ctx, params, traj)
   return gamma * value, {"l_cl": value}
+
+
+# one clipped ratio per sequence: no per-position loss to add direct terms to
+GSPO_CLIP = PolicyLoss(gspo_clip, supports_direct=False)

@@ -1,4 +1,4 @@
-"""`hybrid`: HRPO's gated hybrid latent reasoning (Yue et al., arXiv 2505.18454;
+"""HRPO: the `hybrid` rule, gated hybrid latent reasoning (Yue et al., arXiv 2505.18454;
 official code Yueeeeeeee/HRPO); docs/hrpo.md.
 
     p_t = softmax(top-k(l_t / τ)),  y_t ~ p_t,  logp_t = log_softmax(l_t/τ)[y_t]
@@ -31,10 +31,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from lrjax.data.delimiter import delimiter_step, delimiter_tables
-from lrjax.latent.base import (ANSWER, LATENT, RULES, RuleContext, StepOut, ThoughtRule,
+from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, rule_options)
 from lrjax.latent.objective import TOKEN_OBJECTIVE
+from lrjax.latent.readable import token_text
+from lrjax.method import Method
 from lrjax.model.config import ModelConfig
 from lrjax.sampling import gumbel_max, process_logits, token_logp
 
@@ -165,8 +169,28 @@ def metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
   return {"hybrid_ratio": hybrid_ratio(ctx, params, traj, aux)}
 
 
-HYBRID = RULES.register(NAME)(ThoughtRule(
+def readable(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
+  """At every think-span position: "token" (the sampled token) and "token_share", the
+  mean over features of the gate a² (the token embedding's share of the mixed input's
+  energy; 1 = the plain token)."""
+  think = np.asarray(traj.records["think"][row])
+  ids = np.asarray(traj.ids[row])
+  ts = np.flatnonzero(think).tolist()
+  if not ts:
+    return []
+  emb = np.asarray(params["model"]["embed"]["embedding"], np.float32)
+  a, _ = gate(params["rule"], emb[ids[ts]], rule_options(ctx.rule, ctx.rule_cfg)["c"])  # T H
+  share = np.mean(np.square(np.asarray(a, np.float64)), axis=-1)  # T
+  return [{"t": t, "token": token_text(tokenizer, ids[t]), "token_share": round(float(s), 4)}
+          for t, s in zip(ts, share)]
+
+
+HYBRID = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
     record_spec=record_spec, make_aux=lambda tokenizer, rule_cfg: delimiter_aux(tokenizer),
     metrics=metrics, objective=TOKEN_OBJECTIVE,
-    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k")), defaults=DEFAULTS))
+    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k")), defaults=DEFAULTS)
+
+# HRPO trains with the generic `reinforce_onpolicy` loss and `token_inputs` KL reference
+# (configs/hrpo.py); its own part is the rule.
+HRPO = Method(name="hrpo", rules={NAME: HYBRID}, readable={NAME: readable})

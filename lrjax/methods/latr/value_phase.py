@@ -1,7 +1,7 @@
 """The `value` phase: Latent RL's stage 1, pre-training a value head on thoughts.
 
 Latent RL (Özeren & Aßenmacher, arXiv 2512.11816) first teaches a value head V
-(`lrjax.rl.value_head`) to tell which continuous thoughts lead to a correct
+(`lrjax.methods.latr.value_head`) to tell which continuous thoughts lead to a correct
 answer, then (the `rl` phase with `rl.objective = "latent_value"`) pushes the
 thoughts toward states V rates highly. This phase:
 
@@ -55,8 +55,8 @@ from lrjax import parallel
 from lrjax.latent import init_rule_params, prompt_suffix, rule_aux
 from lrjax.phases import workdir
 from lrjax.phases.rl_context import train_context
-from lrjax.rl.value_head import (auto_pos_weight, fit_input_norm, init_value_head, roc_auc,
-                                 value_logits, weighted_bce)
+from lrjax.methods.latr.value_head import (auto_pos_weight, fit_input_norm, init_value_head,
+                                           roc_auc, value_logits, weighted_bce)
 
 HEAD_FILE = "value_head.safetensors"
 VALUE_STREAM = 3  # data order stream of the value phase's problems (RL draws from seed + 1)

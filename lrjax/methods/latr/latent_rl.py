@@ -3,7 +3,7 @@ toward states a value head rates as likely correct.
 
 On the `hidden` rule's trajectories (greedy, one per prompt), with h_t the
 hidden state that becomes thought t + 1 (t = 0 is the state at `<bot>`,
-t < N = ctx.num_latent) and V the value head (`lrjax.rl.value_head`):
+t < N = ctx.num_latent) and V the value head (`lrjax.methods.latr.value_head`):
 
     policy:  L_pol = −(1/|T|) Σ_{t ∈ T} σ(V_sg(h_t))     T: the live thought positions
     head:    L_V   = BCE_w(V(sg(h_t)), y)                 y: the response's correctness
@@ -25,7 +25,7 @@ reward); the class weight `pos_weight` and the dropout come from ctx.objective_c
 
 The objective also reads "value_start", the pre-trained head kept frozen, only
 for its metrics (`value_metrics`). Both losses read the head at the same positions t < N, the states the pre-training
-(`lrjax.phases.value`) labelled. The official code reads the policy's head at
+(`lrjax.methods.latr.value_phase`) labelled. The official code reads the policy's head at
 the outputs of the `<latent>` inputs, one position later than its pre-training
 examples; lrjax uses the same positions in both stages.
 """
@@ -34,9 +34,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lrjax.latent import OBJECTIVES, Masks, Objective, RuleContext, Terms, thought_positions
-from lrjax.rl.aux_losses import AUX_LOSSES
-from lrjax.rl.value_head import value_logits, weighted_bce
+from lrjax.latent import Masks, Objective, RuleContext, Terms, thought_positions
+from lrjax.methods.latr.value_head import value_logits, weighted_bce
 
 sg = jax.lax.stop_gradient
 
@@ -67,9 +66,9 @@ def value_metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
           "value_mean_start": mean(params["heads"]["value_start"])}
 
 
-LATENT_VALUE = OBJECTIVES.register("latent_value")(Objective(
+LATENT_VALUE = Objective(
     masks=value_masks, terms=value_terms, has_direct=True, heads=("value", "value_start"),
-    config_section="latent_rl", metrics=value_metrics))
+    config_section="latent_rl", metrics=value_metrics)
 
 
 def batch_key(traj, seed: int = 0) -> jax.Array:
@@ -79,7 +78,6 @@ def batch_key(traj, seed: int = 0) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), jnp.sum(ids * weights, dtype=jnp.uint32))
 
 
-@AUX_LOSSES.register("value_bce")
 def value_bce(params: dict, traj, replay_out, *, ctx: RuleContext, rewards=None,
               **kw) -> tuple[jax.Array, dict]:
   """BCE_w(V(sg(h_t)), 1[reward > 0.5]) over the thought positions; the head alone
