@@ -44,7 +44,6 @@ from lrjax.rl.losses import POLICY_LOSSES, PolicyLoss
 from lrjax.sft.sequences import SFT_METHODS, SFTMethod
 
 
-
 def _none() -> Mapping:
   return types.MappingProxyType({})
 

@@ -38,8 +38,9 @@ from collections.abc import Sequence
 
 from lrjax.config_checks import (METHOD_ROWS, ROWS, Check, Row, _compare,  # noqa: F401
                                   _is_int, _is_number, boolean, check_rows, in_unit_interval,
-                                  non_negative, non_negative_int, off_or_above_one, off_or_non_negative, one_of,
-                                  param_groups, positive, positive_int)
+                                  non_negative, non_negative_int, off_or_above_one,
+                                  off_or_non_negative, one_of, param_groups, positive,
+                                  positive_int)
 from lrjax.config_utils import ConfigError, get_field, mode_phases
 
 def _aux_losses(value, config) -> str | None:

@@ -59,11 +59,12 @@ def check_heads(run, ctx: RuleContext) -> None:
   obj = objective_of(ctx)
   missing = [h for h in obj.heads if h not in run.heads and obj.init_heads is None]
   if missing:
+    phase = HEADS.get(missing[0]).phase if missing[0] in HEADS else ""
+    hint = f" ('{phase}' with config.init, or 'sft,{phase}' before 'rl')" if phase else ""
     raise ConfigError(
         f"config.rl.objective={ctx.objective!r} reads params['heads'][{missing[0]!r}], which "
         f"no phase of this run made: put the phase that trains it before 'rl' in config.mode"
-        + (f" ('{p}' with config.init, or 'sft,{p}' before 'rl')"
-           if (p := HEADS.get(missing[0]).phase if missing[0] in HEADS else "") else ""))
+        + hint)
 
 
 def check_param_groups(run) -> None:

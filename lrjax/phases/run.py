@@ -26,10 +26,10 @@ import jax
 import ml_collections
 
 from lrjax import config_utils, distributed, parallel
+from lrjax.config_checks import OPTION_SECTIONS
 from lrjax.data import special as special_lib, tokenizer as tok_lib
 from lrjax.data.prompts import Prompter
 from lrjax.data.tasks import QA, Problem, TaskData, load_task, rl_problems, sft_problems
-from lrjax.config_checks import OPTION_SECTIONS
 from lrjax.latent import RULES, RuleContext, rule_config
 from lrjax.metrics import MetricsWriter, say
 from lrjax.model import ModelConfig, init, load_hf, lora, preset
@@ -198,7 +198,8 @@ def _tokenizer_and_model(config, workdir: str, task: TaskData):
     model_cfg = preset(config.model.preset)
     vocab = max(model_cfg.vocab_size, -(-len(tokenizer) // 8) * 8)
     model_cfg = model_cfg.replace(vocab_size=vocab, dtype=config.model.dtype,
-                                  param_dtype=config.model.param_dtype, remat=config.model.remat, eos_token_id=tokenizer.eos_token_id,
+                                  param_dtype=config.model.param_dtype, remat=config.model.remat,
+                                  eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     params = init(model_cfg, jax.random.key(config.seed))
   ids = special_lib.resolve_special(tokenizer, folder)  # may add a pad token
