@@ -113,23 +113,30 @@ def test_resume_check_allows_another_mesh_and_logging_cadence(tmp_path, capsys):
   assert "1 field(s)" in str(e.value) and "mesh" not in str(e.value)
 
 
-def test_resume_ignores_other_rules_fields_of_an_older_workdir(tmp_path):
-  """A workdir written when configs/base.py held every rule's fields resumes with a
-  config that holds only its own rule's; a field the rule reads still counts."""
+def test_a_workdir_of_the_flat_rule_layout_resumes_migrated(tmp_path, capsys):
+  """A workdir written when every rule's settings were `config.rule` fields (all rules'
+  fields, from before each rule kept its own) resumes with the config whose rule keeps
+  them in its method's section: its rule's move there, the others are dropped, in one
+  line; a moved field that differs still counts, under its new name."""
   from configs import lepo
-  from lrjax.phases.run import unread_rule_fields
+  from lrjax.phases.run import migrated
   now = lepo.get_config()
   stored = cu.to_dict(now)
-  stored["rule"].update(gate_c=8.0, r_min=0.99, noise_scale=1.0, end_token="####")
+  stored["rule"].update(stored.pop("lepo"), gate_c=8.0, r_min=0.99, noise_scale=1.0,
+                        end_token="####")
   with open(os.path.join(tmp_path, cu.CONFIG_FILE), "w") as f:
     json.dump(stored, f)
-  assert "rule.gate_c" in unread_rule_fields(now) and "rule.top_k" not in unread_rule_fields(now)
   with pytest.raises(cu.ConfigMismatchError, match="rule.gate_c"):
     cu.check_resume_config(str(tmp_path), now, allow_mismatch=False)
-  cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
-  now.rule.top_k = 20
-  with pytest.raises(cu.ConfigMismatchError, match="rule.top_k: 30"):
-    cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
+  capsys.readouterr()
+  migrate = lambda s: migrated(str(tmp_path), s, now)  # noqa: E731
+  cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
+  [line] = capsys.readouterr().out.splitlines()
+  assert "rule.latent_len -> lepo.latent_len" in line and "rule.top_k -> lepo.top_k" in line
+  assert "dropped rule.gate_c, rule.r_min, rule.noise_scale, rule.end_token" in line
+  now.lepo.top_k = 20
+  with pytest.raises(cu.ConfigMismatchError, match="lepo.top_k: 30"):
+    cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
 
 
 def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_path, capsys):

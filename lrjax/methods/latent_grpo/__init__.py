@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from lrjax.method import Method
-from lrjax.methods.latent_grpo.rule import NAME, TOPK_GUMBEL, readable
+from lrjax.methods.latent_grpo.rule import NAME, SECTION, TOPK_GUMBEL, LatentGRPOOptions, readable
 
 PHASE = "latent_sft"
 
@@ -24,4 +24,5 @@ def _check_latent_sft(run) -> None:
 
 LATENT_GRPO = Method(name="latent_grpo", rules={NAME: TOPK_GUMBEL},
                      phases={PHASE: _run_latent_sft}, prechecks={PHASE: _check_latent_sft},
-                     readable={NAME: readable})
+                     readable={NAME: readable}, options={SECTION: LatentGRPOOptions},
+                     prompt="latent_grpo")

@@ -41,5 +41,5 @@ LATR = Method(
     phases={PHASE: _run_value},
     # "value" is trained on in RL; "value_start" is the pre-trained head kept frozen
     heads={"value": Head(_init_head, PHASE), "value_start": Head(_init_head, PHASE)},
-    options={SECTION: LatentRLOptions},
+    options={SECTION: LatentRLOptions}, prompt="latr",
     rows=(checks.Row("mode", _section_for_value, phases=(PHASE,)),))
