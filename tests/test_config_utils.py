@@ -165,3 +165,32 @@ def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_pa
   assert dropped_sections(w, old) == ()
   with open(f"{w}/config.json") as f:
     assert "latent_rl" in json.load(f) and "latent_rl" in to_dict(old)
+
+
+def test_old_rule_flags_set_the_method_section_with_a_note():
+  """`--config.rule.<setting>` of the flat layout sets the field where the selected rule
+  keeps it now (after a `--config.rule.name` flag), and says so; `name`, `num_latent`
+  stay flags of config.rule; a setting the rule has not is refused naming its section."""
+  from configs import grpo, lepo
+  from lrjax.config_moves import apply_moved_flags, split_moved_flags
+  argv = ["lrjax", "--config=configs/lepo.py", "--config.rule.top_k=5", "--config.rule.tau",
+          "0.5", "--config.rule.num_latent=2", "--config.rule.name=gumbel_soft"]
+  kept, moved = split_moved_flags(argv)
+  assert kept == ["lrjax", "--config=configs/lepo.py", "--config.rule.num_latent=2",
+                  "--config.rule.name=gumbel_soft"]
+  assert moved == [("top_k", "5"), ("tau", "0.5")]
+  c = lepo.get_config()
+  notes = apply_moved_flags(c, moved)
+  assert (c.lepo.top_k, c.lepo.tau) == (5, 0.5) and "top_k" not in c.rule
+  assert notes == ["[lrjax] --config.rule.top_k is deprecated: use --config.lepo.top_k (set to 5)",
+                   "[lrjax] --config.rule.tau is deprecated: use --config.lepo.tau (set to 0.5)"]
+  with pytest.raises(cu.ConfigError, match="rule 'gumbel_soft' keeps no 'gate_c' "
+                     r"\(its settings are config.lepo\)"):
+    apply_moved_flags(c, [("gate_c", "4")])
+  with pytest.raises(cu.ConfigError, match="rule 'token' keeps no 'top_k' .it has no settings"):
+    apply_moved_flags(grpo.get_config(), [("top_k", "5")])
+  g = grpo.get_config()
+  g.rule.name = "hybrid"  # switched by a flag: the config has no hrpo section
+  with pytest.raises(cu.ConfigError, match="--config.rule.top_k is now --config.hrpo.top_k, "
+                     "but this config has no config.hrpo"):
+    apply_moved_flags(g, [("top_k", "5")])

@@ -1,5 +1,5 @@
 """LatR and Latent RL (Özeren & Aßenmacher, arXiv 2512.11816; docs/latr.md,
-docs/latent_rl.md). LatR's rule is Coconut's `hidden` (lrjax/methods/coconut.py);
+docs/latent_rl.md). LatR's rule is Coconut's `hidden` (lrjax/methods/coconut/);
 its own parts are Latent RL's:
 
     value_head.py    the value head V on thought states, its BCE, ROC-AUC
