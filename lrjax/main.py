@@ -138,7 +138,9 @@ def parse_flags(argv):
   argv = resolve_config_args(argv)
   try:
     argv, moved = split_moved_flags(argv)
-    _MOVED_FLAGS[:] = moved
+    if moved:  # the config flag reads its overrides from sys.argv itself
+      _MOVED_FLAGS[:] = moved
+      sys.argv[:] = argv
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
     sys.exit(f"lrjax: config error: {_one_line_error(argv, e)}")
