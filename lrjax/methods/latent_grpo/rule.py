@@ -3,7 +3,7 @@ surrogate (Latent-GRPO, arXiv 2604.27998; official code DJC-GO-SOLO/Latent-GRPO)
 docs/latent_grpo.md.
 
 Latent mode runs from the first response position until the emitted token is
-the end-of-thinking token e (the first token of `rule.end_token`). In latent
+the end-of-thinking token e (the first token of `latent_grpo.end_token`). In latent
 mode, with ℓ_t = log_softmax(l_t) at temperature 1 in float32:
 
     M_t   = the smallest top set of ℓ_t with mass >= top_p, at least K tokens   (nucleus)
