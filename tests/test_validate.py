@@ -305,3 +305,17 @@ def test_rows_added_while_validating_are_not_seen(monkeypatch):
   monkeypatch.setattr("lrjax.config_checks.ROWS", rows)
   validate_config(_config(), PHASES)
   assert len(rows) == len(ROWS) + 2
+
+
+def test_paper_presets_take_their_methods_prompt():
+  """A `Method` names its paper's prompt format (data in lrjax.data.prompts); the `:paper`
+  presets set `data.prompt` from it."""
+  from lrjax.data.prompts import PROMPTS
+  from lrjax.methods import METHODS
+  for module, method in ((hrpo, "hrpo"), (lepo, "lepo"), (latent_grpo, "latent_grpo"),
+                         (dlr, "dlr"), (latr, "latr")):
+    prompt = METHODS.get(method).prompt
+    assert prompt in PROMPTS and module.get_config("paper").data.prompt == prompt, method
+    assert module.get_config().data.prompt == "raw"
+  with pytest.raises(ValueError, match="method 'coconut' names no paper prompt"):
+    base.use_paper_prompt(base.get_config(), "coconut", chat_template="auto")
