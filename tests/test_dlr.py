@@ -10,7 +10,6 @@ finite differences in float64 to 1e-6; replayed chains 1e-5, replayed logits 1e-
 """
 import hashlib
 import os
-from types import SimpleNamespace
 
 import chex
 import jax
