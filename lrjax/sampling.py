@@ -30,6 +30,10 @@ class Sampling:
   top_k: keep the k largest logits; 0 = off.
   top_p: nucleus mass in (0, 1]; 1.0 = off.
   greedy: argmax of the raw logits instead of a sample.
+
+  Inside a rollout given `knobs` (`lrjax.rollout.rollout`), temperature and
+  greedy are traced scalars (`with_knobs`): greedy and sampled evaluation then
+  share one compiled program, and every `greedy` branch goes through `if_greedy`.
   """
   temperature: float = 1.0
   top_k: int = 0
@@ -37,6 +41,8 @@ class Sampling:
   greedy: bool = False
 
   def __post_init__(self):
+    if isinstance(self.temperature, jax.Array):  # traced knobs (`with_knobs`): checked before
+      return
     if not self.temperature > 0:
       raise ValueError(
           f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
@@ -44,6 +50,25 @@ class Sampling:
       raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def knobs(sampling: Sampling) -> jax.Array:
+  """float32 [2] = (temperature, greedy): the settings a rollout may take traced."""
+  return jnp.asarray([sampling.temperature, float(sampling.greedy)], jnp.float32)
+
+
+def with_knobs(sampling: Sampling, values: jax.Array) -> Sampling:
+  """`sampling` with temperature and greedy read from `values` (`knobs`), traced."""
+  return Sampling(temperature=values[0], top_k=sampling.top_k, top_p=sampling.top_p,
+                  greedy=values[1] > 0.5)
+
+
+def if_greedy(greedy, on_greedy, on_sample):
+  """on_greedy() when `greedy`, else on_sample(): a Python branch for a static bool, one
+  `lax.cond` (only the taken branch runs) for a traced one (`with_knobs`)."""
+  if isinstance(greedy, jax.Array):
+    return jax.lax.cond(greedy, on_greedy, on_sample)
+  return on_greedy() if greedy else on_sample()
 
 
 def kth_largest(x: jax.Array, k: int) -> jax.Array:
@@ -187,10 +212,10 @@ def sample(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
   The draw is `jax.random.categorical(key, x)` (Gumbel-max over the same
   noise, so the same ids for the same key), with its argmax as `first_argmax`.
   """
-  if sampling.greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  x = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-  return gumbel_max(key, x)
+  return if_greedy(
+      sampling.greedy, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+      lambda: gumbel_max(key, process_logits(logits, sampling.temperature, sampling.top_k,
+                                             sampling.top_p)))
 
 
 def token_logp(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:

@@ -43,7 +43,7 @@ from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.latent.readable import token_text
 from lrjax.method import Method, Options
 from lrjax.model.config import ModelConfig
-from lrjax.sampling import gumbel_max, process_logits, token_logp
+from lrjax.sampling import gumbel_max, if_greedy, process_logits, token_logp
 
 NAME = "hybrid"
 SECTION = "hrpo"
@@ -147,10 +147,8 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   tau = ctx.sampling.temperature
   emb = embedding_table(params)  # V H
   x = process_logits(logits, tau, o["top_k"], ctx.sampling.top_p)  # B V
-  if ctx.sampling.greedy:
-    y = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # B
-  else:
-    y = gumbel_max(key, x)  # B, = jax.random.categorical(key, x), cheaper argmax
+  y = if_greedy(ctx.sampling.greedy, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                lambda: gumbel_max(key, x))  # B, = jax.random.categorical(key, x), cheaper argmax
   soft = soft_embedding(jax.nn.softmax(x, axis=-1), emb)  # B H
   tables = _fit_tables(aux["delimiter"], emb.shape[0])
   run, completed = delimiter_step(tables, state["run"], y)  # B, B

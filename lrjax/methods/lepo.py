@@ -47,7 +47,7 @@ from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.latent.readable import mix_pairs
 from lrjax.method import Method, Options
 from lrjax.model.vocab import record_and_token_logp
-from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
+from lrjax.sampling import first_argmax, gumbel, if_greedy, token_logp, top_k_ids
 
 NAME = "gumbel_soft"
 SECTION = "lepo"
@@ -124,12 +124,15 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   temperature, greedy = ctx.sampling.temperature, ctx.sampling.greedy
   k = record_width(ctx)
   ids, s = candidates(logits, temperature, k, o["top_p"])  # B K, B K
-  g = None if greedy else gumbel(key, s.shape)  # B K, one draw for either branch
-  z = mixture(s, o["tau"], g)  # B K
   latent = state["t"] < o["latent_len"]  # B
   pick = lambda c: jnp.take_along_axis(ids, c[:, None], axis=-1)[:, 0]  # B
   shown = pick(first_argmax(s))  # B, argmax s_t (= argmax l_t, lowest id on ties)
-  y = jnp.where(latent, shown, shown if greedy else pick(first_argmax(s + g)))  # B
+
+  def noisy():  # one Gumbel draw g [B, K] for either branch
+    g = gumbel(key, s.shape)
+    return mixture(s, o["tau"], g), pick(first_argmax(s + g))
+  z, text = if_greedy(greedy, lambda: (mixture(s, o["tau"], None), shown), noisy)  # B K, B
+  y = jnp.where(latent, shown, text)  # B
   soft = mix_inputs(emb, ids, z)  # B H
   next_embed = jnp.where(latent[:, None], soft, emb[y].astype(jnp.float32)).astype(emb.dtype)
   record = {"ids": jnp.where(latent[:, None], ids, 0), "z": jnp.where(latent[:, None], z, 0.0)}

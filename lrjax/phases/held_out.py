@@ -39,6 +39,7 @@ from lrjax.latent import RuleContext, rule_aux
 from lrjax.latent.readable import readable
 from lrjax.rollout import (PROMPT_BUCKETS, Sampling, bucket_length, decode, encode_prompts,
                            pad_prompts, rollout)
+from lrjax.sampling import knobs
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -51,9 +52,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.Array,
-             batch_size: int, aux: Any = None, pad_id: int = 0, mesh: Any = None):
+             batch_size: int, aux: Any = None, pad_id: int = 0, mesh: Any = None,
+             knobs: jax.Array | None = None):
   """Rolls out every prompt in fixed-size batches (the last one padded by repetition),
-  split over the mesh's (data, fsdp) when one is given (`parallel.feed`).
+  split over the mesh's (data, fsdp) when one is given (`parallel.feed`); `knobs`: the
+  traced temperature and greedy of `rollout`.
 
   Returns (list of Trajectory slices as numpy dicts per batch, real row counts).
   """
@@ -66,7 +69,7 @@ def generate(ctx: RuleContext, params: dict, prompts: list[list[int]], key: jax.
     ids, mask = pad_prompts(chunk, bucket, pad_id)
     if mesh is not None:  # each process feeds its own rows
       ids, mask = parallel.feed((ids, mask), mesh)
-    traj = rollout(ctx, params, ids, mask, jax.random.fold_in(key, i), aux)
+    traj = rollout(ctx, params, ids, mask, jax.random.fold_in(key, i), aux, knobs)
     out.append((parallel.fetch(traj), real))  # the whole batch, on every process
   return out
 
@@ -102,8 +105,12 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
   prompts = encode_prompts(prompter or tokenizer, problems, prompt_suffix)
   answers = [p.answer for p in problems]
   pad_id = ctx.pad_id
-  greedy_ctx = ctx.replace(sampling=Sampling(temperature=ctx.sampling.temperature, greedy=True))
-  batches = generate(greedy_ctx, params, prompts, key, batch_size, aux, pad_id, mesh)
+  # greedy and sampled rollouts run one compiled program: their temperature and greedy
+  # are traced (`knobs`); evaluation truncates nothing (top-k 0, top-p 1)
+  shared = ctx.replace(sampling=Sampling())
+  greedy = Sampling(temperature=ctx.sampling.temperature, greedy=True)
+  greedy_ctx = ctx.replace(sampling=greedy)
+  batches = generate(shared, params, prompts, key, batch_size, aux, pad_id, mesh, knobs(greedy))
   correct, formatted, lengths, latent = score(tokenizer, greedy_ctx, batches, answers, reward_fn)
   if show > 0 and samples is not None:
     samples.extend(sample_records(greedy_ctx, params, tokenizer, batches[0][0], prompts,
@@ -111,11 +118,12 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
   metrics = {"eval/accuracy": correct.mean(), "eval/format_rate": formatted.mean(),
              "eval/response_tokens": lengths.mean(), "eval/latent_steps": latent.mean()}
   if sampled and num_samples > 0:
-    sample_ctx = ctx.replace(sampling=Sampling(temperature=temperature))
+    sampled = Sampling(temperature=temperature)
+    sample_ctx = ctx.replace(sampling=sampled)
     rep_prompts = [p for p in prompts for _ in range(num_samples)]
     rep_answers = [a for a in answers for _ in range(num_samples)]
-    batches = generate(sample_ctx, params, rep_prompts, jax.random.fold_in(key, 1),
-                       batch_size, aux, pad_id, mesh)
+    batches = generate(shared, params, rep_prompts, jax.random.fold_in(key, 1),
+                       batch_size, aux, pad_id, mesh, knobs(sampled))
     ok = score(tokenizer, sample_ctx, batches, rep_answers, reward_fn)[0]
     ok = ok.reshape(len(problems), num_samples) > 0.5
     c = ok.sum(-1)

@@ -27,6 +27,7 @@ from lrjax.latent.base import DONE, RuleContext, rule_of
 from lrjax.model import decode
 from lrjax.model.api import compute_params, embed, positions_from_mask
 from lrjax.rollout.trajectory import Trajectory
+from lrjax.sampling import with_knobs
 
 
 PREPARE_STREAM = 2**30  # fold_in(key, ·) of a rule's `prepare` (steps use fold_in(key, t))
@@ -59,8 +60,11 @@ def phase_ends(max_new: int, min_steps: int = 32, max_phases: int = 4) -> list[i
 
 
 def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
-                      prompt_mask: jax.Array, key: jax.Array, aux=None) -> Trajectory:
+                      prompt_mask: jax.Array, key: jax.Array, aux=None,
+                      knobs: jax.Array | None = None) -> Trajectory:
   """Unjitted rollout (see `rollout`); ctx must be static under jit."""
+  if knobs is not None:  # temperature and greedy traced: one program for both
+    ctx = ctx.replace(sampling=with_knobs(ctx.sampling, knobs))
   cfg, rule, n = ctx.model_cfg, rule_of(ctx), ctx.max_new
   b, p = prompt_ids.shape
   mask = prompt_mask.astype(bool)  # B P
@@ -122,7 +126,7 @@ def sample_trajectory(ctx: RuleContext, params: dict, prompt_ids: jax.Array,
 
 @functools.partial(jax.jit, static_argnums=0)
 def rollout(ctx: RuleContext, params: dict, prompt_ids: jax.Array, prompt_mask: jax.Array,
-            key: jax.Array, aux=None) -> Trajectory:
+            key: jax.Array, aux=None, knobs: jax.Array | None = None) -> Trajectory:
   """Samples a `Trajectory` for left-padded prompts (jitted, ctx static).
 
   Args:
@@ -132,5 +136,8 @@ def rollout(ctx: RuleContext, params: dict, prompt_ids: jax.Array, prompt_mask: 
     prompt_mask: [B, P], 1 on real tokens.
     key: PRNG key; step t uses fold_in(key, t).
     aux: the rule's array pytree (e.g. hybrid's delimiter tables), or None.
+    knobs: None, or `lrjax.sampling.knobs(s)`: sample at s's temperature and greedy
+      instead of ctx.sampling's, which are then not part of the program (greedy and
+      sampled evaluation share one compile; top-k / top-p stay ctx's).
   """
-  return sample_trajectory(ctx, params, prompt_ids, prompt_mask, key, aux)
+  return sample_trajectory(ctx, params, prompt_ids, prompt_mask, key, aux, knobs)

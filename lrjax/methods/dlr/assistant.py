@@ -43,6 +43,7 @@ from lrjax.model import decode
 from lrjax.model.api import embed, forward, init, positions_from_mask
 from lrjax.model.config import ModelConfig
 from lrjax.model.presets import preset
+from lrjax.sampling import if_greedy
 
 KINDS = ("decoder", "mlp")
 MLP_WIDTH = 128
@@ -130,10 +131,10 @@ def _feed(head: dict, z: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def chain(name: str, main_cfg: ModelConfig, head: dict, main_params: dict, ids: jax.Array,
-          mask: jax.Array, num_latent: int, key: jax.Array, greedy: bool, lo: float,
+          mask: jax.Array, num_latent: int, key: jax.Array, greedy, lo: float,
           hi: float) -> Chain:
   """Samples a chain of `num_latent` latents for left-padded prompts ids/mask [B, P]
-  (step t draws ε_t from fold_in(key, t)); greedy: z = μ."""
+  (step t draws ε_t from fold_in(key, t)); greedy (a bool, or traced: `if_greedy`): z = μ."""
   b, p = ids.shape
   h = main_cfg.hidden_size
   scale = embed_rms(main_params)
@@ -158,8 +159,8 @@ def chain(name: str, main_cfg: ModelConfig, head: dict, main_params: dict, ids: 
 
   def body(carry, t):
     mu, log_sigma = gaussian(head, carry[0], scale, lo, hi)  # B H, B H
-    eps = (jnp.zeros((b, h), jnp.float32) if greedy
-           else jax.random.normal(jax.random.fold_in(key, t), (b, h), jnp.float32))
+    eps = if_greedy(greedy, lambda: jnp.zeros((b, h), jnp.float32),
+                    lambda: jax.random.normal(jax.random.fold_in(key, t), (b, h), jnp.float32))
     z = mu + jnp.exp(log_sigma) * eps  # B H
     return advance(carry, z, t), Chain(z, eps, mu, log_sigma)
 

@@ -51,7 +51,7 @@ from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.latent.readable import mix_pairs
 from lrjax.method import Options
 from lrjax.model.vocab import record_and_token_logp
-from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
+from lrjax.sampling import first_argmax, gumbel, if_greedy, sample, token_logp, top_k_ids
 
 NAME = "topk_gumbel"
 SECTION = "latent_grpo"
@@ -168,10 +168,11 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   o = rule_options(NAME, ctx.rule_cfg)
   emb = embedding_table(params)  # V H
   k = record_width(ctx)
-  greedy = ctx.sampling.greedy
   k_noise, k_token = jax.random.split(key)
-  noise = None if greedy else one_sided_noise(k_noise, logits.shape, o["noise_scale"])  # B V
-  ids, scores = noisy_top_k(logits, k, o["top_p"], noise)  # B K, B K
+  ids, scores = if_greedy(  # B K, B K; noise [B, V] only when sampling
+      ctx.sampling.greedy, lambda: noisy_top_k(logits, k, o["top_p"], None),
+      lambda: noisy_top_k(logits, k, o["top_p"],
+                          one_sided_noise(k_noise, logits.shape, o["noise_scale"])))
   shown = jnp.take_along_axis(ids, first_argmax(scores)[:, None], axis=-1)[:, 0]  # B, v_1
   drawn = sample(k_token, logits, ctx.sampling)  # B, the answer token
   latent = state["thinking"]  # B
