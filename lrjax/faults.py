@@ -4,8 +4,9 @@ Non-finite updates. `guarded_update` applies an optax update only when the loss
 and the global gradient norm are finite; otherwise parameters and optimizer
 state stay as they were (the schedule's count too), and the step reports
 `ok = False`. The training loop (`lrjax.phases.train_loop`) counts skipped
-updates (`train/nonfinite_skipped`, cumulative in the phase) and stops after `train.max_nonfinite` consecutive ones
-with a message naming the step and the last checkpoint, which stays intact.
+updates (`train/nonfinite_skipped`, cumulative in the phase) and stops after
+`train.max_nonfinite` consecutive ones with a message naming the step and the
+last checkpoint, which stays intact.
 The data position and the RNG advance as usual: a skipped step is a step.
 `train.inject_nan_step` (tests) makes that step's loss and gradients NaN.
 
