@@ -11,8 +11,9 @@ WALL_FILE = "compare_wall.json"  # in each run's workdir: the seconds this compa
 CONFIG_FILE = "compare_config.json"  # the compare config, written for the worker processes
 
 
-def append_log(workdir: str, **rec) -> None:
-  with open(os.path.join(workdir, LOG_FILE), "a") as f:
+def append_log(folder: str, /, **rec) -> None:
+  """One line of the compare log in `folder` (`rec` may hold a run's `workdir`)."""
+  with open(os.path.join(folder, LOG_FILE), "a") as f:
     f.write(json.dumps({"time": time.time(), **rec}) + "\n")
 
 
