@@ -43,26 +43,42 @@ def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
 
 
 def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
-  """Selects thought rule `name`: `config.rule.name`, and every `config.rule` field the
-  rule reads at the rule's default (`lrjax.latent.rule_defaults`) unless `fields` sets it."""
+  """Selects thought rule `name` (`config.rule.name`) and adds the config section holding
+  its settings (`ThoughtRule.config_section`, e.g. `config.lepo`), at its typed options'
+  defaults unless `fields` sets them (`use_options`)."""
   import lrjax.methods  # noqa: PLC0415,F401 - registers the methods' rules
-  from lrjax.latent import rule_defaults  # noqa: PLC0415 - configs load before lrjax runs
-  values = rule_defaults(name)
-  unknown = sorted(set(fields) - set(values))
-  if unknown:
-    raise ValueError(f"rule {name!r} reads no config.rule field {unknown[0]!r}; it reads: "
-                     f"{', '.join(values) or 'none'}")
+  from lrjax.latent import RULES  # noqa: PLC0415 - configs load before lrjax runs
+  section = RULES.get(name).config_section
+  if fields and not section:
+    raise ValueError(f"rule {name!r} has no settings; got {', '.join(sorted(fields))}")
   c.rule.name = name
-  for field, value in {**values, **fields}.items():
-    c.rule[field] = value
+  if section:
+    use_options(c, section, **fields)
 
 
 def use_options(c: ml_collections.ConfigDict, section: str, **fields) -> None:
   """Adds a method's own config section `section` (e.g. `latent_rl`): its typed options
   (`lrjax.method.Options`) at their defaults unless `fields` sets them, checked."""
+  import dataclasses  # noqa: PLC0415
   import lrjax.methods  # noqa: PLC0415,F401 - registers the methods' options
   from lrjax.config_checks import OPTION_SECTIONS  # noqa: PLC0415
-  c[section] = OPTION_SECTIONS.get(section)(**fields).section()
+  options = OPTION_SECTIONS.get(section)
+  names = [f.name for f in dataclasses.fields(options)]
+  unknown = sorted(set(fields) - set(names))
+  if unknown:
+    raise ValueError(f"config.{section} has no field {unknown[0]!r}; its fields: "
+                     f"{', '.join(names)}")
+  c[section] = options(**fields).section()
+
+
+def use_paper_prompt(c: ml_collections.ConfigDict, method: str, chat_template: str) -> None:
+  """`data.prompt` = method `method`'s paper prompt (`lrjax.method.Method.prompt`, a format
+  of `lrjax.data.prompts`), read with `data.chat_template` = `chat_template`."""
+  import lrjax.methods  # noqa: PLC0415 - registers the methods
+  prompt = lrjax.methods.METHODS.get(method).prompt
+  if not prompt:
+    raise ValueError(f"method {method!r} names no paper prompt")
+  c.data.prompt, c.data.chat_template = prompt, chat_template
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -156,9 +172,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.span_hint = 0.0  # a share of the span rows whose span holds the answer's first tokens
 
   c.rule = ml_collections.ConfigDict()
-  # A thought rule: token | hidden | hybrid | gumbel_soft | topk_gumbel | dlr. A method
-  # config selects one with `use_rule`, which adds the `config.rule` fields that rule
-  # reads at the rule's own defaults (`ThoughtRule.defaults`, documented in its module).
+  # A thought rule: a name in lrjax.latent.RULES ('token', or a method's rule). A method
+  # config selects one with `use_rule`, which adds the config section holding that rule's
+  # settings (e.g. config.lepo) at its method's typed defaults (lrjax/methods/).
   c.rule.name = "token"
   c.rule.num_latent = 0  # hidden: latent steps before <eot> (0 = the model's own, stored with it)
 

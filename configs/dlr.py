@@ -23,8 +23,8 @@ and a before/after summary:
 
 `--config=configs/dlr.py:paper` gives the paper's d, T, G, learning rates, β
 and γ on stand-in presets (set --config.init to a trained main model). DLR publishes
-no code; the preset's prompt is HRPO's (`data.prompt = "dlr"`: the chat template with
-HRPO's system prompt asking for "{reasoning process} #### {answer}") and its
+no code; the preset's prompt is HRPO's (`data.prompt = "dlr"`, DLR's `Method.prompt`: the
+chat template with HRPO's system prompt asking for "{reasoning process} #### {answer}") and its
 correctness reward `hash_exact`, so the format term has the same '####' to look for.
 """
 import ml_collections
@@ -38,9 +38,16 @@ def get_config(arg=None):
   c.name = "dlr"
   c.mode = "sft,rl"
   c.sft.method = "cot"
-  # the assistant: the rule's default `tiny-assistant`; σ_0 / s at init (s: the main
-  # model's embedding RMS); log σ / s clipped to [log_sigma_min, log_sigma_max = 0]
-  base.use_rule(c, "dlr", sigma_init=0.3, log_sigma_min=-4.0)
+  # config.dlr (DLROptions, lrjax/methods/dlr/options.py): the assistant, its default
+  # `tiny-assistant`; σ_0 / s at init (s: the main model's embedding RMS); log σ / s clipped
+  # to [log_sigma_min, log_sigma_max = 0]; λ, β and γ at their defaults: R = R_corr + λ R_fmt
+  # (λ = 0.5, the paper does not give it), β = 0.01 (KL to the starting assistant, averaged
+  # over T·d), γ = 0.1 (contrastive weight; 0: the ablation). The similarity: cosine
+  # (÷ temperature) | dot (÷ √(T·d), chains in units of s). Measured on the warm-up (seed 0):
+  # L_cl ≈ 0.008 with dot and ≈ 0.04 with cosine at τ = 0.1, both far below log G = 2.08: the
+  # softmax is saturated and L_cl has almost no gradient; τ = 0.5 is not.
+  base.use_rule(c, "dlr", sigma_init=0.3, log_sigma_min=-4.0, similarity="cosine",
+                temperature=0.5)
   c.rule.num_latent = 4  # T: latents between <bot> and <eot>
   # the warm-up shows half its rows a <bot> + T noise inputs + <eot> span (lrjax.sft.span):
   # without it any chain there drops the main model from 0.405 to ~0.05-0.19 (seed 0)
@@ -59,15 +66,6 @@ def get_config(arg=None):
   c.rl.eval_every = 100
   c.rl.log_every = 1  # train/grad_norm at every step
   c.rl.param_groups = dlr_groups(assistant=1e-3, projection=1e-3)
-  c.dlr = ml_collections.ConfigDict()
-  c.dlr.lambda_format = 0.5  # R = R_corr + λ R_fmt (the paper does not give λ)
-  c.dlr.beta = 0.01  # KL to the starting assistant, averaged over T·d
-  c.dlr.gamma = 0.1  # contrastive weight (0: the ablation)
-  # cosine (÷ temperature) | dot (÷ √(T·d), chains in units of s). Measured on the warm-up
-  # (seed 0): L_cl ≈ 0.008 with dot and ≈ 0.04 with cosine at τ = 0.1, both far below
-  # log G = 2.08: the softmax is saturated and L_cl has almost no gradient; τ = 0.5 is not.
-  c.dlr.similarity = "cosine"
-  c.dlr.temperature = 0.5
   c.dlr.group_size = c.rl.get_ref("group_size")  # the contrastive term's groups
   if arg == "paper":
     _paper(c)
@@ -89,7 +87,7 @@ def _paper(c):
   model's width (2048 here), so the paper's d = 512 is the assistant side only."""
   c.name = "dlr-paper"
   c.mode = "rl"
-  c.data.prompt, c.data.chat_template = "dlr", "auto"
+  base.use_paper_prompt(c, "dlr", chat_template="auto")
   c.rl.reward = "hash_exact"
   c.model.preset = "llama-3.2-1b"
   c.model.dtype = "bfloat16"
@@ -97,15 +95,13 @@ def _paper(c):
   c.data.sft_size = 0
   c.rule.num_latent = 32
   c.sft.latent_span = 32
-  c.rule.assistant = "qwen2.5-0.5b"
+  c.dlr.assistant = "qwen2.5-0.5b"
   c.rl.group_size = 64
   c.rl.num_prompts = 2
   c.rl.max_new = 512 + 32 + 1
   c.rl.param_groups = dlr_groups(assistant=3e-5, projection=1e-4)
   c.rl.updates_per_batch = 1
-  c.dlr.beta = 0.01
-  c.dlr.gamma = 0.1
-  c.dlr.similarity = "dot"  # the paper's raw dot product (scaled by 1/√(T·d))
+  c.dlr.similarity = "dot"  # the paper's raw dot product (scaled by 1/√(T·d)); β, γ: defaults
   c.eval.max_new = 512
   c.eval.batch_size = 64
   base.fit_paper_host(c, microbatch=64)  # 8 GPUs: one group of 64 chains per chunk

@@ -49,7 +49,7 @@ def _paper(c):
   (the KL reference is the base with the adapters off)."""
   c.name = "hrpo-paper"
   c.mode = "rl"
-  c.data.prompt, c.data.chat_template = "hrpo", "auto"
+  base.use_paper_prompt(c, "hrpo", chat_template="auto")
   c.rl.reward = "hash_exact"
   c.model.preset = "qwen2.5-1.5b"
   c.model.dtype = "bfloat16"

@@ -1,7 +1,7 @@
 """Latent-GRPO: GRPO in latent space with one-sided Gumbel exploration (arXiv 2604.27998).
 
 From the first response position until the shown token is the end-of-thinking
-token (the first token of `rule.end_token`; arith's '####' gives '#'), the next
+token (the first token of `latent_grpo.end_token`; arith's '####' gives '#'), the next
 input is a soft mixture of the top-K token embeddings of log-probs perturbed by
 one-sided clamped Gumbel noise; the answer after it is sampled. Latent steps
 are scored by a Gumbel-density surrogate inside the PPO ratio (dual clip 3),
@@ -73,13 +73,13 @@ def _paper(c):
   rollout), lr 1e-6 constant, wd 0.01, no KL, dynamic sampling."""
   c.name = "latent_grpo-paper"
   c.mode = "rl"  # from a Latent-SFT checkpoint (--config.init)
-  c.data.prompt, c.data.chat_template = "latent_grpo", "auto"
+  base.use_paper_prompt(c, "latent_grpo", chat_template="auto")
   c.rl.reward = "boxed_math"
   c.model.preset = "llama-3.2-1b"
   c.model.dtype = "bfloat16"
   c.data.task = "gsm8k_aug"
   c.data.sft_size = 0
-  c.rule.end_token = "</think>"
+  c.latent_grpo.end_token = "</think>"
   c.rl.group_size = 8
   c.rl.num_prompts = 64
   c.rl.updates_per_batch = 4

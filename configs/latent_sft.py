@@ -8,39 +8,13 @@ its own distribution until it shows '#'), the one Latent-GRPO continues from
 (docs/latent_sft.md). `:paper` gives the official GSM8K scripts' settings
 (LLaMA-3.2-1B shape; set --config.init to a CoT-SFT model).
 """
-import ml_collections
-
 from configs import base
 
 
 def add_section(c) -> None:
-  """config.latent_sft with the tiny default's settings (docs/latent_sft.md)."""
-  s = c.latent_sft = ml_collections.ConfigDict()
-  s.compression_rate = 4  # k think tokens per latent (official GSM8K: 2 BPE tokens)
-  s.top_k = 10  # mixture over the top-K of h·Eᵀ (topk_interpolation); 0 = whole vocabulary
-  s.encoder_steps = 300  # stage 1, step 1: the encoder (decoder frozen)
-  s.decoder_steps = 300  # stage 1, step 2: the decoder (encoder frozen)
-  s.union_steps = 300  # stage 1, step 3: both
-  s.stage2_steps = 600  # the decoder alone on the soft labels
-  s.batch_size = 16
-  s.lr = 3e-4  # stage 1 (official 1e-4 with LoRA r64)
-  s.stage2_lr = 3e-4  # stage 2 (official 3e-4 with LoRA r64)
-  s.weight_decay = 0.01
-  s.warmup_frac = 0.05
-  s.schedule = "cosine"
-  s.end_lr_frac = 0.0
-  s.clip_norm = 1.0
-  s.ce_weight = 1.0
-  s.kl_weight = 1.0
-  # stage 2's clamped Gumbel perturbation of the stored labels (add_gumbel_noise)
-  s.gumbel = True
-  s.gumbel_temperature = 1.0
-  s.noise_scale = 1.0
-  s.positions = "dual_track"  # stage 1's decoder positions: dual_track | sequential (first version)
-  s.train_embeddings = False  # the decoder's embeddings / LM head stay fixed (LoRA excludes them)
-  s.max_len = 256
-  s.eval_every = 200
-  s.log_every = 50
+  """config.latent_sft with the tiny default's settings (`LatentSFTOptions`,
+  lrjax/methods/latent_grpo/sft_options.py; docs/latent_sft.md)."""
+  base.use_options(c, "latent_sft")
 
 
 def set_rule(c) -> None:

@@ -62,7 +62,7 @@ def set_latr_paper(c):
   c.model.dtype = "bfloat16"
   c.data.task = "gsm8k_aug"
   c.data.sft_size = 0
-  c.data.prompt, c.data.chat_template = "latr", "none"
+  base.use_paper_prompt(c, "latr", chat_template="none")
   c.rl.reward = "boxed_math"
   c.sft.batch_size = 128
   c.sft.lr = 5e-5

@@ -1,8 +1,8 @@
 """LEPO: Gumbel-softmax latent reasoning policy optimization (arXiv 2604.17892).
 
-The first `rule.latent_len` response positions of every rollout are latent:
+The first `lepo.latent_len` response positions of every rollout are latent:
 the next input is a Gumbel-softmax mixture z^T E of the top-k token embeddings
-(temperature rule.tau), the shown token is the noise-free argmax; after them
+(temperature lepo.tau), the shown token is the noise-free argmax; after them
 ordinary sampling. One teacher-forced pass trains the latent positions with
 A * soft cross-entropy (no ratio) and the text with the clipped GRPO term,
 averaged per sequence over both (docs/lepo.md). This default runs a CoT-SFT
@@ -53,13 +53,13 @@ def _paper(c):
   preset reads MATH (`data.task = "math"`, reward `boxed_math`)."""
   c.name = "lepo-paper"
   c.mode = "rl"  # from the base model: no latent SFT
-  c.data.prompt, c.data.chat_template = "lepo", "auto"
+  base.use_paper_prompt(c, "lepo", chat_template="auto")
   c.rl.reward = "boxed_math"
   c.model.preset = "qwen2.5-3b"
   c.model.dtype = "bfloat16"
   c.data.task = "math"
   c.data.sft_size = 0  # every worked solution (only used by an SFT phase)
-  c.rule.latent_len = 64  # the paper's (tau, top_k, top_p are the rule's defaults)
+  c.lepo.latent_len = 64  # the paper's (tau, top_k, top_p are the defaults)
   c.rl.temperature = 1.0
   c.rl.group_size = 8
   # 8 GPUs x gradient accumulation 256 at batch 1, each completion seen twice

@@ -1,7 +1,7 @@
 """The parts of config validation a method module may use: `Row`, the checks, `ROWS`.
 
 Kept apart from `lrjax.validate` (whose registry rows import the registries
-lazily) so that a thought rule can name its checks (`ThoughtRule.checks`) and a
+lazily) so that a method's typed options can name their checks (`Options.CHECKS`) and a
 method can declare rows without taking on those imports:
 
     from lrjax.config_checks import Row, positive

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -127,7 +127,8 @@ def mode_phases(mode: str) -> list[str]:
 
 
 def check_resume_config(workdir: str, config: Any, allow_mismatch: bool,
-                        unread: Sequence[str] = ()) -> None:
+                        unread: Sequence[str] = (),
+                        migrate: Callable[[dict], dict] | None = None) -> None:
   """Refuses to resume `workdir` with a config that differs from its stored one.
 
   Raises ConfigMismatchError listing every differing field (ignoring
@@ -136,11 +137,14 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool,
   compare's shared warm-up, does not read it), and the fields in `unread` (the
   caller's: fields no part of this run reads); with
   `allow_mismatch` logs the same list as a warning. Does nothing when the
-  workdir has no stored config.
+  workdir has no stored config. `migrate` (the caller's) reads a stored config
+  of an older layout as the current one before the comparison.
   """
   stored = load_config(workdir)
   if stored is None:
     return
+  if migrate is not None:
+    stored = migrate(stored)
   ignore = RESUME_IGNORED + tuple(unread)
   modes = [c.get("mode") for c in (stored, to_dict(config))]
   if all(isinstance(m, str) for m in modes) and not any("rl" in mode_phases(m) for m in modes):

@@ -6,6 +6,9 @@ that already holds a run resumes it (a differing config is refused unless
 `--config.allow_config_mismatch=True`; the mesh and the logging cadence may
 change). `--config=configs/<m>.py` resolves from any directory (the configs
 ship with the package); `--print_workdir` prints the workdir and exits.
+A rule setting's old flag `--config.rule.<field>=v` still sets it where it lives now
+(its method's section, e.g. `--config.lepo.top_k`), with a one-line deprecation note
+(`lrjax.config_moves`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ _PRINT_WORKDIR = flags.DEFINE_bool("print_workdir", False,
 # Phases that read a trained model (config.init) and train nothing: their runs
 # get a workdir of their own, never the trained run's.
 READ_ONLY_MODES = ("eval", "span_probe")
+# `--config.rule.<field>` flags of rule settings, set once the config is read
+_MOVED_FLAGS: list[tuple[str, str]] = []
 
 
 def default_workdir(config) -> str:
@@ -54,8 +59,12 @@ def main(argv) -> None:
     print(os.path.abspath(workdir))
     return
   import lrjax.methods  # noqa: F401  (registers the shipped methods)
+  from lrjax.config_moves import apply_moved_flags
+  from lrjax.metrics import say
   from lrjax.phases.pipeline import prepare, run_phases
   try:
+    for note in apply_moved_flags(config, _MOVED_FLAGS):
+      say(note)
     run, phases = prepare(config, workdir)
   except ConfigMismatchError as e:  # multi-line: one line per differing field
     sys.exit(f"lrjax: {e}")
@@ -125,8 +134,13 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 def parse_flags(argv):
+  from lrjax.config_moves import split_moved_flags
   argv = resolve_config_args(argv)
   try:
+    argv, moved = split_moved_flags(argv)
+    if moved:  # the config flag reads its overrides from sys.argv itself
+      _MOVED_FLAGS[:] = moved
+      sys.argv[:] = argv
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
     sys.exit(f"lrjax: config error: {_one_line_error(argv, e)}")

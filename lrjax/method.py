@@ -5,7 +5,8 @@ method's own module under `lrjax/methods/`, which builds one `Method` record:
 
     MY_METHOD = Method(
         name="my_method",
-        rules={"my_rule": MY_RULE},                  # RULES (a ThoughtRule)
+        rules={"my_rule": MY_RULE},                  # RULES (a ThoughtRule; its settings
+                                                     #   are config_section="my_method")
         objectives={"my_objective": MY_OBJECTIVE},   # OBJECTIVES (`rl.objective`)
         policy_losses={"my_loss": PolicyLoss(fn)},   # POLICY_LOSSES (`rl.loss`)
         aux_losses={"my_aux": my_aux},               # AUX_LOSSES (`rl.aux_losses`)
@@ -15,6 +16,7 @@ method's own module under `lrjax/methods/`, which builds one `Method` record:
         heads={"my_head": Head(init, phase)},        # HEADS (params["heads"] entries)
         readable={"my_rule": render},                # READABLE (shown latent thoughts)
         options={"my_method": MyOptions},            # config section -> typed `Options`
+        prompt="my_paper",                           # its paper's prompt (`data.prompt`)
         rows=(Row("my_method.coef", positive),))     # validation rows of other fields
 
 and `lrjax/methods/__init__.py` registers it with `register_method(MY_METHOD)`:
@@ -61,7 +63,8 @@ class Options:
         weight: float = 0.01
         CHECKS = {"weight": (non_negative, ("rl",))}
 
-  `configs/base.py`'s `use_options(c, "my_method", weight=0.1)` writes the section.
+  `configs/base.py`'s `use_options(c, "my_method", weight=0.1)` writes the section
+  (`use_rule(c, rule, **fields)` writes the section of a rule's `config_section`).
   """
   CHECKS: ClassVar[Mapping[str, tuple[Check, tuple[str, ...]]]] = {}
 
@@ -93,7 +96,10 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class Method:
   """One paper's parts, each under the name a config selects it by (see the module
-  docstring). Every field but `name` is optional."""
+  docstring). Every field but `name` is optional. `prompt` names the paper's prompt
+  format (a name in `lrjax.data.prompts.PROMPTS`, which holds the formats as data),
+  what the method's `:paper` preset sets as `data.prompt` (`configs/base.py`'s
+  `use_paper_prompt`); '' = none."""
   name: str
   rules: Mapping[str, ThoughtRule] = dataclasses.field(default_factory=_none)
   objectives: Mapping[str, Objective] = dataclasses.field(default_factory=_none)
@@ -106,6 +112,7 @@ class Method:
   readable: Mapping[str, Callable[..., list]] = dataclasses.field(default_factory=_none)
   options: Mapping[str, type] = dataclasses.field(default_factory=_none)
   rows: tuple[Row, ...] = ()
+  prompt: str = ""
 
   def all_rows(self) -> tuple[Row, ...]:
     """`rows` and the checks of its option sections."""

@@ -15,10 +15,10 @@ steps); `when(config)` adds any other condition. Names (registries, schedules,
 dtypes) and the shape of `rl.param_groups` are checked whatever the phases: a
 misspelling is an error even where it is not read yet.
 
-A thought rule declares the checks of its `config.rule` fields itself
-(`ThoughtRule.checks`); they run after `ROWS`, when the rule is selected, on
-the fields the config sets (a field left out takes the rule's default). Other
-fields of a method are checked by the rows its `Method` record declares, e.g.
+A method's settings are a typed section of their own (`lrjax.method.Options`, e.g.
+`config.lepo`, the section of LEPO's rule): its checks run as rows of that section
+when the config has it. Other fields of a method are checked by the rows its
+`Method` record declares, e.g.
 
     Method(..., rows=(Row("my_method.coef", positive, phases=("rl",)),))
 
@@ -344,13 +344,4 @@ def validate_config(config, phases_registry) -> list[str]:
   check_rows(config, phases)
   for method in METHOD_ROWS.names():  # each registered method's own rows
     check_rows(config, phases, METHOD_ROWS.get(method))
-  check_rows(config, phases, rule_rows(config))
   return phases
-
-
-def rule_rows(config) -> list[Row]:
-  """The selected rule's own checks (`ThoughtRule.checks`) as rows, for the fields the
-  config sets (after the `rule.name` row passed)."""
-  from lrjax.latent import RULES
-  return [Row(f"rule.{field}", check, when=lambda c, f=field: f in c.rule)
-          for field, check in RULES.get(config.rule.name).checks]

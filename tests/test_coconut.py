@@ -9,7 +9,8 @@ import pytest
 
 from lrjax.data.tasks import Problem
 from lrjax.model import embed, forward, init, preset
-from lrjax.sft import build_batch, coconut_forward, make_train_step
+from lrjax.methods.coconut.forward import coconut_forward
+from lrjax.sft import build_batch, make_train_step
 from tests.test_sft_sequences import LAT, P3, TOK
 
 CFG = preset("tiny")

@@ -17,7 +17,7 @@ import pytest
 
 from lrjax.latent import DONE, RuleContext
 from lrjax.rollout import Sampling, pad_prompts, rollout
-from lrjax.sft import coconut_forward
+from lrjax.methods.coconut.forward import coconut_forward
 from lrjax.sft.sequences import SFTBatch
 from tests.test_replay import BOT, CFG, EOS, EOT, LAT, model_params
 

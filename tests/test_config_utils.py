@@ -113,23 +113,30 @@ def test_resume_check_allows_another_mesh_and_logging_cadence(tmp_path, capsys):
   assert "1 field(s)" in str(e.value) and "mesh" not in str(e.value)
 
 
-def test_resume_ignores_other_rules_fields_of_an_older_workdir(tmp_path):
-  """A workdir written when configs/base.py held every rule's fields resumes with a
-  config that holds only its own rule's; a field the rule reads still counts."""
+def test_a_workdir_of_the_flat_rule_layout_resumes_migrated(tmp_path, capsys):
+  """A workdir written when every rule's settings were `config.rule` fields (all rules'
+  fields, from before each rule kept its own) resumes with the config whose rule keeps
+  them in its method's section: its rule's move there, the others are dropped, in one
+  line; a moved field that differs still counts, under its new name."""
   from configs import lepo
-  from lrjax.phases.run import unread_rule_fields
+  from lrjax.phases.run import migrated
   now = lepo.get_config()
   stored = cu.to_dict(now)
-  stored["rule"].update(gate_c=8.0, r_min=0.99, noise_scale=1.0, end_token="####")
+  stored["rule"].update(stored.pop("lepo"), gate_c=8.0, r_min=0.99, noise_scale=1.0,
+                        end_token="####")
   with open(os.path.join(tmp_path, cu.CONFIG_FILE), "w") as f:
     json.dump(stored, f)
-  assert "rule.gate_c" in unread_rule_fields(now) and "rule.top_k" not in unread_rule_fields(now)
   with pytest.raises(cu.ConfigMismatchError, match="rule.gate_c"):
     cu.check_resume_config(str(tmp_path), now, allow_mismatch=False)
-  cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
-  now.rule.top_k = 20
-  with pytest.raises(cu.ConfigMismatchError, match="rule.top_k: 30"):
-    cu.check_resume_config(str(tmp_path), now, False, unread=unread_rule_fields(now))
+  capsys.readouterr()
+  migrate = lambda s: migrated(str(tmp_path), s, now)  # noqa: E731
+  cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
+  [line] = capsys.readouterr().out.splitlines()
+  assert "rule.latent_len -> lepo.latent_len" in line and "rule.top_k -> lepo.top_k" in line
+  assert "dropped rule.gate_c, rule.r_min, rule.noise_scale, rule.end_token" in line
+  now.lepo.top_k = 20
+  with pytest.raises(cu.ConfigMismatchError, match="lepo.top_k: 30"):
+    cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
 
 
 def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_path, capsys):
@@ -158,3 +165,32 @@ def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_pa
   assert dropped_sections(w, old) == ()
   with open(f"{w}/config.json") as f:
     assert "latent_rl" in json.load(f) and "latent_rl" in to_dict(old)
+
+
+def test_old_rule_flags_set_the_method_section_with_a_note():
+  """`--config.rule.<setting>` of the flat layout sets the field where the selected rule
+  keeps it now (after a `--config.rule.name` flag), and says so; `name`, `num_latent`
+  stay flags of config.rule; a setting the rule has not is refused naming its section."""
+  from configs import grpo, lepo
+  from lrjax.config_moves import apply_moved_flags, split_moved_flags
+  argv = ["lrjax", "--config=configs/lepo.py", "--config.rule.top_k=5", "--config.rule.tau",
+          "0.5", "--config.rule.num_latent=2", "--config.rule.name=gumbel_soft"]
+  kept, moved = split_moved_flags(argv)
+  assert kept == ["lrjax", "--config=configs/lepo.py", "--config.rule.num_latent=2",
+                  "--config.rule.name=gumbel_soft"]
+  assert moved == [("top_k", "5"), ("tau", "0.5")]
+  c = lepo.get_config()
+  notes = apply_moved_flags(c, moved)
+  assert (c.lepo.top_k, c.lepo.tau) == (5, 0.5) and "top_k" not in c.rule
+  assert notes == ["[lrjax] --config.rule.top_k is deprecated: use --config.lepo.top_k (set to 5)",
+                   "[lrjax] --config.rule.tau is deprecated: use --config.lepo.tau (set to 0.5)"]
+  with pytest.raises(cu.ConfigError, match="rule 'gumbel_soft' keeps no 'gate_c' "
+                     r"\(its settings are config.lepo\)"):
+    apply_moved_flags(c, [("gate_c", "4")])
+  with pytest.raises(cu.ConfigError, match="rule 'token' keeps no 'top_k' .it has no settings"):
+    apply_moved_flags(grpo.get_config(), [("top_k", "5")])
+  g = grpo.get_config()
+  g.rule.name = "hybrid"  # switched by a flag: the config has no hrpo section
+  with pytest.raises(cu.ConfigError, match="--config.rule.top_k is now --config.hrpo.top_k, "
+                     "but this config has no config.hrpo"):
+    apply_moved_flags(g, [("top_k", "5")])

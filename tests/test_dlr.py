@@ -10,7 +10,6 @@ finite differences in float64 to 1e-6; replayed chains 1e-5, replayed logits 1e-
 """
 import hashlib
 import os
-from types import SimpleNamespace
 
 import chex
 import jax
@@ -330,7 +329,7 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
   c = dlr_config.get_config()
   c.unlock()
   c.mode = "rl"  # from the random tiny model: its export before RL is the reference
-  c.rule.num_latent, c.rule.assistant = 2, "mlp"
+  c.rule.num_latent, c.dlr.assistant = 2, "mlp"
   c.data.train_size, c.data.sft_size = 200, 100
   c.eval.num_problems, c.eval.batch_size, c.eval.sampled, c.eval.max_new = 4, 4, False, 4
   c.eval.show_samples = 0
@@ -350,7 +349,7 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
     assert r["train/reward"] <= r["train/correct"] * 1.5 + (1 - r["train/correct"]) * -0.5 + 1e-6
   e = dlr_config.get_config()
   e.unlock()
-  e.mode, e.init, e.rule.assistant, e.rule.num_latent = "eval", work, "mlp", 0
+  e.mode, e.init, e.dlr.assistant, e.rule.num_latent = "eval", work, "mlp", 0
   e.eval.num_problems, e.eval.batch_size, e.eval.sampled, e.eval.max_new = 4, 4, False, 4
   e.eval.show_samples, e.data.train_size, e.data.sft_size = 0, 200, 100
   pair = Run.create(e, str(tmp_path / "eval"))
@@ -365,7 +364,8 @@ def test_short_run_exports_the_main_model_bit_identical_and_evaluates_the_pair(t
 
 
 def test_dual_reward_is_positive_exactly_when_correct():
-  ctx = SimpleNamespace(objective_opt=lambda name, default: 0.5)
+  ctx = RuleContext(model_cfg=CFG, rule="dlr", objective="dlr",
+                    objective_cfg={"lambda_format": 0.5})
   fn = OBJECTIVES.get("dlr").reward(rewards.hash_exact, ctx)
   cut = OBJECTIVES.get("dlr").correct_above
   for text, correct in (("1+1=2 #### 2", True), ("#### 2 #### 2", False), ("1+1=3 #### 3", False),

@@ -17,9 +17,10 @@ import pytest
 from configs import latr as latr_config, latr_sft as latr_sft_config
 from lrjax.config_utils import ConfigError
 from lrjax.data.tasks import Problem
+from lrjax.methods.coconut.curriculum import latr_counts
 from lrjax.phases import PHASES
 from lrjax.phases.workdir import MODEL_META, load_model_meta, save_model_meta
-from lrjax.sft import build_batch, latr_counts, make_train_step
+from lrjax.sft import build_batch, make_train_step
 from lrjax.validate import validate_config
 from tests.test_coconut import CFG, LR, PARAMS, PROBLEMS, SGD, _batch, _loss_and_grad, reference_loss
 from tests.test_main import FAST, _metrics

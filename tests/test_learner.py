@@ -296,22 +296,24 @@ def test_hrpo_configured_objective_matches_a_numpy_loop(params):
 
 
 def test_rule_declarations_replace_name_branches(monkeypatch):
-  """prompt suffix, special tokens, config fields and answer budget come from the rule."""
+  """prompt suffix, special tokens, config section and answer budget come from the rule."""
   c = base.get_config()
-  c.rule.gate_c, c.rule.r_min, c.rule.top_k = 4.0, 0.9, 7
-  assert rule_config("hybrid", c.rule) == {"c": 4.0, "r_min": 0.9, "top_k": 7}
-  assert rule_config("token", c.rule) == {}
+  base.use_rule(c, "hybrid", gate_c=4.0, r_min=0.9, top_k=7)
+  assert rule_config("hybrid", c) == {"gate_c": 4.0, "r_min": 0.9, "top_k": 7}
+  assert rule_config("token", c) == {}
   assert prompt_suffix(contexts()["hidden"]) == (BOT,)
   assert prompt_suffix(contexts()["token"]) == ()
   assert RULES.get("hidden").extra_positions(3) == 4
   monkeypatch.setitem(RULES._items, "test_declared", ThoughtRule(
       step=None, replay_inputs=None, prompt_suffix=lambda ctx: (ctx.eot_id, 5),
-      special_tokens=("<bot>",), config_fields=(("k", "top_k"),),
+      special_tokens=("<bot>",), config_section="hrpo",
       extra_positions=lambda n: 2 * n))
   run = Run(config=c, workdir="", mesh=None, task=None, tokenizer=None, model_cfg=CFG,
             special={"eos_id": 1, "pad_id": 0, "eot_id": EOT}, metrics=None)
   ctx = run.rule_context("test_declared", 10, num_latent=2)
-  assert ctx.rule_cfg == (("k", 7),) and prompt_suffix(ctx) == (EOT, 5)
+  assert ctx.rule_cfg == (("gate_c", 4.0), ("r_min", 0.9), ("top_k", 7))
+  assert prompt_suffix(ctx) == (EOT, 5)
+  c.rule.name = "token"
   assert not needs_latent_tokens(c)
   c.rule.name = "test_declared"
   assert needs_latent_tokens(c)

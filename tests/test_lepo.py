@@ -255,17 +255,15 @@ def test_shipped_lepo_configs_pass(arg):
 
 
 @pytest.mark.parametrize("field, bad, expect", [
-    ("rule.tau", 0.0, "must be > 0"),
-    ("rule.tau", -0.3, "must be > 0"),
-    ("rule.latent_len", 0, "must be > 0"),
-    ("rule.latent_len", -4, "must be > 0"),
-    ("rule.top_k", 0, "must be > 0"),
-    ("rule.top_p", 0.0, "must be in (0, 1]"),
-    ("rule.top_p", 1.5, "must be in (0, 1]"),
+    ("lepo.tau", 0.0, "must be > 0"),
+    ("lepo.tau", -0.3, "must be > 0"),
+    ("lepo.latent_len", 0, "must be > 0"),
+    ("lepo.latent_len", -4, "must be > 0"),
+    ("lepo.top_k", 0, "must be > 0"),
+    ("lepo.top_p", 0.0, "must be in (0, 1]"),
+    ("lepo.top_p", 1.5, "must be in (0, 1]"),
 ])
 def test_config_validation_names_the_field(field, bad, expect):
   with pytest.raises(ConfigError) as e:
     validate_config(_lepo(**{field: bad}), PHASES)
   assert str(e.value) == f"config.{field}={bad!r} {expect}"
-  # the rows belong to the rule: another rule ignores these fields
-  validate_config(_lepo(**{field: bad, "rule.name": "token"}), PHASES)

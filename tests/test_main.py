@@ -48,6 +48,20 @@ def test_config_errors_name_the_field(tmp_path, flag, field):
   assert field in last, err[-2000:]
 
 
+def test_an_old_rule_flag_sets_the_new_field_with_a_note(tmp_path):
+  """`--config.rule.top_k` (the flat layout) sets `lepo.top_k` under configs/lepo.py and
+  says so in one line; the run then stops at the next config error, before any phase."""
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "lrjax.main", "--config=configs/lepo.py",
+                         f"--workdir={tmp_path / 'w'}", "--config.rule.top_k=5",
+                         "--config.sft.steps=-1"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode != 0
+  assert ("[lrjax] --config.rule.top_k is deprecated: use --config.lepo.top_k (set to 5)"
+          in proc.stdout.splitlines()), proc.stdout + proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith("lrjax: config error: config.sft.steps")
+
+
 def test_misspelled_rl_loss_fails_before_any_phase(tmp_path):
   """A typo in an RL field of an 'sft,rl' run is refused up front, not after the SFT phase."""
   w = tmp_path / "w"

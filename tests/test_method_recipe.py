@@ -57,16 +57,16 @@ def toy_norm(params, traj, replay_out, *, ctx, **kw):
 
 @dataclasses.dataclass(frozen=True)
 class ToyOptions(Options):
-  """The `toy` config section: its fields, defaults and checks."""
+  """The `toy` config section: its fields, defaults and checks (the rule's and the
+  objective's settings)."""
+  scale: float = 1.0  # the rule's input scale
   weight: float = 0.01  # toy_norm's weight
-  CHECKS = {"weight": (non_negative, ("rl",))}
+  CHECKS = {"scale": (positive, ()), "weight": (non_negative, ("rl",))}
 
 
 TOY = Method(
     name="toy",
-    rules={RULE: ThoughtRule(step=step, replay_inputs=replay_inputs,
-                             config_fields=(("scale", "scale"),), defaults={"scale": 1.0},
-                             checks=(("scale", positive),))},
+    rules={RULE: ThoughtRule(step=step, replay_inputs=replay_inputs, config_section="toy")},
     objectives={"toy_objective": Objective(masks=token_masks, terms=token_terms,
                                            config_section="toy", metrics=objective_metrics)},
     aux_losses={"toy_norm": toy_norm},
@@ -74,11 +74,10 @@ TOY = Method(
 
 
 def toy_config(**fields) -> ml_collections.ConfigDict:
-  """configs/grpo.py selecting the toy method, with its own section `toy`."""
+  """configs/grpo.py selecting the toy method: its rule, which adds its section `toy`."""
   from configs import base, grpo  # noqa: PLC0415
   c = grpo.get_config()
   base.use_rule(c, RULE, scale=0.5)
-  base.use_options(c, "toy")
   c.rl.objective = "toy_objective"
   c.rl.aux_losses = (("toy_norm", 1.0),)
   for k, v in fields.items():
@@ -118,8 +117,8 @@ def test_the_toy_method_validates_its_fields(toy):
   from lrjax.phases import PHASES  # noqa: PLC0415
   from lrjax.validate import validate_config  # noqa: PLC0415
   assert validate_config(toy_config(), PHASES) == ["sft", "rl"]
-  with pytest.raises(ConfigError, match=r"config.rule.scale=-1.0 must be > 0"):
-    validate_config(toy_config(**{"rule.scale": -1.0}), PHASES)
+  with pytest.raises(ConfigError, match=r"config.toy.scale=-1.0 must be > 0"):
+    validate_config(toy_config(**{"toy.scale": -1.0}), PHASES)
   with pytest.raises(ConfigError, match=r"config.toy.weight=-2.0 must be >= 0"):
     validate_config(toy_config(**{"toy.weight": -2.0}), PHASES)
   with pytest.raises(ValueError, match=r"ToyOptions.weight=-1 must be >= 0"):

@@ -51,7 +51,7 @@ CASES = {
 # beyond rehearsal.short(): Latent-GRPO's 4 mini-batch updates need 4 prompts, DLR's 0.5B
 # assistant is replaced by a tiny one, and no preset's accumulation (rl.microbatch, set for
 # its paper's batch) applies to these 4-row batches
-EXTRA = {"latent_grpo": {"rl.num_prompts": 4}, "dlr": {"rule.assistant": "tiny-assistant"}}
+EXTRA = {"latent_grpo": {"rl.num_prompts": 4}, "dlr": {"dlr.assistant": "tiny-assistant"}}
 COMMON = {**rehearsal.short(prompts=2, samples=2, max_new=12, steps=2), "rl.microbatch": 0}
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lrjax.data.tasks import Problem, cot_text
-from lrjax.sft import LatentIds, build_batch, coconut_counts, resolve_latent_ids
+from lrjax.methods.coconut.curriculum import coconut_counts
+from lrjax.sft import LatentIds, build_batch, resolve_latent_ids
 
 
 class CharTokenizer:

@@ -258,31 +258,39 @@ def test_dlr_microbatch_holds_whole_groups():
   validate_config(_config(dlr, "paper", **{"rl.microbatch": 64}), PHASES)
 
 
-def test_rule_fields_and_their_checks_come_from_the_rule():
-  """No module adds rule rows to ROWS when imported; the selected rule's declared checks
-  run on the fields the config sets, and a field it leaves out takes the rule's default."""
-  import lrjax.latent  # noqa: F401 - every rule registered
-  from lrjax.latent import RULES, rule_config, rule_defaults
+def test_rule_settings_and_their_checks_come_from_the_method_section():
+  """No module adds rule rows to ROWS when imported; a rule's settings are its method's
+  typed section (its defaults when the config has none), checked when present."""
+  import lrjax.methods  # noqa: F401 - every rule registered
+  from lrjax.latent import RULES, rule_config, rule_defaults, rule_options_class
   assert {r.field for r in ROWS if r.field.startswith("rule.")} == {"rule.name", "rule.num_latent"}
-  assert [f for f, _ in RULES.get("gumbel_soft").checks] == ["tau", "latent_len", "top_k", "top_p"]
-  c = _config(grpo, **{"rule.name": "gumbel_soft"})  # switched by a flag: no rule fields set
-  assert "top_k" not in c.rule
-  assert rule_config("gumbel_soft", c.rule) == {"tau": 0.3, "latent_len": 64, "top_k": 30,
-                                                "top_p": 0.95}
+  assert RULES.get("gumbel_soft").config_section == "lepo"
+  assert list(rule_options_class("gumbel_soft").CHECKS) == ["tau", "latent_len", "top_k", "top_p"]
+  c = _config(grpo, **{"rule.name": "gumbel_soft"})  # switched by a flag: no section
+  assert "lepo" not in c and set(c.rule) == {"name", "num_latent"}
+  assert rule_config("gumbel_soft", c) == {"tau": 0.3, "latent_len": 64, "top_k": 30,
+                                           "top_p": 0.95}
   validate_config(c, PHASES)
-  c.rule.top_k = 0
-  assert _error(c) == "config.rule.top_k=0 must be > 0"
+  base.use_rule(c, "gumbel_soft", top_k=5)
+  assert rule_config("gumbel_soft", c)["top_k"] == 5
+  c.lepo.top_k = 0
+  assert _error(c) == "config.lepo.top_k=0 must be > 0"
   assert rule_defaults("hybrid") == {"gate_c": 8.0, "r_min": 0.99, "top_k": 50}
   assert rule_defaults("topk_gumbel")["top_k"] == 10 and rule_defaults("token") == {}
 
 
-def test_use_rule_writes_the_rule_defaults_and_refuses_other_fields():
+def test_use_rule_writes_the_section_and_refuses_other_fields():
   c = base.get_config()
   base.use_rule(c, "gumbel_soft", latent_len=8)
-  assert (c.rule.name, c.rule.latent_len, c.rule.top_k, c.rule.top_p) == ("gumbel_soft", 8, 30,
+  assert (c.rule.name, c.lepo.latent_len, c.lepo.top_k, c.lepo.top_p) == ("gumbel_soft", 8, 30,
                                                                           0.95)
-  with pytest.raises(ValueError, match="rule 'hybrid' reads no config.rule field 'tau'"):
+  assert set(c.rule) == {"name", "num_latent"}
+  with pytest.raises(ValueError, match="config.hrpo has no field 'tau'; its fields: gate_c"):
     base.use_rule(base.get_config(), "hybrid", tau=0.5)
+  with pytest.raises(ValueError, match="rule 'token' has no settings"):
+    base.use_rule(base.get_config(), "token", top_k=5)
+  with pytest.raises(ValueError, match=r"HRPOOptions.top_k=0 must be > 0"):
+    base.use_rule(base.get_config(), "hybrid", top_k=0)
 
 
 def test_rows_added_while_validating_are_not_seen(monkeypatch):
@@ -297,3 +305,17 @@ def test_rows_added_while_validating_are_not_seen(monkeypatch):
   monkeypatch.setattr("lrjax.config_checks.ROWS", rows)
   validate_config(_config(), PHASES)
   assert len(rows) == len(ROWS) + 2
+
+
+def test_paper_presets_take_their_methods_prompt():
+  """A `Method` names its paper's prompt format (data in lrjax.data.prompts); the `:paper`
+  presets set `data.prompt` from it."""
+  from lrjax.data.prompts import PROMPTS
+  from lrjax.methods import METHODS
+  for module, method in ((hrpo, "hrpo"), (lepo, "lepo"), (latent_grpo, "latent_grpo"),
+                         (dlr, "dlr"), (latr, "latr")):
+    prompt = METHODS.get(method).prompt
+    assert prompt in PROMPTS and module.get_config("paper").data.prompt == prompt, method
+    assert module.get_config().data.prompt == "raw"
+  with pytest.raises(ValueError, match="method 'coconut' names no paper prompt"):
+    base.use_paper_prompt(base.get_config(), "coconut", chat_template="auto")

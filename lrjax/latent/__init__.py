@@ -9,7 +9,8 @@ from lrjax.latent import token  # noqa: F401  (registers the `token` rule)
 from lrjax.latent.base import (ANSWER, DONE, LATENT, PROMPT, RULES, SPAN_DTYPE, RuleContext,
                                StepOut, ThoughtRule, embedding_table, freeze, init_rule_params,
                                objective_of, prompt_suffix, rule_aux, rule_config, rule_defaults,
-                               rule_of, rule_options, thought_positions)
+                               rule_of, rule_options, rule_options_class,
+                               thought_positions)
 from lrjax.latent.objective import (HEADS, OBJECTIVES, TOKEN_OBJECTIVE, Head, Masks, Objective,
                                     Terms)
 
@@ -18,5 +19,5 @@ __all__ = [
     "TOKEN_OBJECTIVE", "Head", "Masks", "Objective", "RuleContext", "StepOut", "Terms",
     "ThoughtRule", "embedding_table", "freeze", "init_rule_params", "objective_of",
     "prompt_suffix", "rule_aux", "rule_config", "rule_defaults", "rule_of", "rule_options",
-    "thought_positions",
+    "rule_options_class", "thought_positions",
 ]

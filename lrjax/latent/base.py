@@ -21,19 +21,19 @@ Besides the step and the replay, a rule declares everything the rest of lrjax
 needs to know about it, so that no module outside the rule's own branches on
 its name: what the learner scores (`objective`, see `lrjax.latent.objective`),
 the ids appended to every prompt (`prompt_suffix`), the special tokens it needs
-in the vocabulary (`special_tokens`), which `config.rule` fields it reads
-(`config_fields`) and how many response positions it spends before the answer
-(`extra_positions`).
+in the vocabulary (`special_tokens`), the config section holding its settings
+(`config_section`, its method's typed options) and how many response positions it
+spends before the answer (`extra_positions`).
 """
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from lrjax.config_checks import OPTION_SECTIONS
 from lrjax.latent.objective import OBJECTIVES, TOKEN_OBJECTIVE, Objective
 from lrjax.model.config import ModelConfig
 from lrjax.registry import Registry
@@ -160,14 +160,11 @@ class ThoughtRule(NamedTuple):
   prompt_suffix(ctx) -> ids appended to every prompt (e.g. `hidden`: (ctx.bot_id,)).
   special_tokens: tokens the rule needs in the vocabulary (added with
       `lrjax.data.tokenizer.add_latent_tokens`), e.g. ("<bot>", "<latent>", "<eot>").
-  config_fields: (rule_cfg key, `config.rule` field) pairs: the config fields
-      the rule reads into ctx.rule_cfg (e.g. hybrid's ("c", "gate_c")).
-  defaults: rule_cfg key -> value, the one source of the rule's hyper-parameter
-      defaults: where ctx.rule_cfg (or the config) leaves a key out (`rule_options`),
-      and what `configs/base.py`'s `use_rule` writes into `config.rule`.
-  checks: (`config.rule` field, check(value, config) -> problem or None) pairs,
-      run by the config validation when the rule is selected
-      (`lrjax.config_checks` has the checks).
+  config_section: the config section holding the rule's settings (e.g. `config.lepo`),
+      whose typed options (`lrjax.method.Options`, registered under the section's
+      name in `lrjax.config_checks.OPTION_SECTIONS` by the rule's method) are the one
+      source of their defaults and checks; its fields are the ctx.rule_cfg keys
+      (`rule_config`). '' = the rule has no settings.
   extra_positions(num_latent) -> response positions the rule spends before the
       answer (`hidden`: num_latent latents + `<eot>`); evaluation budgets add it
       to `eval.max_new`.
@@ -188,9 +185,7 @@ class ThoughtRule(NamedTuple):
   objective: Objective = TOKEN_OBJECTIVE
   prompt_suffix: Callable[[RuleContext], tuple[int, ...]] = no_suffix
   special_tokens: tuple[str, ...] = ()
-  config_fields: tuple[tuple[str, str], ...] = ()
-  defaults: Mapping[str, Any] = types.MappingProxyType({})
-  checks: tuple[tuple[str, Callable[[Any, Any], "str | None"]], ...] = ()
+  config_section: str = ""
   extra_positions: Callable[[int], int] = no_extra_positions
   prepare: Callable[..., Any] | None = None
 
@@ -212,23 +207,32 @@ def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
   return tuple(int(i) for i in rule_of(ctx).prompt_suffix(ctx))
 
 
-def rule_config(rule: str, config_rule: Any) -> dict:
-  """ctx.rule_cfg of `rule` from a `config.rule` section (its declared `config_fields`;
-  a field the section leaves out takes the rule's default)."""
-  r = RULES.get(rule)
-  return {key: config_rule[field] if field in config_rule else r.defaults[key]
-          for key, field in r.config_fields}
+def rule_options_class(rule: str) -> type | None:
+  """The typed options (`lrjax.method.Options`) of `rule`'s config section, or None."""
+  section = RULES.get(rule).config_section
+  return OPTION_SECTIONS.get(section) if section else None
+
+
+def rule_config(rule: str, config: Any) -> dict:
+  """ctx.rule_cfg of `rule` from a config: the fields of its section
+  (`ThoughtRule.config_section`); a config without the section, or a field the section
+  leaves out, takes the options' default."""
+  cls = rule_options_class(rule)
+  if cls is None:
+    return {}
+  section = RULES.get(rule).config_section
+  return dataclasses.asdict(cls.from_section(config[section]) if section in config else cls())
 
 
 def rule_defaults(rule: str) -> dict:
-  """{`config.rule` field: default} of every field `rule` reads."""
-  r = RULES.get(rule)
-  return {field: r.defaults[key] for key, field in r.config_fields if key in r.defaults}
+  """{field: default} of `rule`'s settings (its section's typed options)."""
+  cls = rule_options_class(rule)
+  return dataclasses.asdict(cls()) if cls is not None else {}
 
 
 def rule_options(rule: str, rule_cfg: Mapping | tuple = ()) -> dict:
-  """Rule `rule`'s hyper-parameters: its `defaults` overlaid with `rule_cfg`."""
-  return {**RULES.get(rule).defaults, **dict(rule_cfg)}
+  """Rule `rule`'s settings: its defaults (`rule_defaults`) overlaid with `rule_cfg`."""
+  return {**rule_defaults(rule), **dict(rule_cfg)}
 
 
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:

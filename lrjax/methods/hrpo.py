@@ -16,34 +16,50 @@ Greedy evaluation picks argmax l_t but still builds ĥ_t with the training τ.
 The truncation is the rule's `top_k` (HF default 50, as in the official code)
 and ctx.sampling.top_p; ctx.sampling.top_k is not used by this rule.
 
-Rule hyper-parameters (ctx.rule_cfg): top_k (50), r_min (0.99), c (8.0).
+Rule settings (ctx.rule_cfg, the `hrpo` config section, `HRPOOptions`): top_k (50),
+r_min (0.99), gate_c (c, 8.0).
 aux: {"delimiter": tables from `lrjax.data.delimiter.delimiter_tables`}.
 Records: `soft` ĥ_t [B, H] float32 (zeros where the gate is off) and `think`
 [B] bool (the gate is applied to x_{t+1}).
 The learner scores the sampled token, log_softmax(l_t/τ)[y_t], at every
-position (think span and answer) inside the ratio, as `token` does. The rule
-reads `config.rule.gate_c`, `r_min` and `top_k` (`config_fields`).
+position (think span and answer) inside the ratio, as `token` does.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-
 import numpy as np
+
+from lrjax import config_checks as checks
 
 from lrjax.data.delimiter import delimiter_step, delimiter_tables
 from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, rule_options)
 from lrjax.latent.objective import TOKEN_OBJECTIVE
 from lrjax.latent.readable import token_text
-from lrjax.method import Method
+from lrjax.method import Method, Options
 from lrjax.model.config import ModelConfig
 from lrjax.sampling import gumbel_max, process_logits, token_logp
 
 NAME = "hybrid"
-DEFAULTS = {"top_k": 50, "r_min": 0.99, "c": 8.0}  # HF's top-k default; the paper's r_min, c
+SECTION = "hrpo"
+
+
+@dataclasses.dataclass(frozen=True)
+class HRPOOptions(Options):
+  """The `hrpo` config section: the `hybrid` rule's settings."""
+  gate_c: float = 8.0  # c of the gate a = exp(-c softplus(-Λ) r) (the paper's)
+  r_min: float = 0.99  # Λ's init draws u ~ U[r_min, 0.999] (the paper's)
+  top_k: int = 50  # the soft embedding's truncation (HF's default, as the official code)
+
+  CHECKS = {"gate_c": (checks.positive, ()),
+            "r_min": (checks.in_unit_interval(False, False), ()),
+            "top_k": (checks.positive_int, ())}
+
 EPS = 1e-8
 
 
@@ -83,7 +99,7 @@ def init_params(model_cfg: ModelConfig, rule_cfg: Mapping | tuple, key: jax.Arra
   dense = lambda k: {"kernel": 0.02 * jax.random.normal(k, (h, h), jnp.float32),
                      "bias": jnp.zeros((h,), jnp.float32)}
   return {"gate_r": dense(kr), "gate_i": dense(ki),
-          "lambda": lambda_init(kl, h, o["r_min"], o["c"])}
+          "lambda": lambda_init(kl, h, o["r_min"], o["gate_c"])}
 
 
 def gate(params_rule: dict, e: jax.Array, c: float = 8.0) -> tuple[jax.Array, jax.Array]:
@@ -139,7 +155,7 @@ def step(ctx: RuleContext, params: dict, logits: jax.Array, hidden: jax.Array, k
   tables = _fit_tables(aux["delimiter"], emb.shape[0])
   run, completed = delimiter_step(tables, state["run"], y)  # B, B
   think = state["think"] & ~completed  # B, gate on x_{t+1}
-  next_embed = mix(params["rule"], emb[y], soft, think, o["c"]).astype(emb.dtype)  # B H
+  next_embed = mix(params["rule"], emb[y], soft, think, o["gate_c"]).astype(emb.dtype)  # B H
   span = jnp.where(state["think"], LATENT, ANSWER).astype(jnp.int8)  # B
   record = {"soft": jnp.where(think[:, None], soft, 0.0), "think": think}
   b = y.shape[0]
@@ -151,7 +167,7 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """x_1..x_N from stored ĥ (no gradient) and the live gate and embedding table."""
   emb = embedding_table(params)  # V H
   soft = jax.lax.stop_gradient(traj.records["soft"])  # B N H
-  c = rule_options(NAME, ctx.rule_cfg)["c"]
+  c = rule_options(NAME, ctx.rule_cfg)["gate_c"]
   x = mix(params["rule"], emb[traj.ids], soft, traj.records["think"], c)
   return x.astype(emb.dtype)  # B N H
 
@@ -159,7 +175,7 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
 def hybrid_ratio(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """HRPO's hidden-state ratio: mean of sqrt(1 − a²) over think positions (0 if none)."""
   emb = embedding_table(params)  # V H
-  a, _ = gate(params["rule"], emb[traj.ids], rule_options(NAME, ctx.rule_cfg)["c"])  # B N H
+  a, _ = gate(params["rule"], emb[traj.ids], rule_options(NAME, ctx.rule_cfg)["gate_c"])  # B N H
   ratio = jnp.sqrt(1.0 - a * a + EPS).mean(-1)  # B N
   think = traj.records["think"]  # B N
   return jnp.sum(jnp.where(think, ratio, 0.0)) / jnp.maximum(jnp.sum(think), 1)
@@ -179,7 +195,7 @@ def readable(ctx: RuleContext, params: dict, traj, row: int, tokenizer) -> list:
   if not ts:
     return []
   emb = np.asarray(params["model"]["embed"]["embedding"], np.float32)
-  a, _ = gate(params["rule"], emb[ids[ts]], rule_options(ctx.rule, ctx.rule_cfg)["c"])  # T H
+  a, _ = gate(params["rule"], emb[ids[ts]], rule_options(ctx.rule, ctx.rule_cfg)["gate_c"])  # T H
   share = np.mean(np.square(np.asarray(a, np.float64)), axis=-1)  # T
   return [{"t": t, "token": token_text(tokenizer, ids[t]), "token_share": round(float(s), 4)}
           for t, s in zip(ts, share)]
@@ -189,8 +205,9 @@ HYBRID = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, init_params=init_params,
     record_spec=record_spec, make_aux=lambda tokenizer, rule_cfg: delimiter_aux(tokenizer),
     metrics=metrics, objective=TOKEN_OBJECTIVE,
-    config_fields=(("c", "gate_c"), ("r_min", "r_min"), ("top_k", "top_k")), defaults=DEFAULTS)
+    config_section=SECTION)
 
 # HRPO trains with the generic `reinforce_onpolicy` loss and `token_inputs` KL reference
 # (configs/hrpo.py); its own part is the rule.
-HRPO = Method(name="hrpo", rules={NAME: HYBRID}, readable={NAME: readable})
+HRPO = Method(name="hrpo", rules={NAME: HYBRID}, readable={NAME: readable},
+              options={SECTION: HRPOOptions}, prompt="hrpo")

@@ -27,11 +27,13 @@ stored inputs (l^θ the replayed logits, A the advantage):
 with the configured aggregation over both (LEPO: `seq_mean`). Every term,
 old and reference ones included, is computed on the same stored inputs.
 
-Rule hyper-parameters (ctx.rule_cfg, from `config.rule`): tau (τ, 0.3),
+Rule settings (ctx.rule_cfg, the `lepo` config section, `LEPOOptions`): tau (τ, 0.3),
 latent_len (L, 64), top_k (K, 30), top_p (0.95); they set the processing of
 every position, so ctx.sampling.top_k / top_p are not read by this rule.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -43,12 +45,25 @@ from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule
                                rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.latent.readable import mix_pairs
-from lrjax.method import Method
+from lrjax.method import Method, Options
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, token_logp, top_k_ids
 
 NAME = "gumbel_soft"
-DEFAULTS = {"tau": 0.3, "latent_len": 64, "top_k": 30, "top_p": 0.95}  # the paper's
+SECTION = "lepo"
+
+
+@dataclasses.dataclass(frozen=True)
+class LEPOOptions(Options):
+  """The `lepo` config section: the `gumbel_soft` rule's settings (the paper's)."""
+  tau: float = 0.3  # τ of the Gumbel-Softmax mixture
+  latent_len: int = 64  # L, latent positions per rollout
+  top_k: int = 30  # K, candidates of every position
+  top_p: float = 0.95
+
+  CHECKS = {"tau": (checks.positive, ()), "latent_len": (checks.positive_int, ()),
+            "top_k": (checks.positive_int, ()),
+            "top_p": (checks.in_unit_interval(False, True), ())}
 
 
 def candidates(logits: jax.Array, temperature: float, top_k: int,
@@ -179,9 +194,7 @@ GUMBEL_SOFT = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     metrics=metrics, objective=Objective(masks=objective_masks, terms=objective_terms,
                                          has_direct=True),
-    config_fields=(("tau", "tau"), ("latent_len", "latent_len"), ("top_k", "top_k"),
-                   ("top_p", "top_p")), defaults=DEFAULTS,
-    checks=(("tau", checks.positive), ("latent_len", checks.positive_int),
-            ("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True))))
+    config_section=SECTION)
 
-LEPO = Method(name="lepo", rules={NAME: GUMBEL_SOFT}, readable={NAME: readable})
+LEPO = Method(name="lepo", rules={NAME: GUMBEL_SOFT}, readable={NAME: readable},
+              options={SECTION: LEPOOptions}, prompt="lepo")

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from lrjax import config_utils, distributed, parallel
+from lrjax import config_moves, config_utils, distributed, parallel
 from lrjax.config_checks import OPTION_SECTIONS
 from lrjax.data import special as special_lib, tokenizer as tok_lib
 from lrjax.data.prompts import Prompter
@@ -71,8 +71,8 @@ class Run:
     distributed.maybe_initialize_distributed(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
     config_utils.check_resume_config(workdir, config, config.allow_config_mismatch,
-                                     unread=unread_rule_fields(config)
-                                     + dropped_sections(workdir, config))
+                                     unread=dropped_sections(workdir, config),
+                                     migrate=lambda stored: migrated(workdir, stored, config))
     config_utils.save_config(workdir, config)
     mesh = parallel.make_mesh(config.mesh)
     task = load_task(config.data)
@@ -132,9 +132,9 @@ class Run:
 
   def rule_context(self, rule: str, max_new: int, num_latent: int = 0,
                    temperature: float = 1.0) -> RuleContext:
-    """Rule `rule`'s context for this run: its declared `config.rule` fields, the special ids."""
+    """Rule `rule`'s context for this run: its settings (its config section), the special ids."""
     c = self.config
-    rule_cfg = rule_config(rule, c.rule)
+    rule_cfg = rule_config(rule, c)
     return RuleContext(
         model_cfg=self.model_cfg, rule=rule, rule_cfg=rule_cfg,
         sampling=Sampling(temperature=temperature), eos_id=self.special["eos_id"],
@@ -151,13 +151,14 @@ class Run:
     return self.rule_context(rule, budget, num_latent=num_latent, temperature=temperature)
 
 
-def unread_rule_fields(config) -> tuple[str, ...]:
-  """`config.rule` fields of other rules than the selected one, which nothing reads: a
-  workdir's stored config from before each rule's fields were its own (`use_rule`)
-  holds every rule's, and resuming it must not count them as changes."""
-  fields = lambda rule: {f for _, f in RULES.get(rule).config_fields}  # noqa: E731
-  other = set().union(*(fields(r) for r in RULES.names())) - fields(config.rule.name)
-  return tuple(f"rule.{f}" for f in sorted(other - {"name", "num_latent"}))
+def migrated(workdir: str, stored: dict, config) -> dict:
+  """A workdir's stored config read in the current layout (`lrjax.config_moves`: the
+  rule settings that moved from `config.rule` to their method's section), said in one
+  line when it had the old one."""
+  stored, notice = config_moves.migrate_stored(stored, config)
+  if notice:
+    say(f"[lrjax] {workdir}: {notice}")
+  return stored
 
 
 def dropped_sections(workdir: str, config) -> tuple[str, ...]:

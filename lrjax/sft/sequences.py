@@ -53,8 +53,10 @@ class SFTMethod(NamedTuple):
   encode(problem, tokenizer, stage, c, latent_ids, max_latent_stage, pad_latents,
          start_latents, max_latents, prompter)
       -> (ids, response start column, `<bot>` column or 0, number of latents).
-  latent: rows hold latent thoughts (the Coconut curriculum, the latent forward,
-      `LatentIds`).
+  latent: rows hold latent thoughts (the Coconut curriculum, `LatentIds`).
+  forward(cfg, params, batch, latent_grad) -> (hidden [B, T, H], logits [B, T, V]):
+      the SFT loss's forward of the method's rows (e.g. Coconut's continuous
+      thoughts); None: the teacher-forced forward of the token embeddings.
   special_tokens: tokens the method needs in the vocabulary.
   eval_rule: the thought rule its models are evaluated with (a name in
       `lrjax.latent.RULES`), with the stage's latent count.
@@ -63,6 +65,7 @@ class SFTMethod(NamedTuple):
   latent: bool = False
   special_tokens: tuple[str, ...] = ()
   eval_rule: str = "token"
+  forward: Callable[..., tuple[Any, Any]] | None = None
 
 
 SFT_METHODS: Registry[SFTMethod] = Registry("SFT method")
@@ -117,32 +120,10 @@ def resolve_latent_ids(tokenizer: Any, latent_ids: Any = None) -> LatentIds:
   return LatentIds(*map(int, latent_ids))
 
 
-def coconut_counts(n_steps: int, stage: int, max_latent_stage: int | None = None,
-                   pad_latents: bool = False) -> tuple[int, int]:
-  """(steps skipped, latent steps k) of one problem at a curriculum stage (module doc)."""
-  if stage < 0:
-    raise ValueError(f"stage must be >= 0, got {stage}")
-  if max_latent_stage is not None and stage > max_latent_stage:
-    return n_steps, (max_latent_stage if pad_latents else min(n_steps, max_latent_stage))
-  return min(stage, n_steps), (stage if pad_latents else min(stage, n_steps))
-
-
-def latr_counts(n_steps: int, stage: int, c: int, start_latents: int,
-                max_latents: int) -> tuple[int, int]:
-  """(steps skipped, latents) of one problem in LatR's curriculum (arXiv 2512.11816;
-  `process_data.py` of its official code): stage s has n = min(start + s*c, max)
-  latents in every row; they replace the first n // c reasoning steps, and at
-  n = max every step (the all-latent stage)."""
-  if stage < 0:
-    raise ValueError(f"stage must be >= 0, got {stage}")
-  n = min(start_latents + stage * c, max_latents)
-  return (n_steps if n >= max_latents else min(n // c, n_steps)), n
-
-
 def nominal_latents(stage: int, c: int, max_latent_stage: int | None = None,
                     start_latents: int = 0, max_latents: int = 0) -> int:
   """n_latent_max of every batch at this stage: the most latents any row can have
-  (max_latents > 0: LatR's curriculum, `latr_counts`)."""
+  (max_latents > 0: LatR's curriculum, `lrjax.methods.coconut.curriculum.latr_counts`)."""
   if max_latents > 0:
     return min(start_latents + stage * c, max_latents)
   k = stage if max_latent_stage is None else min(stage, max_latent_stage)
@@ -165,31 +146,10 @@ def _encode_text(kind: str) -> Callable:
   return encode
 
 
-def encode_latent_curriculum(problem: Problem, tokenizer: Any, stage: int = 0, c: int = 1,
-                             latent_ids: LatentIds | None = None,
-                             max_latent_stage: int | None = None, pad_latents: bool = False,
-                             start_latents: int = 0, max_latents: int = 0,
-                             prompter: Prompter | None = None) -> tuple[list[int], int, int, int]:
-  """A latent-curriculum row (Coconut's stage s, or LatR's schedule): see the module
-  docstring."""
-  if latent_ids is None:
-    raise ValueError("a latent SFT method needs latent_ids")
-  pr = prompter or Prompter(tokenizer)
-  prompt = pr.ids(problem.question)
-  if max_latents > 0:
-    skip, n = latr_counts(len(problem.steps), stage, c, start_latents, max_latents)
-  else:
-    skip, k = coconut_counts(len(problem.steps), stage, max_latent_stage, pad_latents)
-    n = k * c
-  head = prompt + [latent_ids.bot] + [latent_ids.latent] * n + [latent_ids.eot]
-  ids = head + _encode(tokenizer, pr.cot(problem, skip)) + pr.end_ids
-  return ids, len(head), len(prompt), n
-
-
 SFT_METHODS.register("cot")(SFTMethod(_encode_text("cot")))
 SFT_METHODS.register("nocot")(SFTMethod(_encode_text("nocot")))
-# Coconut's curriculum (`encode_latent_curriculum`) is registered by its method,
-# lrjax/methods/coconut.py.
+# Coconut's curriculum (`encode_latent_curriculum`, with its latent forward) is
+# registered by its method, lrjax/methods/coconut/.
 
 
 def sft_method(mode: str) -> SFTMethod:
@@ -246,7 +206,8 @@ def build_batch(problems: Sequence[Problem], tokenizer: Any, mode: str, stage: i
       it (capped at max_len) instead of max_len: a few length buckets, one
       compile each.
     start_latents, max_latents: max_latents > 0 selects LatR's curriculum
-      (`latr_counts`: min(start + stage*c, max) latents per row) instead of
+      (`lrjax.methods.coconut.curriculum.latr_counts`: min(start + stage*c, max) latents
+      per row) instead of
       Coconut's.
     label_markers: `<bot>` and `<eot>` are targets too (LatR's labels; Coconut
       never predicts them). The latent positions are never targets.

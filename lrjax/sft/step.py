@@ -5,8 +5,8 @@ The loss is the token-mean next-token cross-entropy over the response
 
     L = sum_{b,t} m_{b,t} * -log softmax(logits_{b,t})[labels_{b,t}] / max(1, sum m)
 
-with the logits of a teacher-forced forward (CoT, No-CoT) or of the Coconut
-forward (continuous thoughts, `lrjax.sft.coconut`). Coconut (Hao et al.,
+with the logits of a teacher-forced forward (CoT, No-CoT) or of the SFT method's
+own forward (`SFTMethod.forward`: Coconut's continuous thoughts). Coconut (Hao et al.,
 arXiv 2412.06769) trains with AdamW (lr 1e-4, wd 0.01) and resets the
 optimizer state at every curriculum stage switch: the SFT phase calls
 `optimizer.init(params)` again when `stage_switched(step, ...)` is true (or
@@ -28,10 +28,9 @@ import optax
 
 from lrjax.faults import guarded_update
 
-from lrjax.model import ModelConfig
+from lrjax.model import ModelConfig, embed, forward, positions_from_mask
 from lrjax.model.vocab import chunked, vocab_stats
 from lrjax.parallel import on_mesh
-from lrjax.sft.coconut import coconut_forward
 from lrjax.sft.sequences import SFTBatch, sft_method
 from lrjax.sft.span import span_forward
 
@@ -64,14 +63,25 @@ def _token_mean(nll: jax.Array, pred: jax.Array, labels: jax.Array,
   return loss, {"loss": loss, "accuracy": (correct * m).sum() / denom, "num_tokens": count}
 
 
+def token_forward(cfg: ModelConfig, params: dict, batch: SFTBatch) -> tuple[jax.Array, jax.Array]:
+  """(hidden [B, T, H], logits f32 [B, T, V]): the teacher-forced forward of the rows'
+  token embeddings."""
+  mask = jnp.asarray(batch.mask)
+  positions = positions_from_mask(mask)  # B T
+  tok = embed(cfg, params, jnp.asarray(batch.ids))  # B T H
+  out = forward(cfg, params, tok, positions, mask)
+  return out.hidden, out.logits
+
+
 def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
              latent_grad: bool = True, span_scale: float = 0.0,
              key: jax.Array | None = None, span_tokens: bool = False) -> tuple[jax.Array, dict]:
   """(loss, aux) of an `SFTBatch`: aux = {loss, accuracy, num_tokens}.
 
   modes without latent rows ('cot'/'nocot') require a batch without latents;
-  'coconut' runs the Coconut forward (plain forward at stage 0), through the
-  thought chain with `latent_grad` (Coconut) or on its detached thoughts (LatR).
+  a method with its own forward (`SFTMethod.forward`, e.g. 'coconut': the Coconut
+  forward, the plain one at stage 0) runs it, through the thought chain with
+  `latent_grad` (Coconut) or on its detached thoughts (LatR).
   With cfg.logits_chunk in (0, V) the CE is read from the hidden states in
   vocabulary chunks (`hidden_cross_entropy`). With `span_scale` > 0 (and a `key`), a
   'cot'/'nocot' batch's latent_mask columns read noise (`lrjax.sft.span`, r_max = span_scale),
@@ -84,7 +94,11 @@ def sft_loss(cfg: ModelConfig, params: dict, batch: SFTBatch, mode: str,
       raise ValueError("a latent span (span_scale > 0) needs a key")
     hidden, logits = span_forward(cfg, params, batch, span_scale, key, span_tokens)  # B T H, B T V
   else:
-    hidden, logits = coconut_forward(cfg, params, batch, latent_grad)  # B T H, B T V
+    method_forward = sft_method(mode).forward
+    if method_forward is None:
+      hidden, logits = token_forward(cfg, params, batch)  # B T H, B T V
+    else:
+      hidden, logits = method_forward(cfg, params, batch, latent_grad)  # B T H, B T V
   labels, loss_mask = jnp.asarray(batch.labels), jnp.asarray(batch.loss_mask)
   if chunked(cfg):
     return hidden_cross_entropy(cfg, params, hidden, labels, loss_mask)

@@ -50,7 +50,7 @@ MATH = [{"problem": "What is $2+3$?", "solution": "We add: $2+3=\\boxed{5}$.",
 # method -> (checkpoint layout, task, overrides a short run of it needs beyond `short()`)
 METHODS = {
     "hrpo": ("qwen", "gsm8k", {}),
-    "lepo": ("qwen", "math", {"rule.latent_len": 4}),
+    "lepo": ("qwen", "math", {"lepo.latent_len": 4}),
     "latent_grpo": ("llama", "gsm8k_aug", {"rl.dynamic_sampling_tries": 1}),
     "dlr": ("llama", "gsm8k", {"rule.num_latent": 2}),
     "latr": ("qwen", "gsm8k_aug", {}),

@@ -5,33 +5,31 @@
     assistant.py   the assistant (a small decoder or an MLP on pooled prompt states)
     gaussian.py    the chain's density, KL and contrastive term
     losses.py      `gspo_clip` and the auxiliary losses `dlr_chain_kl`, `dlr_contrastive`
-
-Its settings are the `dlr` config section (`configs/dlr.py`).
+    options.py     its settings, the `dlr` config section (`DLROptions`)
 """
 from __future__ import annotations
 
 from lrjax import config_checks as checks
 from lrjax.method import Method
 from lrjax.methods.dlr.losses import GSPO_CLIP, dlr_chain_kl, dlr_contrastive
+from lrjax.methods.dlr.options import SECTION, DLROptions
 from lrjax.methods.dlr.rule import DLR as DLR_RULE, DLR_OBJECTIVE, NAME
 
 
 def _microbatch_groups(value, config) -> str | None:
   """The contrastive term compares the chains of one group: a chunk holds whole groups."""
-  g = int(config.dlr.group_size)
+  g = int(config[SECTION].group_size)
   if value and value % g:
-    return f"must be a multiple of dlr.group_size={g} (the contrastive term reads whole groups)"
+    return (f"must be a multiple of {SECTION}.group_size={g} (the contrastive term reads "
+            "whole groups)")
   return None
 
 
-_SELECTED = lambda c: NAME in c and c.rl.objective == NAME  # noqa: E731
+_SELECTED = lambda c: SECTION in c and c.rl.objective == NAME  # noqa: E731
 
 DLR = Method(
     name=NAME, rules={NAME: DLR_RULE}, objectives={NAME: DLR_OBJECTIVE},
     policy_losses={"gspo_clip": GSPO_CLIP},
     aux_losses={"dlr_chain_kl": dlr_chain_kl, "dlr_contrastive": dlr_contrastive},
-    rows=(
-        checks.Row("rl.microbatch", _microbatch_groups, phases=("rl",), when=_SELECTED),
-        # R = R_corr + lambda R_fmt is > 0 exactly when the answer is correct
-        checks.Row(f"{NAME}.lambda_format", checks.in_unit_interval(True, False),
-                   phases=("rl",), when=lambda c: NAME in c)))
+    options={SECTION: DLROptions}, prompt="dlr",
+    rows=(checks.Row("rl.microbatch", _microbatch_groups, phases=("rl",), when=_SELECTED),))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lrjax.methods.dlr.options import dlr_options
 from lrjax.methods.dlr.rule import chain_contrastive, chain_kl
 from lrjax.rl.losses import PolicyLoss, _kl_term
 
@@ -81,7 +82,7 @@ def gspo_clip(new_logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
 def dlr_chain_kl(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Array, dict]:
   """β · KL̄(π_θ ‖ π_start) over T·d (β = `dlr.beta`); metric `kl` is KL̄ itself."""
   del kw
-  beta = float(ctx.objective_opt("beta", 0.0))
+  beta = float(dlr_options(ctx).beta)
   value = chain_kl(ctx, params, traj)
   return beta * value, {"kl": value}
 
@@ -89,7 +90,7 @@ def dlr_chain_kl(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Arra
 def dlr_contrastive(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.Array, dict]:
   """γ · L_cl on the reparameterised chains (γ = `dlr.gamma`; skipped at γ = 0)."""
   del kw
-  gamma = float(ctx.objective_opt("gamma", 0.0))
+  gamma = float(dlr_options(ctx).gamma)
   if gamma == 0.0:
     return jnp.zeros((), jnp.float32), {}
   value = chain_contrastive(ctx, params, traj)

@@ -31,24 +31,19 @@ import jax.numpy as jnp
 from lrjax import rewards
 from lrjax.data.tokenizer import LATENT_TOKENS
 from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
-                               embedding_table, rule_options, thought_positions)
+                               embedding_table, thought_positions)
 from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.methods.dlr import assistant as asst
 from lrjax.methods.dlr.gaussian import contrastive, kl, mean_logpdf
+from lrjax.methods.dlr.options import SECTION, dlr_options
 
 NAME = "dlr"
-# the assistant: a decoder preset or "mlp" (pooled prompt states); σ_0 / s at init (s: the
-# main model's embedding RMS); log σ / s clipped to [log_sigma_min, log_sigma_max]
-DEFAULTS = {"assistant": "tiny-assistant", "sigma_init": 0.5, "log_sigma_min": -5.0,
-            "log_sigma_max": 0.0}
-CONFIG_FIELDS = (("assistant", "assistant"), ("sigma_init", "sigma_init"),
-                 ("log_sigma_min", "log_sigma_min"), ("log_sigma_max", "log_sigma_max"))
 
 
 def _opts(ctx: RuleContext) -> tuple[str, float, float]:
   """(assistant preset or 'mlp', clip lo, clip hi) of log σ / s."""
-  o = rule_options(NAME, ctx.rule_cfg)
-  return str(o["assistant"]), float(o["log_sigma_min"]), float(o["log_sigma_max"])
+  o = dlr_options(ctx)
+  return str(o.assistant), float(o.log_sigma_min), float(o.log_sigma_max)
 
 
 def _check(ctx: RuleContext) -> None:
@@ -152,9 +147,8 @@ def chain_contrastive(ctx: RuleContext, params: dict, traj) -> jax.Array:
   z̃ = μ_θ + σ_θ·ε (ε stored), in units of the embedding RMS s. []"""
   _, eps, mu, ls = chain_stats(ctx, params, traj)
   chains = (mu + jnp.exp(ls) * eps) / asst.embed_rms(params["model"])  # B T H
-  return contrastive(chains, int(ctx.objective_opt("group_size", chains.shape[0])),
-                     str(ctx.objective_opt("similarity", "dot")),
-                     float(ctx.objective_opt("temperature", 0.1)))
+  o = dlr_options(ctx)
+  return contrastive(chains, int(o.group_size), str(o.similarity), float(o.temperature))
 
 
 def objective_metrics(ctx: RuleContext, params: dict, traj, aux=None) -> dict:
@@ -174,7 +168,7 @@ def init_heads(ctx: RuleContext, key: jax.Array) -> dict:
   """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference)."""
   name = _opts(ctx)[0]
   head = asst.init_assistant(name, ctx.model_cfg, ctx.num_latent, key,
-                             float(rule_options(NAME, ctx.rule_cfg)["sigma_init"]))
+                             float(dlr_options(ctx).sigma_init))
   return {"assistant": head, "assistant_start": jax.tree.map(jnp.copy, head)}
 
 
@@ -182,7 +176,7 @@ def dual_reward(task_reward, ctx: RuleContext):
   """DLR's training reward R = R_corr + λ·R_fmt, each ±1 (λ = `dlr.lambda_format`):
   R_corr = +1 iff the task reward says correct, R_fmt = +1 iff exactly one '####'
   with an answer after it. With λ < 1, R > 0 exactly when the answer is correct."""
-  lam = float(ctx.objective_opt("lambda_format", 0.5))
+  lam = float(dlr_options(ctx).lambda_format)
 
   def fn(completion: str, answer: str) -> float:
     r_corr = 1.0 if task_reward(completion, answer) > 0.5 else -1.0
@@ -203,11 +197,11 @@ def prompt_suffix(ctx: RuleContext) -> tuple[int, ...]:
 
 DLR_OBJECTIVE = Objective(
     masks=objective_masks, terms=objective_terms, heads=("assistant", "assistant_start"),
-    config_section="dlr", metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
+    config_section=SECTION, metrics=objective_metrics, init_heads=init_heads, reward=dual_reward,
     correct_above=0.0)  # R > 0 exactly when correct (lambda_format < 1, validated)
 
 DLR = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     objective=DLR_OBJECTIVE, prompt_suffix=prompt_suffix, special_tokens=LATENT_TOKENS,
-    config_fields=CONFIG_FIELDS, defaults=DEFAULTS, extra_positions=extra_positions,
+    config_section=SECTION, extra_positions=extra_positions,
     prepare=prepare)

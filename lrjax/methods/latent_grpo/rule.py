@@ -3,7 +3,7 @@ surrogate (Latent-GRPO, arXiv 2604.27998; official code DJC-GO-SOLO/Latent-GRPO)
 docs/latent_grpo.md.
 
 Latent mode runs from the first response position until the emitted token is
-the end-of-thinking token e (the first token of `rule.end_token`). In latent
+the end-of-thinking token e (the first token of `latent_grpo.end_token`). In latent
 mode, with ℓ_t = log_softmax(l_t) at temperature 1 in float32:
 
     M_t   = the smallest top set of ℓ_t with mass >= top_p, at least K tokens   (nucleus)
@@ -30,12 +30,13 @@ gradient is that of g ↦ f(−g) (conditional straight-through): same sign,
 magnitude capped at 1/K, so an update that pushed ℓ above a stored score
 cannot blow up on a negative sample.
 
-Rule hyper-parameters (ctx.rule_cfg, from `config.rule`): top_k (K, 10),
+Rule settings (ctx.rule_cfg, the `latent_grpo` config section, `LatentGRPOOptions`): top_k (K, 10),
 top_p (0.95), tau (τ_gs, 1.0), noise_scale (1.0), end_token ("####").
 aux: {"end_id": int32 []}, the id of e (`make_aux`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -48,12 +49,28 @@ from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule
                                rule_options)
 from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.latent.readable import mix_pairs
+from lrjax.method import Options
 from lrjax.model.vocab import record_and_token_logp
 from lrjax.sampling import first_argmax, gumbel, sample, token_logp, top_k_ids
 
 NAME = "topk_gumbel"
-DEFAULTS = {"top_k": 10, "top_p": 0.95, "tau": 1.0, "noise_scale": 1.0,
-            "end_token": "####"}  # the paper's, but the end token (its "</think>")
+SECTION = "latent_grpo"
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentGRPOOptions(Options):
+  """The `latent_grpo` config section: the `topk_gumbel` rule's settings (the paper's,
+  but the end token: its "</think>", the `:paper` preset's)."""
+  top_k: int = 10  # K, the candidates mixed per latent input
+  top_p: float = 0.95
+  tau: float = 1.0  # τ_gs of the mixture weights
+  noise_scale: float = 1.0  # s of the one-sided Gumbel noise
+  end_token: str = "####"  # its first token e ends the latent span
+
+  CHECKS = {"top_k": (checks.positive_int, ()),
+            "top_p": (checks.in_unit_interval(False, True), ()),
+            "tau": (checks.positive, ()), "noise_scale": (checks.non_negative, ()),
+            "end_token": (checks.non_empty_str, ())}
 NOISE_LOW, NOISE_HIGH = -1.5, 3.0  # the clamp of the Gumbel draw; g = (clip + 1.5) * scale
 
 
@@ -123,12 +140,12 @@ def gumbel_surrogate(logp: jax.Array, scores: jax.Array, advantages: Any = None)
 
 
 def make_aux(tokenizer: Any, rule_cfg: Mapping) -> dict:
-  """{"end_id": the first token of rule.end_token} (as the official code takes the
+  """{"end_id": the first token of latent_grpo.end_token} (as the official code takes the
   first sub-token of `</think>`)."""
   text = rule_options(NAME, rule_cfg)["end_token"]
   ids = tokenizer.encode(text, add_special_tokens=False)
   if not ids:
-    raise ValueError(f"config.rule.end_token={text!r} encodes to no token")
+    raise ValueError(f"config.{SECTION}.end_token={text!r} encodes to no token")
   return {"end_id": jnp.asarray(ids[0], jnp.int32)}
 
 
@@ -220,9 +237,4 @@ TOPK_GUMBEL = ThoughtRule(
     step=step, replay_inputs=replay_inputs, init_state=init_state, record_spec=record_spec,
     make_aux=make_aux, metrics=metrics,
     objective=Objective(masks=objective_masks, terms=objective_terms, uses_advantages=True),
-    config_fields=(("top_k", "top_k"), ("top_p", "top_p"), ("tau", "tau"),
-                   ("noise_scale", "noise_scale"), ("end_token", "end_token")),
-    defaults=DEFAULTS,
-    checks=(("top_k", checks.positive_int), ("top_p", checks.in_unit_interval(False, True)),
-            ("tau", checks.positive), ("noise_scale", checks.non_negative),
-            ("end_token", checks.non_empty_str)))
+    config_section=SECTION)

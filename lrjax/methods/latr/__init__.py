@@ -1,5 +1,5 @@
 """LatR and Latent RL (Özeren & Aßenmacher, arXiv 2512.11816; docs/latr.md,
-docs/latent_rl.md). LatR's rule is Coconut's `hidden` (lrjax/methods/coconut.py);
+docs/latent_rl.md). LatR's rule is Coconut's `hidden` (lrjax/methods/coconut/);
 its own parts are Latent RL's:
 
     value_head.py    the value head V on thought states, its BCE, ROC-AUC
@@ -41,5 +41,5 @@ LATR = Method(
     phases={PHASE: _run_value},
     # "value" is trained on in RL; "value_start" is the pre-trained head kept frozen
     heads={"value": Head(_init_head, PHASE), "value_start": Head(_init_head, PHASE)},
-    options={SECTION: LatentRLOptions},
+    options={SECTION: LatentRLOptions}, prompt="latr",
     rows=(checks.Row("mode", _section_for_value, phases=(PHASE,)),))

@@ -17,6 +17,9 @@ sampler stored no log-prob for the forced `<eot>`, so the learner recomputes its
 old term before the first update. The rule needs `<bot>`, `<latent>`, `<eot>` in
 the vocabulary, appends `<bot>` to every prompt and spends N + 1 response
 positions before the answer.
+
+    curriculum.py   the `coconut` SFT method's rows (Coconut's curriculum, LatR's variant)
+    forward.py      the SFT loss's forward of those rows (continuous thoughts)
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ from lrjax.latent.objective import Masks, Objective, token_terms
 from lrjax.latent.readable import nearest_tokens
 from lrjax.latent.token import sample_token
 from lrjax.method import Method
-from lrjax.sft.sequences import SFTMethod, encode_latent_curriculum
+from lrjax.methods.coconut.curriculum import encode_latent_curriculum
+from lrjax.methods.coconut.forward import coconut_forward
+from lrjax.sft.sequences import SFTMethod
 
 NAME = "hidden"
 
@@ -103,9 +108,10 @@ HIDDEN = ThoughtRule(
     objective=Objective(masks=objective_masks, terms=token_terms), prompt_suffix=prompt_suffix,
     special_tokens=LATENT_TOKENS, extra_positions=extra_positions)
 
-# the SFT method: the Coconut curriculum (rows with latent thoughts), evaluated with `hidden`
+# the SFT method: the Coconut curriculum (rows with latent thoughts) read by the Coconut
+# forward (curriculum.py, forward.py), evaluated with `hidden`
 COCONUT_SFT = SFTMethod(encode_latent_curriculum, latent=True, special_tokens=LATENT_TOKENS,
-                        eval_rule=NAME)
+                        eval_rule=NAME, forward=coconut_forward)
 
 COCONUT = Method(name="coconut", rules={NAME: HIDDEN}, sft_methods={"coconut": COCONUT_SFT},
                  readable={NAME: readable})
