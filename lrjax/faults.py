@@ -3,16 +3,17 @@
 Non-finite updates. `guarded_update` applies an optax update only when the loss
 and the global gradient norm are finite; otherwise parameters and optimizer
 state stay as they were (the schedule's count too), and the step reports
-`ok = False`. The phase loops count skipped updates (`train/nonfinite_skipped`,
-cumulative in the phase) and stop after `train.max_nonfinite` consecutive ones
-with a message naming the step and the last checkpoint, which stays intact.
+`ok = False`. The training loop (`lrjax.phases.train_loop`) counts skipped
+updates (`train/nonfinite_skipped`, cumulative in the phase) and stops after
+`train.max_nonfinite` consecutive ones with a message naming the step and the
+last checkpoint, which stays intact.
 The data position and the RNG advance as usual: a skipped step is a step.
 `train.inject_nan_step` (tests) makes that step's loss and gradients NaN.
 
 Preemption. `Preemption` installs a SIGTERM handler (a TPU VM's or a
 scheduler's shutdown signal) and, with several processes, also asks Orbax
-whether the runtime reached a preemption sync point (all processes agree). A
-loop asks `preempt.requested(step)` after each completed step; the phase then
+whether the runtime reached a preemption sync point (all processes agree). The
+training loop asks `preempt.requested(step)` after each completed step; it then
 saves a checkpoint at that step, flushes its metrics and calls `exit_preempted`,
 which prints how to resume and exits with status 143 (128 + SIGTERM).
 """

@@ -78,8 +78,9 @@ def step(workdir: str, out: str, init: str) -> dict:
   draw = lambda at, attempt: rl_step.draw_round(run, ctx, state["params"], problems, GROUP,
                                                 prompt_suffix(ctx), text_reward, jax.random.key(2))
   batch = dynamic.fill_batch(draw, 0, PROMPTS, GROUP, 0, ctx.pad_id)
-  state, line = rl_step.learn(run, ctx, update, adv_lib.AdvantageSpec.from_config(run.config.rl),
-                              state, ref, batch, None, 0, time.time())
+  learner = rl_step.Learner(run, ctx, update, adv_lib.AdvantageSpec.from_config(run.config.rl),
+                            ref)
+  state, line = rl_step.learn(learner, state, batch, 0, time.time())
   run.metrics.write("rl", 1, line)
   with workdir_lib.checkpointer(run, "rl") as ckpt:
     ckpt.save(1, state, {"processes": jax.process_count()})

@@ -93,7 +93,7 @@ def test_smoke_compare_table_sharing_and_resume(tmp_path, monkeypatch):
     assert os.path.getsize(os.path.join(work, png)) > 1000
 
   before = len(_log(work))
-  monkeypatch.setattr(compare, "run_workers",  # finished: not even a worker starts
+  monkeypatch.setattr(compare.workers, "run_workers",  # finished: not even a worker starts
                       lambda *a: pytest.fail("a finished compare started workers"))
   again = Compare(cfg, work).run()  # finished: trains nothing, same table
   assert len(_log(work)) == before

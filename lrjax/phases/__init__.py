@@ -12,6 +12,8 @@ head, Latent-SFT), registered with the method; and what the phases share:
     phases/workdir.py   a phase's files: checkpoints, resume, export, DONE
     phases/held_out.py  the held-out evaluation each phase runs, logged as eval/*
     phases/rl_step.py   one RL step: roll out and score a batch, learn from it
+    phases/train_loop.py  the loop of every training phase: guard, logging, evaluation
+                        and checkpoint cadence, preemption
 
 A phase is `fn(run) -> None` on the `lrjax.phases.run.Run` that every phase
 shares; the parameters pass from one phase to the next through `run.params`

@@ -38,7 +38,7 @@ import time
 import jax
 import numpy as np
 
-from lrjax import faults, metrics as metrics_lib, parallel
+from lrjax import metrics as metrics_lib, parallel
 from lrjax import rewards as rewards_lib
 from lrjax.data.order import data_window
 from lrjax.config_utils import ConfigError
@@ -48,6 +48,7 @@ from lrjax.model import lora
 from lrjax.optim import ParamGroups
 from lrjax.phases import held_out, resume, rl_step, workdir
 from lrjax.phases.rl_context import train_context
+from lrjax.phases.train_loop import Cadence, StepOut, TrainLoop
 from lrjax.rl import advantages as adv_lib, dynamic
 from lrjax.rl.learner import (LossSpec, frozen_in_compute_dtype, frozen_reference,
                               make_rl_optimizer, make_update)
@@ -141,16 +142,13 @@ def run_rl(run) -> None:
     if start == 0:
       held_out.evaluate_at(run, "rl", 0, state["params"], eval_ctx, suffix)
     cursor, rounds = dynamic.resume_position(meta, start, rl.num_prompts)  # prompts, rollouts
-    progress = metrics_lib.Progress("rl")
-    guard = faults.NonFiniteCounter("rl", config.train.max_nonfinite, ckpt.directory)
-    preempt = faults.Preemption()
-    try:
-      _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
-                  ref_params, start, cursor, rounds, ckpt, progress, guard, preempt, start_model,
-                  {"num_latent": ctx.num_latent, "start_hashes": start_hashes})
-    finally:
-      preempt.close()
-    progress.close()
+    learner = rl_step.Learner(run, ctx, update, adv_spec, ref_params, aux)
+    cadence = Cadence(rl.steps, rl.log_every, rl.eval_every, config.checkpoint.every)
+    loop = _RLLoop(learner, ckpt, cadence, state, eval_ctx=eval_ctx, suffix=suffix,
+                   reward_fn=reward_fn, key=key, cursor=cursor, rounds=rounds,
+                   start_model=start_model,
+                   fixed_meta={"num_latent": ctx.num_latent, "start_hashes": start_hashes})
+    state = loop.train(start)
   finally:
     ckpt.close()
   run.params, run.rule_params = state["params"]["model"], state["params"]["rule"]
@@ -162,45 +160,56 @@ def run_rl(run) -> None:
   metrics_lib.say(format_summary(summary(run)))
 
 
-def _train_loop(run, ctx, eval_ctx, suffix, aux, reward_fn, key, update, adv_spec, state,
-                ref_params, start, cursor, rounds, ckpt, progress, guard, preempt,
-                start_model, fixed_meta) -> None:
-  """RL steps start .. rl.steps − 1 (state updated in place); saves and exits 143 on
-  preemption, stops on too many non-finite updates."""
-  config, rl = run.config, run.config.rl
-  g = rl.group_size
-  for step in range(start, rl.steps):
+class _RLLoop(TrainLoop):
+  """RL steps: roll out `rl.num_prompts` prompts (more rounds with dynamic sampling),
+  then `rl_step.learn`; the checkpoint's meta holds the data cursor and rollout rounds."""
+
+  def __init__(self, learner: rl_step.Learner, ckpt, cadence: Cadence, state: dict, *,
+               eval_ctx: RuleContext, suffix, reward_fn, key, cursor: int, rounds: int,
+               start_model: dict | None, fixed_meta: dict):
+    super().__init__(learner.run, "rl", ckpt, cadence, state)
+    self.learner, self.eval_ctx, self.suffix, self.reward_fn, self.key = (
+        learner, eval_ctx, suffix, reward_fn, key)
+    self.cursor, self.rounds, self.start_model, self.fixed_meta = (
+        cursor, rounds, start_model, fixed_meta)
+
+  def step(self, step: int) -> StepOut:
+    run, rl, ctx = self.run, self.run.config.rl, self.learner.ctx
     t0 = time.time()
-    step_key = jax.random.fold_in(key, 10_000 + step)
+    step_key = jax.random.fold_in(self.key, 10_000 + step)
 
     def draw(at: int, attempt: int) -> dynamic.Round:
-      idx = data_window(config.seed + 1, len(run.rl_train), at, rl.num_prompts)
+      idx = data_window(run.config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      return rl_step.draw_round(run, ctx, state["params"], problems, g, suffix, reward_fn, k, aux)
+      return rl_step.draw_round(run, ctx, self.state["params"], problems, rl.group_size,
+                                self.suffix, self.reward_fn, k, self.learner.aux)
 
-    batch = dynamic.fill_batch(draw, cursor, rl.num_prompts, g, rl.dynamic_sampling_tries,
-                               ctx.pad_id)
-    cursor, rounds = batch.cursor, rounds + batch.tries
-    done = step + 1
-    state, line = rl_step.learn(run, ctx, update, adv_spec, state, ref_params, batch, aux, step, t0,
-                                poison=done == config.train.inject_nan_step)
-    guard.update(not line["train/update_skipped"], done, ckpt.latest_step())
-    line["train/nonfinite_skipped"] = float(guard.skipped)
-    if start_model is not None and (done % rl.log_every == 0 or done == rl.steps):
-      line["train/param_change"] = param_change(start_model, state["params"]["model"])
-    if done % rl.log_every == 0 or done == rl.steps or step == start:
-      run.metrics.write("rl", done, line)
-    progress.update(done, rl.steps, reward=line["train/reward"], kl=line["train/kl"])
-    if done % rl.eval_every == 0 or done == rl.steps:
-      held_out.evaluate_at(run, "rl", done, state["params"], eval_ctx, suffix)
-    stop = preempt.requested(done)
-    if done % config.checkpoint.every == 0 or done == rl.steps or stop:
-      ckpt.save(done, state, {**dynamic.checkpoint_meta(done, cursor, rounds), **fixed_meta})
-    if stop:
-      progress.close()
-      ckpt.wait()
-      faults.exit_preempted("rl", done, run.workdir)
+    batch = dynamic.fill_batch(draw, self.cursor, rl.num_prompts, rl.group_size,
+                               rl.dynamic_sampling_tries, ctx.pad_id)
+    self.cursor, self.rounds = batch.cursor, self.rounds + batch.tries
+    self.state, line = rl_step.learn(self.learner, self.state, batch, step, t0,
+                                     poison=step + 1 == run.config.train.inject_nan_step)
+    return StepOut(not line["train/update_skipped"], line)
+
+  def logs(self, done: int) -> bool:  # the first step of every invocation too
+    return self.cadence.logs(done) or done == self.start + 1
+
+  def line(self, done: int, out: StepOut, skipped: int) -> dict:
+    line = out.metrics
+    line["train/nonfinite_skipped"] = float(skipped)
+    if self.start_model is not None and self.cadence.logs(done):
+      line["train/param_change"] = param_change(self.start_model, self.state["params"]["model"])
+    return line
+
+  def shown(self, out: StepOut, line: dict | None) -> dict:  # every step
+    return {"reward": out.metrics["train/reward"], "kl": out.metrics["train/kl"]}
+
+  def evaluate(self, done: int) -> None:
+    held_out.evaluate_at(self.run, "rl", done, self.state["params"], self.eval_ctx, self.suffix)
+
+  def meta(self, done: int) -> dict:
+    return {**dynamic.checkpoint_meta(done, self.cursor, self.rounds), **self.fixed_meta}
 
 
 def param_change(start: dict, now: dict) -> float:

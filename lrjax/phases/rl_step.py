@@ -10,6 +10,7 @@ update is one SPMD program over all of them.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jax
@@ -49,26 +50,40 @@ def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
   return out
 
 
-def learn(run, ctx: RuleContext, update: Callable, adv_spec: adv_lib.AdvantageSpec, state: dict,
-          ref_params: dict | None, batch: dynamic.Filled, aux: Any, step: int,
-          t0: float, poison: bool = False) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class Learner:
+  """What every policy update of the RL phase reads and none changes: the run, the
+  rollout/learner context, the jitted update (`lrjax.rl.learner.make_update`), the
+  advantage spec, the frozen reference (None when rl.beta = 0) and the rule's aux."""
+  run: Any
+  ctx: RuleContext
+  update: Callable
+  adv_spec: adv_lib.AdvantageSpec
+  ref_params: dict | None = None
+  aux: Any = None
+
+
+def learn(setup: Learner, state: dict, batch: dynamic.Filled, step: int, t0: float,
+          poison: bool = False) -> tuple[dict, dict]:
   """The policy updates of one rollout batch: (state, the step's metrics line).
   `t0`: when the step began (for tokens/s); `poison`: inject a NaN (tests).
   line["train/update_skipped"] is 1 when a non-finite loss or gradient skipped it."""
+  run, ctx, aux = setup.run, setup.ctx, setup.aux
   rl, g = run.config.rl, run.config.rl.group_size
   traj, r = batch.traj, batch.rewards
   rewards = parallel.feed(np.asarray(r, np.float32), run.mesh)
   old = learner.behaviour_logp(ctx, state["params"], traj, aux)
   masks = learner.loss_masks(ctx, traj)
-  adv = adv_lib.compute_advantages(adv_spec, rewards, traj, traj.logp if old is None else old,
-                                   masks.ratio, learner.loss_mask(masks))
+  adv = adv_lib.compute_advantages(setup.adv_spec, rewards, traj,
+                                   traj.logp if old is None else old, masks.ratio,
+                                   learner.loss_mask(masks))
   if rl.dynamic_sampling_tries:
     adv = dynamic.zero_dropped(adv, batch.keep, g)
   extra = rule_metrics(ctx, state["params"], traj, aux)
   rows = learner.minibatch_rows(r.shape[0], g, rl.updates_per_batch, run.config.seed, step)
   state["params"], state["opt_state"], m = learner.learn_batch(
-      update, state["params"], state["opt_state"], ref_params, traj, adv, aux, old, rows, rewards,
-      jax.numpy.asarray(bool(poison)))
+      setup.update, state["params"], state["opt_state"], setup.ref_params, traj, adv, aux, old,
+      rows, rewards, jax.numpy.asarray(bool(poison)))
   m, lengths, latent = parallel.fetch((m, traj.lengths, traj.latent_mask))
   line = {"train/reward": float(r.mean()),
           "train/correct": float((np.asarray(r) > objective_of(ctx).correct_above).mean()),

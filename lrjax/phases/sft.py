@@ -19,14 +19,15 @@ import time
 import jax
 import numpy as np
 
-from lrjax import config_utils, faults, optim, parallel
+from lrjax import config_utils, optim, parallel
 from lrjax.checkpoint import Checkpointer, abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.latent import prompt_suffix
-from lrjax.metrics import Progress, say
+from lrjax.metrics import say
 from lrjax.data.order import data_indices
 from lrjax.model import load_hf
 from lrjax.phases import held_out, resume, workdir
+from lrjax.phases.train_loop import Cadence, StepOut, TrainLoop
 from lrjax.sft import sequences, span as span_lib, step as step_lib
 
 
@@ -215,58 +216,54 @@ def _resume_and_train(run, s, cur, optimizer, state, ckpt) -> dict:
                                         latent_grad=bool(s.latent_grad), mesh=run.mesh,
                                         span_scale=_span_scale(s),
                                         span_tokens=float(s.get("span_hint", 0.0)) > 0)
-  progress = Progress("sft")
-  guard = faults.NonFiniteCounter("sft", run.config.train.max_nonfinite, ckpt.directory)
-  preempt = faults.Preemption()
-  try:
-    _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,
-                guard, preempt)
-  finally:
-    preempt.close()
-  progress.close()
-  return state
+  cadence = Cadence(s.steps, s.log_every, s.eval_every, run.config.checkpoint.every, eval_base)
+  return _SFTLoop(run, ckpt, cadence, state, cur, optimizer, train_step).train(start)
 
 
-def _train_loop(run, s, cur, optimizer, train_step, state, start, eval_base, ckpt, progress,
-                guard, preempt) -> None:
-  """Steps start .. s.steps − 1 (state updated in place); saves and exits 143 on
-  preemption, stops on too many non-finite updates."""
-  config = run.config
-  tokens, t0 = 0, time.time()
-  for step in range(start, s.steps):
-    stage = cur.stage(step)
+class _SFTLoop(TrainLoop):
+  """SFT steps: a batch of the current curriculum stage, one AdamW update (a fresh
+  optimizer at each Coconut stage switch)."""
+
+  def __init__(self, run, ckpt, cadence: Cadence, state: dict, cur: _Curriculum, optimizer,
+               train_step):
+    super().__init__(run, "sft", ckpt, cadence, state)
+    self.cur, self.optimizer, self.train_step = cur, optimizer, train_step
+    self.stage, self.tokens, self.t0 = 0, 0, time.time()
+
+  def step(self, step: int) -> StepOut:
+    run, s, state, cur = self.run, self.run.config.sft, self.state, self.cur
+    self.stage = cur.stage(step)
     if cur.switched(step):  # Coconut: a fresh optimizer per stage
-      state["opt_state"] = optimizer.init(state["params"])
-    idx = data_indices(config.seed, len(run.sft_train), step, s.batch_size)
+      state["opt_state"] = self.optimizer.init(state["params"])
+    idx = data_indices(run.config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
-                                  stage=stage, max_len=s.max_len, pad_to_multiple=16,
+                                  stage=self.stage, max_len=s.max_len, pad_to_multiple=16,
                                   prompter=run.prompter,
                                   **cur.batch_kwargs(run), **_span_kwargs(run, step))
-    tokens += int(np.asarray(batch.mask).sum())
+    self.tokens += int(np.asarray(batch.mask).sum())
     batch = parallel.feed(batch, run.mesh)  # each process feeds its own rows
-    done = step + 1
-    poison = jax.numpy.asarray(done == config.train.inject_nan_step)
-    key = (dict(key=jax.random.fold_in(jax.random.PRNGKey(config.seed + 7717), step))
+    poison = jax.numpy.asarray(step + 1 == run.config.train.inject_nan_step)
+    key = (dict(key=jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 7717), step))
            if _span_scale(s) else {})
-    state["params"], state["opt_state"], m = train_step(state["params"], state["opt_state"], batch,
-                                                        poison, **key)
-    guard.update(bool(parallel.fetch(m["ok"])), done, ckpt.latest_step())
-    if done % s.log_every == 0 or done == s.steps:
-      m = parallel.fetch(m)
-      dt = max(time.time() - t0, 1e-9)
-      line = {"train/loss": float(m["loss"]), "train/accuracy": float(m["accuracy"]),
-              "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": tokens / dt,
-              "train/nonfinite_skipped": float(guard.skipped), "stage": stage}
-      run.metrics.write("sft", done, line)
-      progress.update(done, s.steps, loss=line["train/loss"], stage=stage)
-      tokens, t0 = 0, time.time()
-    if (done - eval_base) % s.eval_every == 0 or done == s.steps:
-      evaluate_sft(run, state["params"], done, cur, cur.stage(done - 1))
-    stop = preempt.requested(done)
-    if done % config.checkpoint.every == 0 or done == s.steps or stop:
-      ckpt.save(done, state, {"phase": "sft", "step": done, "stage": stage,
-                              "num_latent": cur.num_latent(stage)})
-    if stop:
-      progress.close()
-      ckpt.wait()
-      faults.exit_preempted("sft", done, run.workdir)
+    state["params"], state["opt_state"], m = self.train_step(state["params"], state["opt_state"],
+                                                             batch, poison, **key)
+    return StepOut(bool(parallel.fetch(m["ok"])), m)
+
+  def line(self, done: int, out: StepOut, skipped: int) -> dict:
+    m = parallel.fetch(out.metrics)
+    dt = max(time.time() - self.t0, 1e-9)
+    line = {"train/loss": float(m["loss"]), "train/accuracy": float(m["accuracy"]),
+            "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": self.tokens / dt,
+            "train/nonfinite_skipped": float(skipped), "stage": self.stage}
+    self.tokens, self.t0 = 0, time.time()
+    return line
+
+  def shown(self, out: StepOut, line: dict | None) -> dict | None:
+    return None if line is None else {"loss": line["train/loss"], "stage": line["stage"]}
+
+  def evaluate(self, done: int) -> None:
+    evaluate_sft(self.run, self.state["params"], done, self.cur, self.cur.stage(done - 1))
+
+  def meta(self, done: int) -> dict:
+    return {"phase": "sft", "step": done, "stage": self.stage,
+            "num_latent": self.cur.num_latent(self.stage)}

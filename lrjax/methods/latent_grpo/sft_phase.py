@@ -25,16 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrjax import faults, optim
+from lrjax import optim
 from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
 from lrjax.latent import prompt_suffix
 from lrjax.methods.latent_grpo.latent_sft import layout, losses
 from lrjax.methods.latent_grpo.rule import NAME as LATENT_RULE
-from lrjax.metrics import Progress, say
+from lrjax.metrics import say
 from lrjax.model import load_hf
 from lrjax.phases import held_out, workdir
+from lrjax.phases.train_loop import Cadence, StepOut, TrainLoop
 
 PHASE = "latent_sft"
 # stage-1 steps and the parts each trains
@@ -148,7 +149,6 @@ def _update(state: dict, train: dict, loss_fn, optimizer) -> tuple[dict, dict]:
 
 def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=None) -> dict:
   """Runs steps of `latent_sft/<name>` with checkpoints, resume and DONE; returns the state."""
-  config = run.config
   phase = f"{PHASE}/{name}"
   ckpt = workdir.checkpointer(run, phase)
   try:
@@ -159,13 +159,9 @@ def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=
     state, start, _ = workdir.try_resume(run, phase, ckpt, state)
     if start == 0 and evaluate:
       evaluate(state, 0)
-    progress, t0, preempt = Progress(phase), time.time(), faults.Preemption()
-    try:
-      state = _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt,
-                    progress, t0, preempt)
-    finally:
-      preempt.close()
-    progress.close()
+    s = run.config.latent_sft
+    cadence = Cadence(steps, s.log_every, s.eval_every, run.config.checkpoint.every)
+    state = _StageLoop(run, phase, ckpt, cadence, state, step_fn, batch_fn, evaluate).train(start)
     ckpt.wait()
     workdir.mark_done(run, phase, {"steps": steps})
     return state
@@ -173,30 +169,34 @@ def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=
     ckpt.close()
 
 
-def _loop(run, phase, state, start, steps, step_fn, batch_fn, evaluate, ckpt, progress, t0,
-          preempt) -> dict:
-  """Steps start .. steps − 1 -> the final state; saves and exits 143 on SIGTERM."""
-  config = run.config
-  for step in range(start, steps):
-    done = step + 1
-    state, m = step_fn(state, batch_fn(step), step)
-    if done % config.latent_sft.log_every == 0 or done == steps:
-      m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
-      m["train/seconds"] = time.time() - t0
-      if not np.isfinite(m["train/loss"]):
-        raise FloatingPointError(f"{phase} step {done}: non-finite loss {m['train/loss']}")
-      run.metrics.write(phase, done, m)
-      progress.update(done, steps, loss=m["train/loss"])
-    if evaluate and (done % config.latent_sft.eval_every == 0 or done == steps):
-      evaluate(state, done)
-    stop = preempt.requested(done)
-    if done % config.checkpoint.every == 0 or done == steps or stop:
-      ckpt.save(done, state, {"phase": phase, "step": done})
-    if stop:
-      progress.close()
-      ckpt.wait()
-      faults.exit_preempted(phase, done, run.workdir)
-  return state
+class _StageLoop(TrainLoop):
+  """One Latent-SFT step's loop: `step_fn(state, batch_fn(step), step)`; a non-finite
+  loss at a logged step stops it (FloatingPointError)."""
+  guarded = False
+
+  def __init__(self, run, phase: str, ckpt, cadence: Cadence, state: dict, step_fn, batch_fn,
+               evaluate=None):
+    super().__init__(run, phase, ckpt, cadence, state)
+    self.step_fn, self.batch_fn, self.evaluate_fn = step_fn, batch_fn, evaluate
+    self.t0 = time.time()
+
+  def step(self, step: int) -> StepOut:
+    self.state, m = self.step_fn(self.state, self.batch_fn(step), step)
+    return StepOut(True, m)
+
+  def line(self, done: int, out: StepOut, skipped: int) -> dict:
+    m = {f"train/{k}": float(v) for k, v in jax.device_get(out.metrics).items()}
+    m["train/seconds"] = time.time() - self.t0
+    if not np.isfinite(m["train/loss"]):
+      raise FloatingPointError(f"{self.phase} step {done}: non-finite loss {m['train/loss']}")
+    return m
+
+  def shown(self, out: StepOut, line: dict | None) -> dict | None:
+    return None if line is None else {"loss": line["train/loss"]}
+
+  def evaluate(self, done: int) -> None:
+    if self.evaluate_fn:
+      self.evaluate_fn(self.state, done)
 
 
 def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
