@@ -81,8 +81,8 @@ def _spy_rollouts(monkeypatch):
   seen = []
 
   def wrap(fn):
-    def rollout(ctx, params, ids, mask, key, aux=None):
-      traj = fn(ctx, params, ids, mask, key, aux)
+    def rollout(ctx, params, ids, mask, key, aux=None, knobs=None):
+      traj = fn(ctx, params, ids, mask, key, aux, knobs)
       seen.append((ctx.pad_id, np.asarray(traj.ids), np.asarray(traj.sampled)))
       return traj
     return rollout
