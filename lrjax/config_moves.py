@@ -10,6 +10,11 @@ generic `name` and `num_latent`. For one release the old layout still works:
 * a workdir's stored config.json of the old layout is read as the new one when the run
   resumes, with a one-line notice (`migrate_stored`); the config.json the run writes
   then has the new layout.
+
+`model.param_dtype` (the dtype parameters and optimizer state are stored in) is newer
+than some workdirs: a stored config without it stored them in `model.dtype`, and is
+read so (`migrate_param_dtype`): a float32 run resumes as it was, and a bfloat16 one is
+refused naming `model.param_dtype` unless the flag keeps bfloat16.
 """
 from __future__ import annotations
 
@@ -136,3 +141,16 @@ def migrate_stored(stored: dict, config) -> tuple[dict, str | None]:
   return out, ("its stored config.json has the layout from before each rule's settings "
                "moved to their method's section: read as the new one (" + "; ".join(parts)
                + ")")
+
+
+def migrate_param_dtype(stored: dict) -> tuple[dict, str | None]:
+  """A stored config from before `model.param_dtype`: its parameters were stored in
+  `model.dtype`, so that is its param_dtype. Returns (the migrated copy, a one-line
+  notice or None when it has the field)."""
+  model = stored.get("model")
+  if not isinstance(model, dict) or "param_dtype" in model or "dtype" not in model:
+    return stored, None
+  out = copy.deepcopy(stored)
+  out["model"]["param_dtype"] = model["dtype"]
+  return out, (f"its stored config.json is from before model.param_dtype: its parameters "
+               f"were stored in model.dtype, read as model.param_dtype={model['dtype']!r}")

@@ -139,6 +139,34 @@ def test_a_workdir_of_the_flat_rule_layout_resumes_migrated(tmp_path, capsys):
     cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_workdir_from_before_param_dtype_resumes_as_it_stored_its_parameters(
+    tmp_path, capsys, dtype):
+  """A stored config without `model.param_dtype` stored its parameters in `model.dtype`:
+  a float32 run resumes under today's float32 default with one line saying so; a
+  bfloat16 run is refused naming model.param_dtype, and resumes when the flag keeps it."""
+  from configs import hrpo
+  from lrjax.phases.run import migrated
+  now = hrpo.get_config()
+  stored = cu.to_dict(now)
+  stored["model"]["dtype"] = dtype
+  del stored["model"]["param_dtype"]
+  with open(os.path.join(tmp_path, cu.CONFIG_FILE), "w") as f:
+    json.dump(stored, f)
+  now.model.dtype = dtype
+  with pytest.raises(cu.ConfigMismatchError, match="model.param_dtype: <absent>"):
+    cu.check_resume_config(str(tmp_path), now, allow_mismatch=False)
+  migrate = lambda s: migrated(str(tmp_path), s, now)  # noqa: E731
+  capsys.readouterr()
+  if dtype == "bfloat16":
+    with pytest.raises(cu.ConfigMismatchError, match="model.param_dtype: 'bfloat16'"):
+      cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
+    now.model.param_dtype = "bfloat16"
+  cu.check_resume_config(str(tmp_path), now, False, migrate=migrate)
+  line = capsys.readouterr().out.splitlines()[-1]
+  assert f"read as model.param_dtype='{dtype}'" in line, line
+
+
 def test_a_stored_method_section_this_config_has_not_is_dropped_on_resume(tmp_path, capsys):
   """A workdir written when configs/base.py held Latent RL's section in every config
   resumes with a config that has none: one line says the section is dropped, and it is

@@ -153,11 +153,13 @@ class Run:
 
 def migrated(workdir: str, stored: dict, config) -> dict:
   """A workdir's stored config read in the current layout (`lrjax.config_moves`: the
-  rule settings that moved from `config.rule` to their method's section), said in one
-  line when it had the old one."""
-  stored, notice = config_moves.migrate_stored(stored, config)
-  if notice:
-    say(f"[lrjax] {workdir}: {notice}")
+  rule settings that moved from `config.rule` to their method's section, and
+  `model.param_dtype` where it predates the field), each change said in one line."""
+  for migrate in (lambda s: config_moves.migrate_stored(s, config),
+                  config_moves.migrate_param_dtype):
+    stored, notice = migrate(stored)
+    if notice:
+      say(f"[lrjax] {workdir}: {notice}")
   return stored
 
 
