@@ -26,16 +26,14 @@ position (think span and answer) inside the ratio, as `token` does.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import dataclasses
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lrjax import config_checks as checks
-
 from lrjax.data.delimiter import delimiter_step, delimiter_tables
 from lrjax.latent.base import (ANSWER, LATENT, RuleContext, StepOut, ThoughtRule,
                                embedding_table, rule_options)

@@ -30,8 +30,8 @@ gradient is that of g ↦ f(−g) (conditional straight-through): same sign,
 magnitude capped at 1/K, so an update that pushed ℓ above a stored score
 cannot blow up on a negative sample.
 
-Rule settings (ctx.rule_cfg, the `latent_grpo` config section, `LatentGRPOOptions`): top_k (K, 10),
-top_p (0.95), tau (τ_gs, 1.0), noise_scale (1.0), end_token ("####").
+Rule settings (ctx.rule_cfg, the `latent_grpo` config section, `LatentGRPOOptions`):
+top_k (K, 10), top_p (0.95), tau (τ_gs, 1.0), noise_scale (1.0), end_token ("####").
 aux: {"end_id": int32 []}, the id of e (`make_aux`).
 """
 from __future__ import annotations
