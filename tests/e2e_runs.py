@@ -36,7 +36,10 @@ def load_config(config_arg: str):
   return mod.get_config(preset or None)
 
 
-SFT_STEPS = 16  # per run without a curriculum; 4 per curriculum stage otherwise
+SFT_STEPS = 16  # per run without a curriculum
+# with one: 2 steps per curriculum stage (each stage's batch shapes compile, the
+# seconds of a short run), then one logging period in the all-latent stage
+STAGE_STEPS, LAST_STAGE_STEPS = 2, 4
 RL_STEPS = 2
 
 
@@ -55,8 +58,8 @@ def short_flags(config_arg: str, overrides: list[str] = ()) -> list[str]:
   if "sft" in phases:
     steps = SFT_STEPS
     if c.sft.method == "coconut":  # every curriculum stage, then the all-latent stage
-      f["sft.stage_steps"] = (4,) * c.sft.num_stages
-      steps = 4 * c.sft.num_stages + 4
+      f["sft.stage_steps"] = (STAGE_STEPS,) * c.sft.num_stages
+      steps = STAGE_STEPS * c.sft.num_stages + LAST_STAGE_STEPS
     if c.sft.start_from or c.sft.get("decay_steps", 0) and c.sft.decay_steps < c.sft.steps:
       # a continued warm-up: the warm-up's schedule, then as many steps again
       f["sft.decay_steps"] = steps

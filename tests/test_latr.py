@@ -5,8 +5,6 @@ is evaluated or trained further.
 Tolerances: the no-grad chain's gradient vs the detached step-by-step loop 1e-5
 absolute / 1e-4 relative (float32, as tests/test_coconut.py).
 """
-import json
-import os
 
 import chex
 import jax
@@ -23,7 +21,6 @@ from lrjax.phases.workdir import MODEL_META, load_model_meta, save_model_meta
 from lrjax.sft import build_batch, make_train_step
 from lrjax.validate import validate_config
 from tests.test_coconut import CFG, LR, PARAMS, PROBLEMS, SGD, _batch, _loss_and_grad, reference_loss
-from tests.test_main import FAST, _metrics
 from tests.test_sft_sequences import LAT, P3, TOK
 
 CFG_STEP = make_train_step(CFG, SGD, "coconut", max_traces=1, latent_grad=False)
@@ -106,39 +103,6 @@ def test_model_meta_round_trip_and_bad_file(tmp_path):
   (tmp_path / MODEL_META).write_text('{"num_latent": "three"}')
   with pytest.raises(ConfigError, match=MODEL_META):
     load_model_meta(str(tmp_path))
-
-
-COCONUT_FAST = ["--config.sft.steps=4", "--config.sft.stage_steps=(1,1,1)",
-                "--config.sft.num_stages=3", "--config.sft.eval_every=4",
-                "--config.sft.warmup_steps=1"]
-
-
-def _run(workdir, *flags):
-  """configs/coconut.py with test_main's short settings and `flags` (`--config.a.b=v`), run
-  in this process as `python -m lrjax.main` would (lrjax.phases.pipeline): the second run
-  reuses the first one's compiled rollout."""
-  from configs import coconut
-  from lrjax.compare import apply_overrides
-  from lrjax.phases.pipeline import prepare, run_phases
-  c = coconut.get_config()
-  apply_overrides(c, [f.removeprefix("--config.") for f in (*FAST, *flags)])
-  run_phases(*prepare(c, str(workdir)))
-
-
-def test_evaluating_a_saved_coconut_run_uses_its_chain_length(tmp_path):
-  """A Coconut run ending in its all-latent stage (2 thoughts) stores 2 with its export;
-  --config.mode=eval with rule.num_latent = 0 runs 2 thoughts + <eot>."""
-  w = tmp_path / "coconut"
-  _run(w, *COCONUT_FAST)
-  with open(os.path.join(w, "sft", "export", MODEL_META)) as f:
-    assert json.load(f) == {"num_latent": 2}
-  last_sft = [r for r in _metrics(w) if "eval/latent_steps" in r][-1]
-  assert last_sft["eval/latent_steps"] == 3.0
-  e = tmp_path / "eval"
-  _run(e, *COCONUT_FAST, "--config.mode=eval", f"--config.init={w}")
-  ev = [r for r in _metrics(e) if r["phase"] == "eval"][-1]
-  assert ev["eval/latent_steps"] == 3.0  # 2 thoughts + <eot>
-  assert ev["eval/accuracy"] == last_sft["eval/accuracy"]
 
 
 def test_rule_num_latent_zero_means_the_models_own(capsys):

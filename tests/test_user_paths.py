@@ -293,6 +293,32 @@ def test_method_config_runs_end_to_end(name, readme, tmp_path):
   _resume_continues(name, config_arg, workdir, last, extra, readme.root, tmp_path)
 
 
+def test_an_eval_run_of_a_coconut_export_uses_its_chain_length(readme, tmp_path):
+  """The README's Coconut run ends in its all-latent stage and stores that chain length
+  with its export; `--config.mode=eval --config.init=<run>` (rule.num_latent 0: the
+  model's own) runs that many thoughts + <eot> and reproduces the run's final greedy
+  evaluation."""
+  import json
+
+  from lrjax.phases.workdir import MODEL_META
+  config_arg = "configs/coconut.py"
+  workdir = readme.workdir_of(config_arg)
+  with open(os.path.join(workdir, "sft", "export", MODEL_META)) as f:
+    thoughts = json.load(f)["num_latent"]
+  cfg = e2e.load_config(config_arg)
+  assert thoughts == cfg.sft.latents_per_step * (cfg.sft.num_stages - 1) > 0, thoughts
+  final = [r for r in e2e.metrics(workdir) if "eval/latent_steps" in r][-1]
+  assert final["eval/latent_steps"] == thoughts + 1
+  e = str(tmp_path / "eval")
+  over = ["--config.mode=eval", f"--config.init={workdir}", "--config.rule.num_latent=0"]
+  rc, out, err = e2e.run(["-m", "lrjax.main", f"--config={config_arg}", f"--workdir={e}", *over,
+                          *e2e.short_flags(config_arg, over)], readme.root)
+  assert rc == 0, err[-3000:]
+  [ev] = [r for r in e2e.metrics(e) if r["phase"] == "eval"]
+  for key in ("eval/latent_steps", "eval/accuracy", "eval/format_rate", "eval/response_tokens"):
+    assert ev[key] == final[key], (key, ev, final)
+
+
 def _export_reloads_in_transformers(export):
   import json
 
