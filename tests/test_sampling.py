@@ -44,6 +44,29 @@ def test_process_logits_matches_numpy(temperature, top_k, top_p):
     assert kept.sum(-1).max() <= top_k
 
 
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.95), (0, 0.5), (30, 0.95), (0, 1e-6)])
+def test_sort_free_nucleus_matches_numpy_on_a_large_vocabulary(top_k, top_p):
+  """The bisection nucleus on a 32k vocabulary with rows of ties across the cut, a row
+  mostly −inf and a constant row, float32 and (sorted path) bfloat16."""
+  x = np.random.default_rng(5).normal(0, 3, (6, 32000)).astype(np.float32)
+  x[0] = np.round(x[0])  # many ties, one of them at the cut
+  x[1, 5:] = -np.inf
+  x[2] = 0.25
+  x[3] *= 0.05  # a flat distribution: a nucleus of thousands
+  for dtype in (jnp.float32, jnp.bfloat16):
+    xd = np.asarray(jnp.asarray(x, dtype).astype(jnp.float32))
+    got = np.asarray(process_logits(jnp.asarray(xd, dtype), 1.0, top_k, top_p))
+    hf = np_process(xd, 1.0, top_k, top_p)
+    # HF's nucleus, with every token tied at its cut kept (HF keeps some of them)
+    cut = np.where(np.isfinite(hf), hf, np.inf).min(-1, keepdims=True)
+    want = np.isfinite(hf) | (xd >= cut)
+    np.testing.assert_array_equal(np.isfinite(got), want)
+    assert want.sum(-1).min() >= 1
+    if top_k == 0 and top_p > 0.1:
+      assert want[3].sum() > 100  # the flat row's nucleus is wide
+    assert want[2].all()  # a constant row: all tied at the cut, all kept
+
+
 def test_sample_frequencies_follow_temperature_and_truncation():
   logits = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 0.8], np.float32)
   rows = jnp.asarray(np.tile(logits, (10000, 1)))  # one draw per row
