@@ -51,7 +51,8 @@ from lrjax.latent.objective import Masks, Objective, Terms
 from lrjax.latent.readable import mix_pairs
 from lrjax.method import Options
 from lrjax.model.vocab import record_and_token_logp
-from lrjax.sampling import first_argmax, gumbel, if_greedy, sample, token_logp, top_k_ids
+from lrjax.sampling import (first_argmax, gumbel, if_greedy, kth_largest, sample, token_logp,
+                            top_k_ids, top_p_cut)
 
 NAME = "topk_gumbel"
 SECTION = "latent_grpo"
@@ -85,11 +86,8 @@ def nucleus(logp: jax.Array, top_p: float, min_keep: int) -> jax.Array:
   v = logp.shape[-1]
   if top_p >= 1.0 or min_keep >= v:
     return jnp.ones(logp.shape, bool)
-  desc = jnp.sort(logp, axis=-1)[..., ::-1]  # ... V
-  p = jnp.exp(desc)
-  before = jnp.cumsum(p, axis=-1) - p  # ... V, mass strictly before
-  n_keep = jnp.maximum(jnp.sum(before < top_p, axis=-1, keepdims=True), min_keep)  # ... 1
-  cut = jnp.take_along_axis(desc, n_keep - 1, axis=-1)  # ... 1
+  # both are top sets: their union is the one with the lower cut (sort-free, sampling.py)
+  cut = jnp.minimum(top_p_cut(logp, top_p), kth_largest(logp, min_keep))  # ... 1
   return logp >= cut
 
 
