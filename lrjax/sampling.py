@@ -149,15 +149,11 @@ def top_p_cut(x: jax.Array, p: float) -> jax.Array:
   In descending order token i is kept iff the mass strictly before it is < p,
   which is HF's `cumsum_ascending <= 1 - p` removal rule written the other way;
   the cut is the largest c with mass(x >= c) >= p, found without a sort for
-  float32 (`_largest_cut`; a full sort of a 128k vocabulary costs ~0.4 s per
-  [16, V] call on CPU, the bisection ~20 ms).
+  (`_largest_cut`, on x in float32: exact for bfloat16 / float16, whose cut is one of
+  their own values; a full sort of a 128k vocabulary costs ~0.4 s per [16, V] call
+  on CPU, the bisection ~20 ms).
   """
-  if x.dtype != jnp.float32:
-    sorted_x = jnp.sort(x, axis=-1)[..., ::-1]  # ... V, descending
-    probs = jax.nn.softmax(sorted_x, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # ... V, mass strictly before
-    n_keep = jnp.maximum(jnp.sum(before < p, axis=-1, keepdims=True), 1)  # ... 1
-    return jnp.take_along_axis(sorted_x, n_keep - 1, axis=-1)  # ... 1
+  x = x.astype(jnp.float32)
   e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))  # ... V, −inf -> 0
   need = p * jnp.sum(e, axis=-1, keepdims=True)  # ... 1
   cut = _largest_cut(x, lambda m: jnp.sum(jnp.where(m, e, 0.0), axis=-1, keepdims=True) >= need)

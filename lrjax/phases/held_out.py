@@ -118,12 +118,12 @@ def evaluate(ctx: RuleContext, params: dict, tokenizer: Any, problems: Sequence[
   metrics = {"eval/accuracy": correct.mean(), "eval/format_rate": formatted.mean(),
              "eval/response_tokens": lengths.mean(), "eval/latent_steps": latent.mean()}
   if sampled and num_samples > 0:
-    sampled = Sampling(temperature=temperature)
-    sample_ctx = ctx.replace(sampling=sampled)
+    drawn = Sampling(temperature=temperature)
+    sample_ctx = ctx.replace(sampling=drawn)
     rep_prompts = [p for p in prompts for _ in range(num_samples)]
     rep_answers = [a for a in answers for _ in range(num_samples)]
     batches = generate(shared, params, rep_prompts, jax.random.fold_in(key, 1),
-                       batch_size, aux, pad_id, mesh, knobs(sampled))
+                       batch_size, aux, pad_id, mesh, knobs(drawn))
     ok = score(tokenizer, sample_ctx, batches, rep_answers, reward_fn)[0]
     ok = ok.reshape(len(problems), num_samples) > 0.5
     c = ok.sum(-1)
