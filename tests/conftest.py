@@ -6,6 +6,12 @@ The cache (`.pytest_cache/jax` in the checkout, or `$JAX_COMPILATION_CACHE_DIR`)
 holds each compiled program once: the many short runs of the suite compile the
 same tiny programs, and a run that finds them there skips XLA's compile. A
 fresh clone starts with it empty. `LRJAX_TEST_CACHE=0` turns it off.
+
+Every test program compiles with XLA:CPU's fast-compile options
+(`tests.e2e_runs.FAST_XLA_FLAGS`: no LLVM backend optimisation, no expensive LLVM
+passes): the suite's programs are tiny and run for milliseconds, so compile time is
+most of their cost. The numerical comparisons hold under both settings; set
+`LRJAX_TEST_XLA=default` to run the suite with XLA's default options.
 """
 import os
 
@@ -21,6 +27,11 @@ if os.environ.get("LRJAX_TEST_CACHE", "1") != "0":
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+if os.environ.get("LRJAX_TEST_XLA", "fast") != "default":
+  from tests.e2e_runs import FAST_XLA_FLAGS  # noqa: E402  (imports no jax)
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in (os.environ.get("XLA_FLAGS", ""), FAST_XLA_FLAGS) if f)
 
 import jax  # noqa: E402
 

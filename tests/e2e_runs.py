@@ -87,9 +87,8 @@ def _flag_value(v) -> str:
   return "(" + ",".join(map(str, v)) + ",)" if isinstance(v, tuple) else str(v)
 
 
-# XLA:CPU's fast-compile options for these runs: about a third less CPU per short run
-# (compiling is ~80% of one). They check the pipeline, not the numerics, which the
-# in-process tests check at XLA's default options.
+# XLA:CPU's fast-compile options, for these runs and (tests/conftest.py) the test
+# processes: about a third less CPU per short run (compiling is ~80% of one).
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
