@@ -196,21 +196,26 @@ class _Stop(Exception):
   pass
 
 
-def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
-  """A stage step stopped after its step-2 checkpoint resumes there and ends where an
-  uninterrupted one does; once DONE it is restored from its checkpoint, not rerun."""
+def _stage_run(path, inject_nan_step: int = -1, max_nonfinite: int = 3):
+  """A stand-in Run for `sft_phase._train`: the config fields its loop reads."""
   import types
   import ml_collections
   from lrjax.metrics import MetricsWriter
+  config = ml_collections.ConfigDict({
+      "latent_sft": {"log_every": 1, "eval_every": 100},
+      "checkpoint": {"every": 2, "max_to_keep": 2},
+      "train": {"inject_nan_step": inject_nan_step, "max_nonfinite": max_nonfinite}})
+  return types.SimpleNamespace(config=config, workdir=str(path),
+                               metrics=MetricsWriter(str(path), tensorboard=False))
+
+
+def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
+  """A stage step stopped after its step-2 checkpoint resumes there and ends where an
+  uninterrupted one does; once DONE it is restored from its checkpoint, not rerun."""
   from lrjax.methods.latent_grpo import sft_phase as phase
-  config = ml_collections.ConfigDict({"latent_sft": {"log_every": 1, "eval_every": 100},
-                                      "checkpoint": {"every": 2, "max_to_keep": 2}})
-
-  def make_run(path):
-    return types.SimpleNamespace(config=config, workdir=str(path), metrics=MetricsWriter(
-        str(path), tensorboard=False))
-
-  step_fn = jax.jit(lambda st, b, step: ({"w": st["w"] * 0.5 + b}, {"loss": jnp.sum(st["w"])}))
+  make_run = _stage_run
+  step_fn = jax.jit(lambda st, b, step, poison: (
+      {"w": st["w"] * 0.5 + b}, {"loss": jnp.sum(st["w"]), "ok": jnp.bool_(True)}))
   calls = []
 
   def batch(step, stop_at=None):
@@ -232,6 +237,45 @@ def test_steps_resume_exactly_and_finished_steps_are_reused(tmp_path):
   again = phase._train(run, "encoder", start, 5, step_fn, batch)
   assert calls == []  # DONE: restored, not retrained
   np.testing.assert_array_equal(np.asarray(again["w"]), np.asarray(ref["w"]))
+
+
+def test_a_non_finite_update_is_skipped_counted_and_stops_after_the_limit(tmp_path):
+  """A stage step's NaN update (train.inject_nan_step) leaves the weights and optimizer
+  as they were, is counted in `train/nonfinite_skipped`, and the run goes on; as many
+  in a row as train.max_nonfinite stop it with the faults module's error."""
+  import optax
+  from lrjax import faults
+  from lrjax.metrics import read_metrics
+  from lrjax.methods.latent_grpo import sft_phase as phase
+  opt = optax.sgd(0.1)
+
+  @jax.jit
+  def step_fn(st, target, step, poison):
+    train = {"enc": st["enc"]}
+    return phase._update(st, train, lambda tr: (jnp.sum((tr["enc"]["w"] - target) ** 2),
+                                                {"loss": jnp.sum((tr["enc"]["w"] - target) ** 2)}),
+                         opt, poison)
+
+  def start():
+    w = jnp.asarray([1.0, -2.0, 0.5], jnp.float32)
+    return {"enc": {"w": w}, "dec": {}, "opt_state": opt.init({"enc": {"w": w}})}
+
+  batch = lambda step: jnp.float32(step)  # noqa: E731
+  out = phase._train(_stage_run(tmp_path / "a", inject_nan_step=3), "encoder", start(), 5,
+                     step_fn, batch)
+  w = np.asarray([1.0, -2.0, 0.5], np.float32)  # NumPy: SGD on |w - t|², step 3 skipped
+  for step in range(5):
+    if step + 1 != 3:
+      w = w - np.float32(0.1) * 2 * (w - np.float32(step))
+  np.testing.assert_allclose(np.asarray(out["enc"]["w"]), w, rtol=1e-6)
+  lines = {r["step"]: r for r in read_metrics(str(tmp_path / "a"))
+           if r.get("phase") == "latent_sft/encoder"}
+  assert [lines[k]["train/nonfinite_skipped"] for k in range(1, 6)] == [0, 0, 1, 1, 1]
+  assert np.isnan(lines[3]["train/grad_norm"]) and np.isfinite(lines[4]["train/grad_norm"])
+
+  with pytest.raises(faults.NonFiniteError, match="max_nonfinite=1"):
+    phase._train(_stage_run(tmp_path / "b", inject_nan_step=2, max_nonfinite=1), "encoder",
+                 start(), 5, step_fn, batch)
 
 
 def test_config_refusals_name_the_field():

@@ -53,9 +53,7 @@ class TrainLoop:
   """One phase's training loop over `self.state` (see the module docstring).
 
   Subclasses define `step` and `line`; `shown` (the progress scalars, by default
-  none), `evaluate` (by default none) and `meta` (the checkpoint's meta) as needed.
-  `guarded = False`: the steps' `ok` is not counted (no `train.max_nonfinite`)."""
-  guarded = True
+  none), `evaluate` (by default none) and `meta` (the checkpoint's meta) as needed."""
 
   def __init__(self, run, phase: str, ckpt, cadence: Cadence, state: Any):
     self.run, self.phase, self.ckpt, self.cadence, self.state = run, phase, ckpt, cadence, state
@@ -88,16 +86,15 @@ class TrainLoop:
     preemption; raises `faults.NonFiniteError` after too many skipped updates."""
     self.start = start
     progress, ckpt, steps = Progress(self.phase), self.ckpt, self.cadence.steps
-    guard = (faults.NonFiniteCounter(self.phase, self.run.config.train.max_nonfinite,
-                                     ckpt.directory) if self.guarded else None)
+    guard = faults.NonFiniteCounter(self.phase, self.run.config.train.max_nonfinite,
+                                    ckpt.directory)
     preempt = faults.Preemption()
     try:
       for step in range(start, steps):
         done = step + 1
         out = self.step(step)
-        if guard is not None:
-          guard.update(out.ok, done, ckpt.latest_step())
-        line = self.line(done, out, guard.skipped if guard else 0) if self.logs(done) else None
+        guard.update(out.ok, done, ckpt.latest_step())
+        line = self.line(done, out, guard.skipped) if self.logs(done) else None
         if line is not None:
           self.run.metrics.write(self.phase, done, line)
         shown = self.shown(out, line)

@@ -23,12 +23,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lrjax import optim
 from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
+from lrjax.faults import guarded_update
 from lrjax.latent import prompt_suffix
 from lrjax.methods.latent_grpo.latent_sft import layout, losses
 from lrjax.methods.latent_grpo.rule import NAME as LATENT_RULE
@@ -106,23 +106,25 @@ def _merge(state: dict, train: dict) -> dict:
 
 
 def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, ...], top_k: int):
-  """jit(state, batch) -> (state, metrics): one AdamW update of `parts` on stage 1's CE."""
-  def step(state, batch):
+  """jit(state, batch, poison=False) -> (state, metrics): one AdamW update of `parts` on
+  stage 1's CE (skipped when not finite, see `_update`)."""
+  def step(state, batch, poison=False):
     train = _trainable(state, parts, frozen)
 
     def loss_fn(tr):
       merged = _merge(state, tr)
       return losses.stage1_loss(cfg, merged["enc"], merged["dec"], batch, top_k)
 
-    return _update(state, train, loss_fn, optimizer)
+    return _update(state, train, loss_fn, optimizer, poison)
   return jax.jit(step, donate_argnums=0)
 
 
 def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
-  """jit(state, batch, key) -> (state, metrics): one update of the decoder on stage 2's loss."""
+  """jit(state, batch, key, poison=False) -> (state, metrics): one update of the decoder
+  on stage 2's loss (skipped when not finite, see `_update`)."""
   gumbel = bool(s.gumbel)
 
-  def step(state, batch, key):
+  def step(state, batch, key, poison=False):
     probs = batch.label_probs
     if gumbel:
       probs = losses.gumbel_perturb(key, probs, batch.label_ids, batch.latent_valid, end_id,
@@ -133,18 +135,21 @@ def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
       return losses.stage2_loss(cfg, _merge(state, tr)["dec"], batch, probs,
                                 float(s.ce_weight), float(s.kl_weight))
 
-    return _update(state, train, loss_fn, optimizer)
+    return _update(state, train, loss_fn, optimizer, poison)
   return jax.jit(step, donate_argnums=0)
 
 
-def _update(state: dict, train: dict, loss_fn, optimizer) -> tuple[dict, dict]:
+def _update(state: dict, train: dict, loss_fn, optimizer, poison) -> tuple[dict, dict]:
   """One optimizer step of `train` (the trainable part of state) on loss_fn(train) ->
-  (loss, metrics); (new state, metrics with grad_norm)."""
-  (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
-  upd, opt = optimizer.update(g, state["opt_state"], train)
-  new = _merge(state, optax.apply_updates(train, upd))
+  (loss, metrics), kept only when the loss and gradient norm are finite
+  (`lrjax.faults.guarded_update`; `poison` injects a NaN); (new state, metrics with
+  grad_norm and ok)."""
+  (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(train)
+  train, opt, grad_norm, ok = guarded_update(optimizer, g, state["opt_state"], train, loss,
+                                             poison)
+  new = _merge(state, train)
   new["opt_state"] = opt
-  return new, {**m, "grad_norm": optax.global_norm(g)}
+  return new, {**m, "grad_norm": grad_norm, "ok": ok}
 
 
 def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=None) -> dict:
@@ -170,9 +175,9 @@ def _train(run, name: str, state: dict, steps: int, step_fn, batch_fn, evaluate=
 
 
 class _StageLoop(TrainLoop):
-  """One Latent-SFT step's loop: `step_fn(state, batch_fn(step), step)`; a non-finite
-  loss at a logged step stops it (FloatingPointError)."""
-  guarded = False
+  """One Latent-SFT step's loop: `step_fn(state, batch_fn(step), step, poison)`. A
+  non-finite update is skipped and counted (`train/nonfinite_skipped`); the loop
+  stops after `train.max_nonfinite` in a row."""
 
   def __init__(self, run, phase: str, ckpt, cadence: Cadence, state: dict, step_fn, batch_fn,
                evaluate=None):
@@ -181,14 +186,15 @@ class _StageLoop(TrainLoop):
     self.t0 = time.time()
 
   def step(self, step: int) -> StepOut:
-    self.state, m = self.step_fn(self.state, self.batch_fn(step), step)
-    return StepOut(True, m)
+    poison = jnp.asarray(step + 1 == self.run.config.train.inject_nan_step)
+    self.state, m = self.step_fn(self.state, self.batch_fn(step), step, poison)
+    m = dict(m)
+    return StepOut(bool(jax.device_get(m.pop("ok"))), m)
 
   def line(self, done: int, out: StepOut, skipped: int) -> dict:
     m = {f"train/{k}": float(v) for k, v in jax.device_get(out.metrics).items()}
     m["train/seconds"] = time.time() - self.t0
-    if not np.isfinite(m["train/loss"]):
-      raise FloatingPointError(f"{self.phase} step {done}: non-finite loss {m['train/loss']}")
+    m["train/nonfinite_skipped"] = float(skipped)
     return m
 
   def shown(self, out: StepOut, line: dict | None) -> dict | None:
@@ -218,7 +224,8 @@ def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
       return layout.stage1_batch([exs[j] for j in idx], s.compression_rate, pad, s.max_len,
                                  positions=s.positions)
 
-    state = _train(run, name, state, steps, lambda st, b, step: fn(st, b), batch_fn)
+    state = _train(run, name, state, steps, lambda st, b, step, poison: fn(st, b, poison),
+                   batch_fn)
     enc, dec = state["enc"], state["dec"]
   return enc, dec
 
@@ -288,7 +295,8 @@ def _stage2(run, exs, dec: dict, labels: dict) -> dict:
     evaluate_latent(run, state["dec"], f"{PHASE}/stage2", step, sampled=step == steps)
 
   state = _train(run, "stage2", state, steps,
-                 lambda st, b, step: fn(st, b, jax.random.fold_in(base_key, step)), batch_fn,
+                 lambda st, b, step, poison: fn(st, b, jax.random.fold_in(base_key, step),
+                                                poison), batch_fn,
                  evaluate)
   return state["dec"]
 
