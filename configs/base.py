@@ -217,6 +217,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Gradient accumulation: rows per chunk of one update, each chunk's forward and backward
   # in turn (the same update, less activation memory); 0 = the whole mini-batch at once.
   c.rl.microbatch = 0
+  # Length buckets: > 0 sorts a mini-batch's rows by length and runs each chunk of
+  # rl.microbatch rows (all when 0) over its first positions, a multiple of this width,
+  # instead of the whole response buffer (lrjax.rl.buckets): the same update, its cost
+  # following the rows' real lengths; at most max_new / width compiles. 0 = off.
+  c.rl.bucket_width = 0
   c.rl.aux_losses = ()  # (name in lrjax.rl.aux_losses.AUX_LOSSES, weight) pairs
   # What the learner scores: '' = the thought rule's own objective, or a name in
   # lrjax.latent.OBJECTIVES (Latent RL's "latent_value").

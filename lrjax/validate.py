@@ -99,6 +99,16 @@ def _microbatch(value, config) -> str | None:
   return None
 
 
+def _bucket_width(value, config) -> str | None:
+  """With an auxiliary loss (it may couple a prompt's rows) the length-sorted chunks
+  hold whole prompt groups (`lrjax.rl.buckets`)."""
+  micro = config.rl.get("microbatch", 0)
+  if value and config.rl.aux_losses and micro and micro % config.rl.group_size:
+    return (f"with rl.aux_losses, rl.microbatch={micro} must be a multiple of "
+            f"rl.group_size={config.rl.group_size} (the chunks hold whole prompt groups)")
+  return None
+
+
 def _sft_within_train(value, config) -> str | None:
   """A synthetic task has `data.train_size` problems; SFT reads the first `sft_size`."""
   if value > config.data.train_size:
@@ -298,6 +308,8 @@ ROWS.extend([
     Row("rl.updates_per_batch", _updates_per_batch, phases=("rl",)),
     Row("rl.microbatch", non_negative_int, phases=("rl",)),
     Row("rl.microbatch", _microbatch, phases=("rl",)),
+    Row("rl.bucket_width", non_negative_int, phases=("rl",)),
+    Row("rl.bucket_width", _bucket_width, phases=("rl",)),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

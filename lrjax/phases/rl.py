@@ -125,7 +125,10 @@ def run_rl(run) -> None:
   optimizer = make_rl_optimizer(rl, rl.steps)
   spec = LossSpec.from_config(rl)
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)
-  update = make_update(ctx, spec, optimizer, microbatch=rl.get("microbatch", 0), mesh=run.mesh)
+  # with an auxiliary loss (it may couple a prompt's rows) the length buckets keep groups whole
+  update = make_update(ctx, spec, optimizer, microbatch=rl.get("microbatch", 0), mesh=run.mesh,
+                       bucket_width=rl.get("bucket_width", 0),
+                       bucket_unit=rl.group_size if spec.aux_losses else 1)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = run.place({"params": params, "opt_state": optimizer.init(params)})
   ckpt = workdir.checkpointer(run, "rl")

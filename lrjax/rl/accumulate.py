@@ -17,8 +17,9 @@ That is the single-batch loss and gradient exactly (up to float32 summation
 order) for `token_mean`, `seq_mean` and `seq_sum_norm`, and for parameter-only
 auxiliary losses (Σ_c w_c = 1); a row-coupled auxiliary loss (e.g. a batch
 statistic) is averaged over chunks instead. `loss`, `pg_loss` and the `aux_*`
-metrics are combined with w_c, the policy loss's token-mean metrics (kl_mean,
-clip_frac, ...) with T_c / T. Gradients are summed in float32 and cast back to
+metrics are combined with w_c, the policy loss's other metrics (kl_mean,
+clip_frac, ...) with the chunk's share of the ratio positions over which they are
+means (of the rows, for a loss whose metrics are per sequence). Gradients are summed in float32 and cast back to
 the parameters' dtype.
 """
 from __future__ import annotations
@@ -40,6 +41,13 @@ def chunk_weights(aggregation: str, mask: jax.Array, microbatch: int) -> jax.Arr
   return jnp.where(total > 0, tokens / jnp.maximum(total, 1.0), 1.0 / n)
 
 
+def metric_weights(per_sequence: bool, ratio: jax.Array, microbatch: int) -> jax.Array:
+  """The chunks' weights [n] for the policy loss's metrics (kl_mean, clip_frac, ...):
+  their share of the ratio positions `ratio` [B, N], over which those metrics are
+  means, or of the rows when the loss's metrics are per sequence."""
+  return chunk_weights("seq_mean" if per_sequence else "token_mean", ratio, microbatch)
+
+
 def split_rows(tree: Any, microbatch: int) -> Any:
   """[B, ...] leaves -> [B / m, m, ...] (None stays None)."""
   def split(x):
@@ -50,7 +58,8 @@ def split_rows(tree: Any, microbatch: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-def _loss_metric(name: str) -> bool:
+def loss_metric(name: str) -> bool:
+  """Whether a metric is combined with the loss's chunk weights (else T_c / T)."""
   return name in ("loss", "pg_loss") or name.startswith("aux_")
 
 
@@ -69,7 +78,7 @@ def accumulate(value_and_grad: Callable, trainable: Any, rows: Any, weights: jax
     (loss, metrics), grads = value_and_grad(trainable, chunk)
     add = lambda a, x, v: a + v * x.astype(jnp.float32)  # noqa: E731
     (acc_loss, acc_metrics), acc_grads = acc
-    metrics = {k: add(acc_metrics[k], v, w if _loss_metric(k) else wt)
+    metrics = {k: add(acc_metrics[k], v, w if loss_metric(k) else wt)
                for k, v in metrics.items()}
     return ((add(acc_loss, loss, w), metrics),
             jax.tree.map(lambda a, g: add(a, g, w), acc_grads, grads)), None

@@ -43,6 +43,7 @@ schedule counts optimizer updates: rl.steps × rl.updates_per_batch in all.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -56,7 +57,7 @@ from lrjax.model import ModelConfig, compute_params, lora
 from lrjax.optim import GroupedOptimizer, ParamGroups, make_grouped_optimizer
 from lrjax.parallel import on_mesh
 from lrjax.registry import Registry
-from lrjax.rl import accumulate
+from lrjax.rl import accumulate, buckets
 from lrjax.rl.aux_losses import AUX_LOSSES
 from lrjax.rl.losses import POLICY_LOSSES
 from lrjax.rollout import ReplayOut, replay
@@ -179,12 +180,14 @@ def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -
 
 def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict | None,
                 traj: Any, advantages: jax.Array, aux: Any, old_logp: jax.Array | None = None,
-                rewards: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                rewards: jax.Array | None = None, max_len: int | None = None
+                ) -> tuple[jax.Array, dict]:
   """The scalar loss of one batch of trajectories, and its metrics.
 
   ref_params: the frozen reference tree {"model", "rule", "heads"} (needed when
   spec.beta > 0); old_logp: [B, N] old ratio terms (None: traj.logp); rewards:
-  [B], passed to the auxiliary losses only.
+  [B], passed to the auxiliary losses only; max_len: the response buffer's N when
+  traj holds fewer positions (a bucketed chunk; `seq_sum_norm`'s T_max).
   """
   obj = objective_of(ctx)
   out = replay(ctx, params, traj, aux)  # B N H, B N V
@@ -205,7 +208,8 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
   mask = masks.ratio.astype(jnp.float32)  # B N
   loss, metrics = loss_fn(
       terms.ratio, traj.logp if old_logp is None else old_logp, advantages, mask,
-      ref_logp=ref_logp, direct=terms.direct, direct_mask=masks.direct, **spec.loss_kwargs())
+      ref_logp=ref_logp, direct=terms.direct, direct_mask=masks.direct, **spec.loss_kwargs(),
+      **({} if max_len is None else {"max_len": max_len}))
   for name, weight in spec.aux_losses:
     value, extra = AUX_LOSSES.get(name)(params, traj, out, ctx=ctx, advantages=advantages,
                                         masks=masks, rewards=rewards)
@@ -217,7 +221,8 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation,
-                microbatch: int = 0, mesh: Any = None) -> Callable:
+                microbatch: int = 0, mesh: Any = None, bucket_width: int = 0,
+                bucket_unit: int = 1) -> Callable:
   """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
   poison=False) -> (params, opt_state, metrics)).
 
@@ -236,7 +241,14 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   trainable parameters and the optimizer state are donated: the frozen ones are
   split off outside the jitted step and passed back unchanged, so their buffers
   are never donated nor copied.
+
+  `bucket_width` w > 0: the rows are sorted by length and each chunk of
+  `microbatch` rows (all rows when 0) runs over its own first positions, a multiple
+  of w (`lrjax.rl.buckets`; rows sorted in whole units of `bucket_unit`): the same
+  update, its cost following the rows' lengths.
   """
+  if bucket_width > 0:
+    return _bucketed_update(ctx, spec, optimizer, microbatch, bucket_width, bucket_unit, mesh)
   groups = getattr(optimizer, "groups", None)
 
   def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
@@ -247,10 +259,12 @@ def make_update(ctx: RuleContext, spec: LossSpec,
         has_aux=True)
     rows = (traj, advantages, old_logp, rewards)
     if 0 < microbatch < traj.ids.shape[0]:
-      scored = loss_mask(loss_masks(ctx, traj))  # B N
+      masks = loss_masks(ctx, traj)
       (loss, metrics), grads = accumulate.accumulate(
-          grad_fn, trainable, rows, accumulate.chunk_weights(spec.aggregation, scored, microbatch),
-          accumulate.chunk_weights("token_mean", scored, microbatch), microbatch)
+          grad_fn, trainable, rows,
+          accumulate.chunk_weights(spec.aggregation, loss_mask(masks), microbatch),
+          accumulate.metric_weights(POLICY_LOSSES.get(spec.loss).per_sequence_metrics,
+                                    masks.ratio, microbatch), microbatch)
     else:
       (loss, metrics), grads = grad_fn(trainable, rows)
     trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
@@ -281,6 +295,68 @@ def make_update(ctx: RuleContext, spec: LossSpec,
     return jitted.lower(trainable, opt_state, frozen, ref_params, *rest, **kw)
   update_frozen_apart.lower = lower
   return update_frozen_apart
+
+
+def _bucketed_update(ctx: RuleContext, spec: LossSpec,
+                     optimizer: GroupedOptimizer | optax.GradientTransformation,
+                     chunk_rows: int, width: int, unit: int, mesh: Any) -> Callable:
+  """`make_update`'s function with `bucket_width` > 0: one jitted forward + backward per
+  chunk (its rows gathered and cut inside; one compile per chunk length), the
+  weighted sums of loss, metrics and gradients, then one guarded optimizer step."""
+  groups = getattr(optimizer, "groups", None)
+  split = (lambda p: groups.split(p)) if groups is not None else (lambda p: (p, None))  # noqa: E731
+  merge = ((lambda t, f: ParamGroups.merge(t, f)) if groups is not None  # noqa: E731
+           else (lambda t, f: t))
+  per_sequence = POLICY_LOSSES.get(spec.loss).per_sequence_metrics
+
+  @jax.jit
+  def masks_of(traj):
+    masks = loss_masks(ctx, traj)
+    return loss_mask(masks), masks.ratio
+  masks_of = on_mesh(masks_of, mesh)
+
+  @functools.partial(jax.jit, static_argnames=("length",))
+  def chunk(trainable, frozen, ref_params, traj, advantages, aux, old_logp, rewards, rows, w, wt,
+            *, length):
+    n = traj.ids.shape[1]
+    traj, advantages, old_logp, rewards = take_rows((traj, advantages, old_logp, rewards), rows)
+    traj = buckets.cut(traj, length)
+    advantages, old_logp = (buckets.cut_positions(x, length, n) for x in (advantages, old_logp))
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda t: policy_loss(ctx, spec, merge(t, frozen), ref_params, traj, advantages, aux,
+                              old_logp, rewards, max_len=n), has_aux=True)(trainable)
+    weigh = lambda x, v: v * x.astype(jnp.float32)  # noqa: E731
+    metrics = {k: weigh(v, w if accumulate.loss_metric(k) else wt) for k, v in metrics.items()}
+    return weigh(loss, w), metrics, jax.tree.map(lambda g: weigh(g, w), grads)
+
+  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def apply(trainable, opt_state, grads, loss, metrics, poison):
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    trainable, opt_state, grad_norm, ok = guarded_update(optimizer, grads, opt_state, trainable,
+                                                         loss, poison)
+    return trainable, opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
+  chunk, add, apply = (on_mesh(f, mesh) for f in (chunk, add, apply))
+
+  def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
+             poison=False):
+    covered, ratio = (np.asarray(x) for x in jax.device_get(masks_of(traj)))  # B N
+    chunks = buckets.plan(buckets.last_scored(covered), chunk_rows, width, covered.shape[1],
+                          unit)
+    trainable, frozen = split(params)
+    acc = None
+    for c in chunks:
+      w = buckets.share(c.rows, covered, spec.aggregation != "token_mean")
+      wt = buckets.share(c.rows, ratio, per_sequence)
+      out = chunk(trainable, frozen, ref_params, traj, advantages, aux, old_logp, rewards,
+                  jnp.asarray(c.rows, jnp.int32), jnp.float32(w), jnp.float32(wt),
+                  length=c.length)
+      acc = out if acc is None else add(acc, out)
+    loss, metrics, grads = acc
+    trainable, opt_state, metrics = apply(trainable, opt_state, grads, loss, metrics, poison)
+    return merge(trainable, frozen), opt_state, metrics
+  return update
 
 
 # --------------------------------------------------------------------------- mini-batches

@@ -76,10 +76,13 @@ class PolicyLoss:
       rollout batch stay correct (False: on-policy only, `rl.updates_per_batch` 1).
   supports_direct: it adds an objective's direct terms −A·d at `direct_mask`
       (False: it must not be paired with an objective that makes them).
+  per_sequence_metrics: its metrics other than the loss are means over rows, not
+      over the ratio positions (a chunked update weighs them by rows, not positions).
   """
   fn: Callable[..., tuple[jax.Array, dict]]
   uses_ratio: bool = True
   supports_direct: bool = True
+  per_sequence_metrics: bool = False
 
   def __call__(self, *args, **kw) -> tuple[jax.Array, dict]:
     return self.fn(*args, **kw)
@@ -197,8 +200,10 @@ def _finish(pg: jax.Array, kl: jax.Array, kl_active: bool, beta, mask: jax.Array
             direct: jax.Array | None = None,
             direct_mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Adds β·KL and the direct terms −A·d, aggregates over mask | direct_mask, and
-  fills the common metrics. New losses should end with it."""
+  fills the common metrics (kl_mean: the mean KL over the ratio positions, where it
+  is defined). New losses should end with it."""
   agg: Callable = AGGREGATIONS.get(aggregation)
+  kl_mean = _masked_mean(kl, mask)
   if direct is not None:
     if direct_mask is None or advantages is None:
       raise ValueError("direct terms need direct_mask and the advantages")
@@ -214,7 +219,7 @@ def _finish(pg: jax.Array, kl: jax.Array, kl_active: bool, beta, mask: jax.Array
   metrics = dict(metrics)
   metrics["loss"] = sg(loss)
   metrics["pg_loss"] = sg(agg(pg, mask, **agg_kw))
-  metrics["kl_mean"] = _masked_mean(kl, mask)
+  metrics["kl_mean"] = kl_mean
   return loss, metrics
 
 

@@ -98,4 +98,4 @@ def dlr_contrastive(params: dict, traj, replay_out, *, ctx, **kw) -> tuple[jax.A
 
 
 # one clipped ratio per sequence: no per-position loss to add direct terms to
-GSPO_CLIP = PolicyLoss(gspo_clip, supports_direct=False)
+GSPO_CLIP = PolicyLoss(gspo_clip, supports_direct=False, per_sequence_metrics=True)
