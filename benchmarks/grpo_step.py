@@ -14,6 +14,16 @@ loaded by lrjax with `load_hf`. Each side takes `--warmup` untimed steps
     pip install --no-deps trl==1.16.0 accelerate   # keeps the installed torch
     python benchmarks/grpo_step.py                  # 64 × 128 tokens, 5 steps after 2
     python benchmarks/grpo_step.py --quick          # tiny model, 1 step (the smoke test)
+    python benchmarks/grpo_step.py --lengths=mixed  # rows of 16..128 real tokens
+
+`--lengths=mixed`: row b of step s has a real length drawn uniformly from
+[16, `--new`] (numpy seed [seed, s, 7], the same on both sides). Both sides still
+generate `--new` tokens (the same generation cost) and then treat every token past
+a row's length as after its eos: lrjax marks those positions DONE (its response
+mask), TRL's generation returns each row cut there (its completion mask). Rewards
+read the real tokens only. lrjax's update then runs length-bucketed
+(`--bucket-width`, chunks of `--microbatch` rows; `rl.bucket_width`), TRL's as it
+does by default; the MFU counts the real tokens only.
 
 Parts. lrjax: rollout (jitted sampler), rewards (host), advantages, update
 (one jitted forward + backward + AdamW). TRL: generate (`model.generate`), the
@@ -83,6 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       "XLA's FLOP counts")
   p.add_argument("--trace", default=None, help="with --profile: write a jax.profiler trace here")
   p.add_argument("--quick", action="store_true", help="tiny model, 2 × 2 × 8 tokens, 1 step")
+  p.add_argument("--lengths", choices=("fixed", "mixed"), default="fixed",
+                 help="every row --new tokens, or real lengths uniform in [16, --new]")
+  p.add_argument("--bucket-width", type=int, default=16,
+                 help="with --lengths=mixed: lrjax's rl.bucket_width (0: padded update)")
+  p.add_argument("--microbatch", type=int, default=8,
+                 help="with --lengths=mixed: rows per length-sorted chunk (rl.microbatch)")
   args = p.parse_args(argv)
   args.shape = RB.FULL
   if args.quick:
@@ -98,9 +114,35 @@ def prompts_text(args, step: int) -> list[str]:
   return ["".join(rng.choice(chars, args.prompt_len)) for _ in range(args.prompts)]
 
 
-def even_share(ids: np.ndarray) -> np.ndarray:
-  """The reward of both sides: the share of even token ids in each completion."""
-  return np.mean(np.asarray(ids) % 2 == 0, axis=-1).astype(np.float32)
+def even_share(ids: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+  """The reward of both sides: the share of even token ids in each completion (its
+  first `lengths[b]` tokens when given)."""
+  ids = np.asarray(ids)
+  if lengths is None:
+    return np.mean(ids % 2 == 0, axis=-1).astype(np.float32)
+  live = np.arange(ids.shape[1])[None] < np.asarray(lengths)[:, None]
+  return ((ids % 2 == 0) & live).sum(-1).astype(np.float32) / np.asarray(lengths, np.float32)
+
+
+def row_lengths(args, step: int) -> np.ndarray | None:
+  """[prompts × group] real lengths of step `step` (None: every row --new tokens)."""
+  if args.lengths == "fixed":
+    return None
+  lo = min(16, max(1, args.new // 2))
+  return np.random.default_rng([args.seed, step, 7]).integers(
+      lo, args.new + 1, args.prompts * args.group)
+
+
+def end_rows(traj, lengths: np.ndarray):
+  """traj with row b's response ended after lengths[b] tokens: later positions DONE,
+  unsampled (lrjax's response mask; what an eos there would have given)."""
+  import dataclasses  # noqa: PLC0415
+  from lrjax.latent import DONE  # noqa: PLC0415
+  live = jnp.asarray(np.arange(traj.ids.shape[1])[None] < lengths[:, None])
+  return dataclasses.replace(
+      traj, span=jnp.where(live, traj.span, DONE).astype(traj.span.dtype),
+      sampled=traj.sampled & live, logp=jnp.where(live, traj.logp, 0.0),
+      lengths=jnp.asarray(lengths, jnp.int32), truncated=jnp.zeros_like(traj.truncated))
 
 
 def median_parts(steps: list[dict]) -> dict:
@@ -115,7 +157,10 @@ def bench_lrjax(args, cfg, model_params, tok) -> dict:
   ctx = RuleContext(cfg, "token", sampling=Sampling(temperature=1.0), eos_id=-1, pad_id=0,
                     max_new=args.new)
   opt = make_grouped_optimizer(ParamGroups(((".*", LR),)))
-  update = make_update(ctx, LossSpec(loss="ppo_clip", aggregation="token_mean", beta=0.0), opt)
+  bucketed = args.lengths == "mixed" and args.bucket_width > 0
+  update = make_update(ctx, LossSpec(loss="ppo_clip", aggregation="token_mean", beta=0.0), opt,
+                       **(dict(microbatch=args.microbatch, bucket_width=args.bucket_width)
+                          if bucketed else {}))
   adv_spec = AdvantageSpec(group_size=args.group)
   adv_fn = jax.jit(lambda r: compute_advantages(adv_spec, r))
   params = {"model": jax.tree.map(jnp.copy, model_params), "rule": {}, "heads": {}}
@@ -128,20 +173,24 @@ def bench_lrjax(args, cfg, model_params, tok) -> dict:
     t0 = time.perf_counter()
     traj = jax.block_until_ready(rollout(ctx, params, ids, mask, jax.random.key(step)))
     t1 = time.perf_counter()
-    rewards = even_share(traj.ids)  # host
+    lengths = row_lengths(args, step)
+    if lengths is not None:  # untimed: stands for an eos at each row's length
+      traj = jax.block_until_ready(end_rows(traj, lengths))
+      t1 = time.perf_counter()
+    rewards = even_share(traj.ids, lengths)  # host
     t2 = time.perf_counter()
     adv = jax.block_until_ready(adv_fn(jnp.asarray(rewards)))
     t3 = time.perf_counter()
     params, opt_state, m = update(params, opt_state, None, traj, adv, None)
     jax.block_until_ready((params, m))
     t4 = time.perf_counter()
-    if traj.ids.shape != (b, args.new) or int(np.min(traj.lengths)) != args.new:
+    if traj.ids.shape != (b, args.new):
       raise RuntimeError("lrjax: expected every row to run to --new tokens")
     if step >= args.warmup:
       steps.append({"rollout": t1 - t0, "rewards": t2 - t1, "advantages": t3 - t2,
                     "update": t4 - t3, "step": t4 - t0})
   res = median_parts(steps)
-  if args.profile:
+  if args.profile and not bucketed:
     res.update(profile_update(args, ctx, update, params, opt_state, traj, adv))
   return res
 
@@ -195,19 +244,21 @@ def trace_kinds(folder: str, calls: int) -> dict:
 # --------------------------------------------------------------------------- TRL
 
 
-def bench_trl(args, path: str, tok) -> dict:
-  """TRL's GRPOTrainer on the saved model; its methods wrapped with timers."""
+def bench_trl(args, path: str, tok) -> tuple[dict, float | None]:
+  """TRL's GRPOTrainer on the saved model, its methods wrapped with timers -> (median
+  parts, with --lengths=mixed the mean completion length of its last step)."""
   import datasets  # noqa: PLC0415
   import transformers  # noqa: PLC0415
   from trl import GRPOConfig, GRPOTrainer  # noqa: PLC0415
 
   b, total = args.prompts * args.group, args.warmup + args.steps
   rows = [p for s in range(total) for p in prompts_text(args, s)]
+  seen: list[list[int]] = []  # with --lengths=mixed: the completion lengths TRL trained on
   data = datasets.Dataset.from_dict({"prompt": rows})
   model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
   def reward(completions, completion_ids, **kw):
-    return [float(even_share(np.asarray(c))) for c in completion_ids]
+    return [float(even_share(np.asarray(c)[None])[0]) for c in completion_ids]
 
   with tempfile.TemporaryDirectory() as out:
     conf = GRPOConfig(
@@ -232,6 +283,20 @@ def bench_trl(args, path: str, tok) -> dict:
     trainer._generate_and_score_completions = timed("generate_and_score",
                                                     trainer._generate_and_score_completions)
     trainer.compute_loss = timed("loss_forward", trainer.compute_loss)
+    if args.lengths == "mixed":  # each row cut at its length: TRL's own after-eos cut
+      generate = trainer._generate_single_turn
+
+      def cut_rows(*a, **kw):
+        ids, logprobs = generate(*a, **kw)
+        lengths = row_lengths(args, trainer.state.global_step)
+        if any(len(c) != args.new for c in ids):
+          raise RuntimeError("TRL: expected every row to run to --new tokens")
+        ids = [c[:n] for c, n in zip(ids, lengths, strict=True)]
+        seen.append([len(c) for c in ids])
+        if logprobs is not None:
+          logprobs = [lp[:n] for lp, n in zip(logprobs, lengths, strict=True)]
+        return ids, logprobs
+      trainer._generate_single_turn = cut_rows
     steps: list[dict] = []
 
     class Clock(transformers.TrainerCallback):
@@ -251,7 +316,8 @@ def bench_trl(args, path: str, tok) -> dict:
     trainer.train()
   if len(steps) != total:
     raise RuntimeError(f"TRL ran {len(steps)} optimizer steps, expected {total}")
-  return median_parts(steps[args.warmup:])
+  parts = median_parts(steps[args.warmup:])
+  return parts, (float(np.mean(seen[-1])) if seen else None)
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -297,10 +363,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = {"lrjax": bench_lrjax(args, cfg, model_params, tok)}
     if not args.no_trl:
       import trl  # noqa: PLC0415
-      res["trl"] = bench_trl(args, tmp, tok)
+      res["trl"], res["trl_mean_length"] = bench_trl(args, tmp, tok)
       res["trl_version"] = trl.__version__
   seq = args.prompt_len + args.new - 1
   flops, peak = update_flops(cfg, b, seq), peak_matmul_flops()
+  if args.lengths == "mixed":  # the real tokens' FLOPs, averaged over the timed steps
+    timed = [row_lengths(args, s) for s in range(args.warmup, args.warmup + args.steps)]
+    flops = float(np.mean([sum(update_flops(cfg, 1, args.prompt_len + n - 1) for n in ls)
+                           for ls in timed]))
+    res["real_token_share"] = float(np.mean([ls.sum() / (b * args.new) for ls in timed]))
+    print(f"mixed lengths: real tokens {100 * res['real_token_share']:.1f}% of the buffer; "
+          f"lrjax update " + (f"length-bucketed (width {args.bucket_width}, chunks of "
+                              f"{args.microbatch} rows)" if args.bucket_width else "padded"),
+          flush=True)
   res.update(update_flops=flops, peak_flops=peak,
              mfu_lrjax=flops / res["lrjax"]["update"] / peak)
   for side in ("lrjax", "trl"):
