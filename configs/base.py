@@ -34,12 +34,15 @@ def check_arg(arg: str | None, config_file: str, own: tuple[str, ...] = ()) -> N
 def fit_paper_host(c: ml_collections.ConfigDict, microbatch: int) -> None:
   """The memory settings of a `:paper` preset on its paper's host: remat per decoder
   block, `microbatch` rows per accumulated chunk of an RL update (0 = the whole
-  mini-batch), and FSDP over every device (mesh data=1, fsdp=-1, tensor=1). A launcher's
+  mini-batch), the padded update (rl.bucket_width 0), and FSDP over every device
+  (mesh data=1, fsdp=-1, tensor=1). A launcher's
   --mesh, or --config.mesh.*, replaces the mesh; benchmarks/README.md has each preset's
   per-device memory estimate."""
   c.model.remat = True
   c.rl.microbatch = microbatch
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+  # the padded update: length buckets are measured on one host's CPU, not yet on a mesh
+  c.rl.bucket_width = 0
 
 
 def use_rule(c: ml_collections.ConfigDict, name: str, **fields) -> None:
@@ -218,10 +221,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # in turn (the same update, less activation memory); 0 = the whole mini-batch at once.
   c.rl.microbatch = 0
   # Length buckets: > 0 sorts a mini-batch's rows by length and runs each chunk of
-  # rl.microbatch rows (all when 0) over its first positions, a multiple of this width,
-  # instead of the whole response buffer (lrjax.rl.buckets): the same update, its cost
-  # following the rows' real lengths; at most max_new / width compiles. 0 = off.
-  c.rl.bucket_width = 0
+  # rl.microbatch rows (when 0: the largest divisor of the mini-batch's rows up to
+  # rl.bucket_rows) over its first positions, a multiple of this width, instead of the
+  # whole response buffer (lrjax.rl.buckets): the same update up to float32 summation
+  # order, its cost following the rows' real lengths; at most max_new / width compiles
+  # of the update's chunk. 0 = off (the padded update).
+  c.rl.bucket_width = 16
+  c.rl.bucket_rows = 8
   c.rl.aux_losses = ()  # (name in lrjax.rl.aux_losses.AUX_LOSSES, weight) pairs
   # What the learner scores: '' = the thought rule's own objective, or a name in
   # lrjax.latent.OBJECTIVES (Latent RL's "latent_value").

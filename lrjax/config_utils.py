@@ -8,8 +8,8 @@ A run resumed with a config that differs from the stored one is refused with a
 `ConfigMismatchError` listing every differing field, unless
 `--config.allow_config_mismatch=True` (then it only logs a warning). Fields in
 `RESUME_IGNORED` (and everything below them) never count as differences; those
-in `RESUME_FREE` (the mesh, the logging cadence) do not either, but a resume
-that changes them says so: checkpoints restore onto any mesh, exact in values
+in `RESUME_FREE` (the mesh, the logging cadence, the RL update's length buckets)
+do not either, but a resume that changes them says so: checkpoints restore onto any mesh, exact in values
 (a different mesh may reorder floating-point reductions, so the continuation
 is not promised bit-identical to a run on the old mesh).
 """
@@ -26,7 +26,9 @@ from absl import logging
 
 CONFIG_FILE = "config.json"
 RESUME_IGNORED: tuple[str, ...] = ("allow_config_mismatch", "workdir", "distributed")
-RESUME_FREE: tuple[str, ...] = ("mesh", "sft.log_every", "rl.log_every")
+# fields that change how a value is computed (its float32 summation order), not what
+RESUME_FREE: tuple[str, ...] = ("mesh", "sft.log_every", "rl.log_every", "rl.bucket_width",
+                                "rl.bucket_rows")
 _ABSENT = "<absent>"
 
 
@@ -154,8 +156,9 @@ def check_resume_config(workdir: str, config: Any, allow_mismatch: bool,
   diffs = [d for d in diffs if d not in free]
   if free:
     from lrjax.metrics import say  # deferred: keeps this module free of jax imports
-    say(f"[lrjax] resuming {workdir} with another mesh or logging cadence (allowed: values "
-        "are exact, not promised bit-identical on another mesh): " + "; ".join(free))
+    say(f"[lrjax] resuming {workdir} with another mesh or logging cadence or length buckets "
+        "(allowed: values are exact, not promised bit-identical to the old setting): "
+        + "; ".join(free))
   if not diffs:
     return
   listing = "\n  ".join(diffs)

@@ -310,6 +310,7 @@ ROWS.extend([
     Row("rl.microbatch", _microbatch, phases=("rl",)),
     Row("rl.bucket_width", non_negative_int, phases=("rl",)),
     Row("rl.bucket_width", _bucket_width, phases=("rl",)),
+    Row("rl.bucket_rows", non_negative_int, phases=("rl",)),
     Row("rl.weight_decay", non_negative, phases=("rl",)),
     Row("rl.b1", in_unit_interval(True, False), phases=("rl",)),
     Row("rl.b2", in_unit_interval(True, False), phases=("rl",)),

@@ -51,6 +51,11 @@ def test_last_scored_and_plan_hand_example():
   assert [c.length for c in grouped] == [10, 8, 8]
   with pytest.raises(ValueError, match="whole groups of 4"):
     buckets.plan(lengths, 2, 4, 10, unit=4)
+  # rows per chunk when rl.microbatch is 0: the largest divisor up to rl.bucket_rows
+  assert [buckets.chunk_rows_for(r, 8) for r in (64, 12, 2, 11, 8)] == [8, 6, 2, 1, 8]
+  assert buckets.chunk_rows_for(64, 8, unit=16) == 16  # whole groups, even past the limit
+  assert buckets.chunk_rows_for(48, 20, unit=8) == 16
+  assert buckets.chunk_rows_for(12, 0) == 12
 
 
 def _shorten(traj, lengths):

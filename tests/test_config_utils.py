@@ -93,6 +93,26 @@ def test_validate_choice():
     cu.validate_choice({"a": 1}, "nope", ("x",))
 
 
+def test_resume_check_allows_a_workdir_from_before_length_buckets(tmp_path, capsys):
+  """A workdir stored without rl.bucket_width / rl.bucket_rows (the padded update)
+  resumes with them: they change the update's summation order, not its values."""
+  stored = _config()
+  stored.mode = "sft,rl"
+  cu.save_config(str(tmp_path), stored)
+  cu.check_resume_config(str(tmp_path), _with_mode(_config(bucket_width=16, bucket_rows=8)),
+                         allow_mismatch=False)
+  said = capsys.readouterr().out
+  assert "rl.bucket_width: <absent> (stored) != 16 (now)" in said
+  with pytest.raises(cu.ConfigMismatchError, match="rl.lr"):
+    cu.check_resume_config(str(tmp_path), _with_mode(_config(bucket_width=16, lr=1e-4)),
+                           allow_mismatch=False)
+
+
+def _with_mode(c, mode: str = "sft,rl"):
+  c.mode = mode
+  return c
+
+
 def test_resume_check_allows_another_mesh_and_logging_cadence(tmp_path, capsys):
   stored = _config(log_every=10)
   stored.mode = "sft,rl"

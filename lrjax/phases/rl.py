@@ -127,7 +127,7 @@ def run_rl(run) -> None:
   adv_spec = adv_lib.AdvantageSpec.from_config(rl)
   # with an auxiliary loss (it may couple a prompt's rows) the length buckets keep groups whole
   update = make_update(ctx, spec, optimizer, microbatch=rl.get("microbatch", 0), mesh=run.mesh,
-                       bucket_width=rl.get("bucket_width", 0),
+                       bucket_width=rl.get("bucket_width", 0), bucket_rows=rl.get("bucket_rows", 0),
                        bucket_unit=rl.group_size if spec.aux_losses else 1)
   # placed as a whole: a restored optimizer state then lands on the mesh too
   state = run.place({"params": params, "opt_state": optimizer.init(params)})

@@ -6,7 +6,8 @@ lengths; a padded update runs the teacher-forced replay, the reference's and the
 loss over all B × N positions. With a bucket width w > 0 the rows of a
 (mini-)batch are sorted by their last scored position ℓ_b (longest first; in
 whole prompt groups when an auxiliary loss may couple a group's rows), split
-into chunks of `rl.microbatch` rows (the whole mini-batch when 0), and chunk c
+into chunks of `rl.microbatch` rows (when 0, of the largest divisor of the
+mini-batch's rows up to `rl.bucket_rows`), and chunk c
 runs over its first
 
     N_c = min(N, w · ⌈max_{b ∈ c} ℓ_b / w⌉)
@@ -41,6 +42,14 @@ def last_scored(mask: np.ndarray) -> np.ndarray:
   n = mask.shape[1]
   any_ = mask.any(-1)
   return np.where(any_, n - np.argmax(mask[:, ::-1], axis=-1), 0)
+
+
+def chunk_rows_for(rows: int, most: int, unit: int = 1) -> int:
+  """The largest number of rows <= max(most, unit) that divides `rows` and holds whole
+  units of `unit` rows (rows itself when most <= 0)."""
+  if most <= 0 or most >= rows:
+    return rows
+  return max(c for c in range(unit, max(most, unit) + 1, unit) if rows % c == 0)
 
 
 def plan(lengths: np.ndarray, chunk_rows: int, width: int, n: int, unit: int = 1) -> list[Chunk]:

@@ -222,7 +222,7 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation,
                 microbatch: int = 0, mesh: Any = None, bucket_width: int = 0,
-                bucket_unit: int = 1) -> Callable:
+                bucket_unit: int = 1, bucket_rows: int = 0) -> Callable:
   """jit(fn(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
   poison=False) -> (params, opt_state, metrics)).
 
@@ -243,12 +243,14 @@ def make_update(ctx: RuleContext, spec: LossSpec,
   are never donated nor copied.
 
   `bucket_width` w > 0: the rows are sorted by length and each chunk of
-  `microbatch` rows (all rows when 0) runs over its own first positions, a multiple
-  of w (`lrjax.rl.buckets`; rows sorted in whole units of `bucket_unit`): the same
-  update, its cost following the rows' lengths.
+  `microbatch` rows (when 0: the largest divisor of the rows up to `bucket_rows`,
+  all rows when that is 0) runs over its own first positions, a multiple of w
+  (`lrjax.rl.buckets`; rows sorted in whole units of `bucket_unit`): the same update,
+  its cost following the rows' lengths.
   """
   if bucket_width > 0:
-    return _bucketed_update(ctx, spec, optimizer, microbatch, bucket_width, bucket_unit, mesh)
+    return _bucketed_update(ctx, spec, optimizer, microbatch, bucket_width, bucket_unit,
+                            bucket_rows, mesh)
   groups = getattr(optimizer, "groups", None)
 
   def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
@@ -299,7 +301,8 @@ def make_update(ctx: RuleContext, spec: LossSpec,
 
 def _bucketed_update(ctx: RuleContext, spec: LossSpec,
                      optimizer: GroupedOptimizer | optax.GradientTransformation,
-                     chunk_rows: int, width: int, unit: int, mesh: Any) -> Callable:
+                     microbatch: int, width: int, unit: int, most_rows: int,
+                     mesh: Any) -> Callable:
   """`make_update`'s function with `bucket_width` > 0: one jitted forward + backward per
   chunk (its rows gathered and cut inside; one compile per chunk length), the
   weighted sums of loss, metrics and gradients, then one guarded optimizer step."""
@@ -342,8 +345,8 @@ def _bucketed_update(ctx: RuleContext, spec: LossSpec,
   def update(params, opt_state, ref_params, traj, advantages, aux, old_logp=None, rewards=None,
              poison=False):
     covered, ratio = (np.asarray(x) for x in jax.device_get(masks_of(traj)))  # B N
-    chunks = buckets.plan(buckets.last_scored(covered), chunk_rows, width, covered.shape[1],
-                          unit)
+    rows = microbatch or buckets.chunk_rows_for(covered.shape[0], most_rows, unit)
+    chunks = buckets.plan(buckets.last_scored(covered), rows, width, covered.shape[1], unit)
     trainable, frozen = split(params)
     acc = None
     for c in chunks:
