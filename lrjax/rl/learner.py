@@ -17,6 +17,10 @@ and one `update` is
                                    direct=terms.direct, direct_mask=masks.direct)
           + Σ_i w_i AUX_LOSSES[name_i](params, traj, out)     # rl.aux_losses
 
+With `rl.bucket_width` > 0 (the default) `update` runs the same computation on
+length-sorted chunks of rows, each cut to the positions its rows use
+(`lrjax.rl.buckets`), and sums them.
+
 The thought rule, not the learner, says what is scored (`lrjax.latent.objective`):
 `token`/`hybrid` the sampled token's log_softmax(l/τ)[y], `hidden` the same at
 `<eot>` and the text after it; `rl.objective` may name a registered objective
