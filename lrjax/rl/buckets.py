@@ -18,7 +18,8 @@ replay is causal, so the cut changes no kept position, and nothing is scored pas
 `lrjax.rl.accumulate` does (token_mean: w_c = T_c / T; other aggregations:
 rows_c / B; the policy loss's metrics by ratio positions), `seq_sum_norm` keeps
 the buffer's N as its T_max, so the update equals the padded one up to float32
-summation order (tests/test_buckets.py, for every shipped objective).
+summation order (tests/test_buckets.py, for every shipped objective), except for
+dropout keyed by the batch (Latent RL's value head), which each chunk draws anew.
 """
 from __future__ import annotations
 
