@@ -23,8 +23,9 @@ NOTEBOOK = os.path.join(ROOT, "launch", "colab_tpu.ipynb")
 
 
 def _env():
-  """This environment without the test's own import path (the venv's lrjax must win)."""
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  """This environment without the test's own import path (the venv's lrjax must win),
+  with the suite's XLA_FLAGS (tests/conftest.py)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
   return env
 

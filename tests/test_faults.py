@@ -199,7 +199,6 @@ def test_error_with_a_save_in_flight_stays_one_line(tmp_path):
   from tests.test_main import FAST
   w = tmp_path / "w"
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, "-c", _SAVE_IN_FLIGHT, "--config=configs/sft.py", f"--workdir={w}", *FAST,
        "--config.eval.num_problems=8", "--config.eval.batch_size=8", "--config.eval.max_new=8",
@@ -234,7 +233,6 @@ def _hrpo(workdir, *args, wait=True):
   # unbuffered: a killed run's lines up to the kill are still read
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
   proc = subprocess.Popen([sys.executable, "-m", "lrjax.main", f"--workdir={workdir}",
                            *HRPO_SHORT, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

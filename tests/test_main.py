@@ -21,9 +21,9 @@ FAST = ["--config.sft.steps=24", "--config.sft.batch_size=16", "--config.sft.log
 def _main(workdir, *args, wait=True, cwd=ROOT, devices=1):
   """lrjax.main on configs/sft.py with FAST; workdir None = lrjax.main's default."""
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  if devices > 1:  # after the suite's own XLA_FLAGS (tests/conftest.py)
+    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""),
+                                            f"--xla_force_host_platform_device_count={devices}") if f)
   cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/sft.py",
          *([f"--workdir={workdir}"] if workdir is not None else []), *FAST, *args]
   proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
