@@ -6,7 +6,8 @@ generic `name` and `num_latent`. For one release the old layout still works:
 * a flag `--config.rule.<field>=v` sets the field where the selected rule keeps it now,
   with a one-line deprecation note naming the new flag (`split_moved_flags`, then
   `apply_moved_flags` once the config is read); a field no section holds is refused
-  with a line that says where the rule's settings are;
+  with a line that says where the rule's settings are; a compare's override
+  `rule.<field>=v` is read the same way (`lrjax.compare.plan.apply_overrides`);
 * a workdir's stored config.json of the old layout is read as the new one when the run
   resumes, with a one-line notice (`migrate_stored`); the config.json the run writes
   then has the new layout.
@@ -79,15 +80,17 @@ def _parse(text: str, current: Any, flag: str) -> Any:
   return value
 
 
-def apply_moved_flags(config, moved: Sequence[tuple[str, str]]) -> list[str]:
+def apply_moved_flags(config, moved: Sequence[tuple[str, str]],
+                      prefix: str = "--config.") -> list[str]:
   """Sets each (field, text) of `split_moved_flags` where the selected rule
   (`config.rule.name`, after the other flags) keeps it now; returns the one-line notes.
   A config that still has `config.rule.<field>` itself gets the value there. Raises
-  ConfigError naming the field when the rule keeps no such setting."""
+  ConfigError naming the field when the rule keeps no such setting. `prefix`: how the
+  notes spell a field (`--config.` for flags, '' for a compare's overrides)."""
   from lrjax.latent import RULES  # noqa: PLC0415
   notes = []
   for field, text in moved:
-    old = f"{_FLAG}{field}"
+    old = f"{prefix}rule.{field}"
     if field in config.rule:  # a config of its own that keeps the field in config.rule
       config.rule[field] = _parse(text, config.rule[field], old)
       continue
@@ -101,14 +104,14 @@ def apply_moved_flags(config, moved: Sequence[tuple[str, str]]) -> list[str]:
                         f"{rule!r} keeps no {field!r} ({where})")
     section, leaf = new.split(".")
     if section not in config:
-      raise ConfigError(f"{old} is now --config.{new}, but this config has no "
+      raise ConfigError(f"{old} is now {prefix}{new}, but this config has no "
                         f"config.{section} (configs/base.py's use_rule adds it)")
     value = _parse(text, config[section][leaf], old)
     try:
       config[section][leaf] = value
     except TypeError as e:
       raise ConfigError(f"{old}={text}: {' '.join(str(e).split())}") from e
-    notes.append(f"[lrjax] {old} is deprecated: use --config.{new} (set to {value!r})")
+    notes.append(f"[lrjax] {old} is deprecated: use {prefix}{new} (set to {value!r})")
   return notes
 
 

@@ -242,3 +242,18 @@ def test_old_rule_flags_set_the_method_section_with_a_note():
   with pytest.raises(cu.ConfigError, match="--config.rule.top_k is now --config.hrpo.top_k, "
                      "but this config has no config.hrpo"):
     apply_moved_flags(g, [("top_k", "5")])
+
+
+def test_compare_overrides_read_old_rule_settings_with_a_note(capsys):
+  """A compare's override 'rule.<setting>=v' of the flat layout sets the field where the
+  method's rule keeps it now (after the other overrides), with the note the flag gives."""
+  from configs import lepo
+  from lrjax.compare import apply_overrides
+  c = lepo.get_config()
+  apply_overrides(c, ["rule.top_k=5", "rl.steps=3", "rule.num_latent=2"])
+  assert (c.lepo.top_k, c.rl.steps, c.rule.num_latent) == (5, 3, 2) and "top_k" not in c.rule
+  assert "[lrjax] rule.top_k is deprecated: use lepo.top_k (set to 5)" in capsys.readouterr().out
+  with pytest.raises(cu.ConfigError, match="rule 'gumbel_soft' keeps no 'gate_c'"):
+    apply_overrides(c, ["rule.gate_c=4"])
+  with pytest.raises(ValueError, match="unknown config field 'rl.nope'"):
+    apply_overrides(c, ["rl.nope=1"])

@@ -36,9 +36,18 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def apply_overrides(config, overrides) -> None:
-  """Sets each 'a.b=value' on the config; an unknown field is an error naming it."""
+  """Sets each 'a.b=value' on the config; an unknown field is an error naming it. A rule
+  setting in its old place ('rule.top_k=5', `lrjax.config_moves`) is set where the
+  selected rule keeps it now, after the other overrides, with a one-line note."""
+  from lrjax.config_moves import GENERIC_RULE_FIELDS, apply_moved_flags  # noqa: PLC0415
+  moved = []
   for text in overrides:
     field, value = parse_override(text)
+    leaf = field.removeprefix("rule.")
+    if (field.startswith("rule.") and "." not in leaf and leaf not in GENERIC_RULE_FIELDS
+        and leaf not in config.get("rule", {})):
+      moved.append((leaf, text.split("=", 1)[1].strip()))
+      continue
     *parents, leaf = field.split(".")
     node = config
     for p in parents:
@@ -49,6 +58,10 @@ def apply_overrides(config, overrides) -> None:
       raise ValueError(f"override {text!r}: unknown config field {field!r}")
     with node.ignore_type():
       node[leaf] = value
+  if moved:
+    from lrjax.metrics import say  # noqa: PLC0415
+    for note in apply_moved_flags(config, moved, prefix=""):
+      say(note)
 
 
 def method_config(stem: str, task: str, seed: int, compare_cfg):
