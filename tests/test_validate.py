@@ -250,6 +250,18 @@ def test_sft_size_beyond_a_synthetic_train_split_is_one_line():
                                             "data.sft_size": 500}), PHASES)  # gsm8k's own split
 
 
+def test_length_buckets_with_an_aux_loss_hold_whole_groups():
+  """With an auxiliary loss the length-sorted chunks keep a prompt's rows together: a
+  microbatch that splits a group is refused naming the field; bad values are refused."""
+  fields = {"rl.aux_losses": (("heads_l2", 0.1),), "rl.group_size": 8}
+  msg = _error(_config(hrpo, **fields, **{"rl.microbatch": 4}))
+  assert msg.startswith("config.rl.bucket_width=16 with rl.aux_losses, rl.microbatch=4 must be "
+                        "a multiple of rl.group_size=8"), msg
+  validate_config(_config(hrpo, **fields, **{"rl.microbatch": 16}), PHASES)
+  validate_config(_config(hrpo, **fields, **{"rl.microbatch": 4, "rl.bucket_width": 0}), PHASES)
+  assert _error(_config(hrpo, **{"rl.bucket_rows": -1})).startswith("config.rl.bucket_rows=-1")
+
+
 def test_dlr_microbatch_holds_whole_groups():
   """DLR's contrastive term reads a whole group of chains: a chunk that splits one is
   refused in one line (it was a traceback inside the jitted update)."""

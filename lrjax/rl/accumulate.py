@@ -19,8 +19,8 @@ auxiliary losses (Σ_c w_c = 1); a row-coupled auxiliary loss (e.g. a batch
 statistic) is averaged over chunks instead. `loss`, `pg_loss` and the `aux_*`
 metrics are combined with w_c, the policy loss's other metrics (kl_mean,
 clip_frac, ...) with the chunk's share of the ratio positions over which they are
-means (of the rows, for a loss whose metrics are per sequence). Gradients are summed in float32 and cast back to
-the parameters' dtype.
+means (of the rows, for a loss whose metrics are per sequence). Gradients are
+summed in float32 and cast back to the parameters' dtype.
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def split_rows(tree: Any, microbatch: int) -> Any:
 
 
 def loss_metric(name: str) -> bool:
-  """Whether a metric is combined with the loss's chunk weights (else T_c / T)."""
+  """Whether a metric is combined with the loss's chunk weights (else with
+  `metric_weights`)."""
   return name in ("loss", "pg_loss") or name.startswith("aux_")
 
 
