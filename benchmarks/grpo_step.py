@@ -173,6 +173,8 @@ def bench_lrjax(args, cfg, model_params, tok) -> dict:
     t0 = time.perf_counter()
     traj = jax.block_until_ready(rollout(ctx, params, ids, mask, jax.random.key(step)))
     t1 = time.perf_counter()
+    if traj.ids.shape != (b, args.new) or int(np.min(traj.lengths)) != args.new:
+      raise RuntimeError("lrjax: expected every row to run to --new tokens")
     lengths = row_lengths(args, step)
     if lengths is not None:  # untimed: stands for an eos at each row's length
       traj = jax.block_until_ready(end_rows(traj, lengths))
@@ -184,8 +186,6 @@ def bench_lrjax(args, cfg, model_params, tok) -> dict:
     params, opt_state, m = update(params, opt_state, None, traj, adv, None)
     jax.block_until_ready((params, m))
     t4 = time.perf_counter()
-    if traj.ids.shape != (b, args.new):
-      raise RuntimeError("lrjax: expected every row to run to --new tokens")
     if step >= args.warmup:
       steps.append({"rollout": t1 - t0, "rewards": t2 - t1, "advantages": t3 - t2,
                     "update": t4 - t3, "step": t4 - t0})
