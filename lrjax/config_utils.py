@@ -9,9 +9,9 @@ A run resumed with a config that differs from the stored one is refused with a
 `--config.allow_config_mismatch=True` (then it only logs a warning). Fields in
 `RESUME_IGNORED` (and everything below them) never count as differences; those
 in `RESUME_FREE` (the mesh, the logging cadence, the RL update's length buckets)
-do not either, but a resume that changes them says so: checkpoints restore onto any mesh, exact in values
-(a different mesh may reorder floating-point reductions, so the continuation
-is not promised bit-identical to a run on the old mesh).
+do not either, but a resume that changes them says so: checkpoints restore onto
+any mesh, exact in values (a different mesh or chunking may reorder floating-point
+reductions, so the continuation is not promised bit-identical to the old setting).
 """
 from __future__ import annotations
 

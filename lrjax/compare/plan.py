@@ -43,10 +43,10 @@ def apply_overrides(config, overrides) -> None:
   moved = []
   for text in overrides:
     field, value = parse_override(text)
-    leaf = field.removeprefix("rule.")
-    if (field.startswith("rule.") and "." not in leaf and leaf not in GENERIC_RULE_FIELDS
-        and leaf not in config.get("rule", {})):
-      moved.append((leaf, text.split("=", 1)[1].strip()))
+    setting = field.removeprefix("rule.")
+    if (field.startswith("rule.") and "." not in setting and setting not in GENERIC_RULE_FIELDS
+        and setting not in config.get("rule", {})):
+      moved.append((setting, text.split("=", 1)[1].strip()))
       continue
     *parents, leaf = field.split(".")
     node = config

@@ -76,15 +76,6 @@ def plan(lengths: np.ndarray, chunk_rows: int, width: int, n: int, unit: int = 1
   return chunks
 
 
-def share(rows: np.ndarray, mask: np.ndarray, by_rows: bool) -> float:
-  """A chunk's weight: its share of the batch's `mask` [B, N] positions (of its rows
-  when `by_rows`, or when the mask is empty), as `lrjax.rl.accumulate.chunk_weights`."""
-  total = float(mask.sum())
-  if by_rows or total == 0:
-    return len(rows) / mask.shape[0]
-  return float(mask[rows].sum()) / total
-
-
 def cut(traj: Any, length: int) -> Any:
   """A Trajectory's first `length` response positions: every [B, N, ...] leaf (ids,
   span, sampled, logp, records, logits) cut on axis 1; prompts and [B] leaves kept."""

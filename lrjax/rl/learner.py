@@ -223,6 +223,16 @@ def policy_loss(ctx: RuleContext, spec: LossSpec, params: dict, ref_params: dict
   return loss, dict(metrics, loss=loss)
 
 
+def _split(groups: ParamGroups | None, params: dict) -> tuple[dict, dict | None]:
+  """(trainable, frozen) parts of `params` (groups None: all of it is trainable)."""
+  return groups.split(params) if groups is not None else (params, None)
+
+
+def _merge(groups: ParamGroups | None, trainable: dict, frozen: dict | None) -> dict:
+  """The tree `_split` took apart."""
+  return ParamGroups.merge(trainable, frozen) if groups is not None else trainable
+
+
 def make_update(ctx: RuleContext, spec: LossSpec,
                 optimizer: GroupedOptimizer | optax.GradientTransformation,
                 microbatch: int = 0, mesh: Any = None, bucket_width: int = 0,
@@ -259,7 +269,7 @@ def make_update(ctx: RuleContext, spec: LossSpec,
 
   def step(trainable, opt_state, frozen, ref_params, traj, advantages, aux, old_logp=None,
            rewards=None, poison=False):
-    full = (lambda t: ParamGroups.merge(t, frozen)) if groups is not None else (lambda t: t)
+    full = lambda t: _merge(groups, t, frozen)  # noqa: E731
     grad_fn = jax.value_and_grad(
         lambda t, rows: policy_loss(ctx, spec, full(t), ref_params, *rows[:2], aux, *rows[2:]),
         has_aux=True)
@@ -277,12 +287,8 @@ def make_update(ctx: RuleContext, spec: LossSpec,
                                                          loss, poison)
     return trainable, opt_state, dict(metrics, grad_norm=grad_norm, ok=ok)
 
-  def split(params):
-    return groups.split(params) if groups is not None else (params, None)
-
-  def merge(trainable, frozen):
-    return ParamGroups.merge(trainable, frozen) if groups is not None else trainable
-
+  split = functools.partial(_split, groups)
+  merge = functools.partial(_merge, groups)
   if groups is None or all(lr is not None for _, lr in groups.patterns):
     def update(params, opt_state, ref_params, *rest, **kw):  # one donated tree
       trainable, frozen = split(params)
@@ -311,9 +317,8 @@ def _bucketed_update(ctx: RuleContext, spec: LossSpec,
   chunk (its rows gathered and cut inside; one compile per chunk length), the
   weighted sums of loss, metrics and gradients, then one guarded optimizer step."""
   groups = getattr(optimizer, "groups", None)
-  split = (lambda p: groups.split(p)) if groups is not None else (lambda p: (p, None))  # noqa: E731
-  merge = ((lambda t, f: ParamGroups.merge(t, f)) if groups is not None  # noqa: E731
-           else (lambda t, f: t))
+  split = functools.partial(_split, groups)
+  merge = functools.partial(_merge, groups)
   per_sequence = POLICY_LOSSES.get(spec.loss).per_sequence_metrics
 
   @jax.jit
@@ -351,11 +356,12 @@ def _bucketed_update(ctx: RuleContext, spec: LossSpec,
     covered, ratio = (np.asarray(x) for x in jax.device_get(masks_of(traj)))  # B N
     rows = microbatch or buckets.chunk_rows_for(covered.shape[0], most_rows, unit)
     chunks = buckets.plan(buckets.last_scored(covered), rows, width, covered.shape[1], unit)
+    order = np.concatenate([c.rows for c in chunks])  # the chunks' rows, chunk after chunk
+    weights = np.asarray(accumulate.chunk_weights(spec.aggregation, covered[order], rows))
+    metric_weights = np.asarray(accumulate.metric_weights(per_sequence, ratio[order], rows))
     trainable, frozen = split(params)
     acc = None
-    for c in chunks:
-      w = buckets.share(c.rows, covered, spec.aggregation != "token_mean")
-      wt = buckets.share(c.rows, ratio, per_sequence)
+    for c, w, wt in zip(chunks, weights, metric_weights, strict=True):
       out = chunk(trainable, frozen, ref_params, traj, advantages, aux, old_logp, rewards,
                   jnp.asarray(c.rows, jnp.int32), jnp.float32(w), jnp.float32(wt),
                   length=c.length)
