@@ -9,8 +9,9 @@ fresh clone starts with it empty. `LRJAX_TEST_CACHE=0` turns it off.
 
 Every test program compiles with XLA:CPU's fast-compile options
 (`tests.e2e_runs.FAST_XLA_FLAGS`: no LLVM backend optimisation, no expensive LLVM
-passes): the suite's programs are tiny and run for milliseconds, so compile time is
-most of their cost. The numerical comparisons hold under both settings; set
+passes, the classic elemental emitters in place of the MLIR fusion emitters): the
+suite's programs are tiny and run for milliseconds, so compile time is most of
+their cost. The numerical comparisons hold under both settings; set
 `LRJAX_TEST_XLA=default` to run the suite with XLA's default options.
 """
 import os

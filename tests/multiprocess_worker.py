@@ -75,8 +75,9 @@ def step(workdir: str, out: str, init: str) -> dict:
   update = make_update(ctx, LossSpec.from_config(run.config.rl), sgd)
   state = run.place({"params": params, "opt_state": sgd.init(params)})
   problems = run.rl_train[:PROMPTS]
-  draw = lambda at, attempt: rl_step.draw_round(run, ctx, state["params"], problems, GROUP,
-                                                prompt_suffix(ctx), text_reward, jax.random.key(2))
+  draw = lambda at, attempt: rl_step.draw_round(
+      run, ctx, state["params"], problems, group_size=GROUP, suffix=prompt_suffix(ctx),
+      reward_fn=text_reward, key=jax.random.key(2))
   batch = dynamic.fill_batch(draw, 0, PROMPTS, GROUP, 0, ctx.pad_id)
   learner = rl_step.Learner(run, ctx, update, adv_lib.AdvantageSpec.from_config(run.config.rl),
                             ref)

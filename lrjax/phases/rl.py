@@ -185,8 +185,9 @@ class _RLLoop(TrainLoop):
       idx = data_window(run.config.seed + 1, len(run.rl_train), at, rl.num_prompts)
       problems = [run.rl_train[i] for i in idx]  # question + answer only
       k = step_key if attempt == 0 else jax.random.fold_in(step_key, attempt)
-      return rl_step.draw_round(run, ctx, self.state["params"], problems, rl.group_size,
-                                self.suffix, self.reward_fn, k, self.learner.aux)
+      return rl_step.draw_round(run, ctx, self.state["params"], problems,
+                                group_size=rl.group_size, suffix=self.suffix,
+                                reward_fn=self.reward_fn, key=k, aux=self.learner.aux)
 
     batch = dynamic.fill_batch(draw, self.cursor, rl.num_prompts, rl.group_size,
                                rl.dynamic_sampling_tries, ctx.pad_id)

@@ -22,7 +22,7 @@ from lrjax.rl import advantages as adv_lib, dynamic, learner
 from lrjax.rollout import PROMPT_BUCKETS, bucket_length, decode, encode_prompts, pad_prompts, rollout
 
 
-def draw_round(run, ctx: RuleContext, params: dict, problems: Sequence[Any], group_size: int,
+def draw_round(run, ctx: RuleContext, params: dict, problems: Sequence[Any], *, group_size: int,
                suffix: Sequence[int], reward_fn: Callable[[str, str], float], key: jax.Array,
                aux: Any = None) -> dynamic.Round:
   """Rolls out `group_size` samples of each problem and scores them: every process

@@ -96,8 +96,8 @@ def collect(run, ctx, params: dict, key: jax.Array) -> dict:
   states, labels = [], []
   for b, at in enumerate(range(0, len(problems), per_batch)):
     chunk = problems[at:at + per_batch]
-    r = draw_round(run, ctx, params, chunk, v.samples, prompt_suffix(ctx), reward_fn,
-                   jax.random.fold_in(key, b), aux)
+    r = draw_round(run, ctx, params, chunk, group_size=v.samples, suffix=prompt_suffix(ctx),
+                   reward_fn=reward_fn, key=jax.random.fold_in(key, b), aux=aux)
     states.append(np.asarray(parallel.fetch(r.traj.records["hidden"][:, :ctx.num_latent]),
                              np.float32))
     labels.append(r.rewards > 0.5)
