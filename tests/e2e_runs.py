@@ -95,6 +95,10 @@ def _flag_value(v) -> str:
 # tests/test_buckets.py + tests/test_latent_rl.py without the compilation cache).
 FAST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                   "--xla_cpu_use_fusion_emitters=false")
+# Per-program compiler options for a test that asserts two different programs
+# bit-identical: XLA:CPU's fusion emitters, as users run them (the classic emitters
+# may order a reduction's float32 sums differently in two programs that differ elsewhere).
+FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 
 
 def env(xla_flags: str = "", fast: bool = True) -> dict:

@@ -17,6 +17,7 @@ from lrjax.model import init, preset
 from lrjax.optim import ParamGroups, make_grouped_optimizer, path_str
 from lrjax.rl.learner import LossSpec, make_rl_optimizer, make_update, policy_loss
 from lrjax.rollout import Sampling, pad_prompts, rollout
+from tests.e2e_runs import FUSION_EMITTERS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
 
@@ -158,13 +159,17 @@ def test_hrpo_groups_are_bit_identical_to_the_old_optimizer(setup, preset_arg, l
   total = 5
   old_tx = _old_rl_optimizer(rl, *lrs, total_steps=total)
   new_tx = make_rl_optimizer(rl, total)
-  old = _old_update(setup.ctx, SPEC, old_tx)
-  new = make_update(setup.ctx, SPEC, new_tx)
   p_old, s_old = _copy(setup.params), old_tx.init(setup.params)
   p_new, s_new = _copy(setup.params), new_tx.init(setup.params)
+  batch = (setup.ref, setup.traj, setup.adv, setup.aux)
+  # two different programs compared bit for bit: both with XLA's fusion emitters
+  old = _old_update(setup.ctx, SPEC, old_tx).lower(p_old, s_old, *batch).compile(
+      compiler_options=FUSION_EMITTERS)
+  new = make_update(setup.ctx, SPEC, new_tx).lower(p_new, s_new, *batch).compile(
+      compiler_options=FUSION_EMITTERS)
   for _ in range(3):
-    p_old, s_old, m_old = old(p_old, s_old, setup.ref, setup.traj, setup.adv, setup.aux)
-    p_new, s_new, m_new = new(p_new, s_new, setup.ref, setup.traj, setup.adv, setup.aux)
+    p_old, s_old, m_old = old(p_old, s_old, *batch)
+    p_new, s_new, m_new = new(p_new, s_new, *batch)
     assert float(m_old["grad_norm"]) == float(m_new["grad_norm"])
     assert float(m_old["loss"]) == float(m_new["loss"])
   chex.assert_trees_all_equal_structs(p_old, p_new)

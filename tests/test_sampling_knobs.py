@@ -17,6 +17,7 @@ from lrjax.methods.dlr import assistant as asst
 from lrjax.phases import held_out
 from lrjax.rollout import Sampling, rollout
 from lrjax.sampling import knobs, with_knobs
+from tests.e2e_runs import FUSION_EMITTERS
 from tests.test_replay import CFG, EOS, FAST, N, contexts, fast_jit, full_params, hybrid_aux
 
 B = 4
@@ -86,7 +87,9 @@ def test_dlr_chain_with_traced_greedy_equals_the_static_chain():
 
   def chain(greedy):
     return asst.chain("mlp", cfg, head, params, ids, mask, 3, jax.random.key(2), greedy, -4.0, 0.0)
-  static, traced = fast_jit(chain), jax.jit(chain, compiler_options=FAST)
+  opts = dict(FAST, **FUSION_EMITTERS)  # two programs compared bit for bit
+  static = jax.jit(chain, static_argnums=0, compiler_options=opts)
+  traced = jax.jit(chain, compiler_options=opts)
   for greedy in (True, False):
     got = traced(jnp.asarray(greedy))
     jax.tree.map(np.testing.assert_array_equal, got, static(greedy))
