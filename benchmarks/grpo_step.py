@@ -43,7 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,6 +58,7 @@ import torch  # noqa: E402
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer  # noqa: E402
 from lrjax.latent import RuleContext  # noqa: E402
 from lrjax.model import load_hf  # noqa: E402
+from lrjax.parallel import make_mesh, replicated, shard_batch  # noqa: E402
 from lrjax.optim import ParamGroups, make_grouped_optimizer  # noqa: E402
 from lrjax.rl.advantages import AdvantageSpec, compute_advantages  # noqa: E402
 from lrjax.rl.learner import LossSpec, make_update  # noqa: E402
@@ -99,7 +100,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="with --lengths=mixed: lrjax's rl.bucket_width (0: padded update)")
   p.add_argument("--microbatch", type=int, default=8,
                  help="with --lengths=mixed: rows per length-sorted chunk (rl.microbatch)")
+  p.add_argument("--rollout-devices", type=int, default=1,
+                 help="lrjax's rollout data-parallel over this many XLA CPU devices")
+  p.add_argument("--update-devices", type=int, default=1,
+                 help="lrjax's update data-parallel over this many XLA CPU devices")
+  p.add_argument("--json", default=None, help="also write the results to this JSON file")
   args = p.parse_args(argv)
+  b = args.prompts * args.group
+  for name in ("rollout_devices", "update_devices"):
+    n = getattr(args, name)
+    if n < 1 or b % n:
+      p.error(f"--{name.replace('_', '-')} {n} must be >= 1 and divide the batch ({b} rows)")
   args.shape = RB.FULL
   if args.quick:
     args.shape, args.prompts, args.group, args.new, args.prompt_len = RB.QUICK, 2, 2, 8, 4
@@ -152,26 +163,48 @@ def median_parts(steps: list[dict]) -> dict:
 # --------------------------------------------------------------------------- lrjax
 
 
-def bench_lrjax(args, cfg, model_params, tok) -> dict:
+def placer(devices: list) -> Callable:
+  """(tree, rows=False) -> tree on `devices`: one device, or lrjax's mesh over them with
+  the tree replicated or its rows split (`lrjax.parallel`)."""
+  if len(devices) == 1:
+    return lambda tree, rows=False: jax.device_put(tree, devices[0])
+  mesh = make_mesh(devices=devices)
+  return lambda tree, rows=False: (shard_batch(tree, mesh) if rows
+                                   else jax.device_put(tree, replicated(mesh)))
+
+
+def bench_lrjax(args, cfg, model_params, tok, devices: list) -> dict:
+  """With --rollout-devices / --update-devices above 1 the phase runs data-parallel
+  over that many XLA CPU devices (rows split, parameters replicated); the rollout's
+  time includes copying the parameters to its devices and its trajectory to the
+  update's (the two layouts need not match)."""
   b = args.prompts * args.group
   ctx = RuleContext(cfg, "token", sampling=Sampling(temperature=1.0), eos_id=-1, pad_id=0,
                     max_new=args.new)
+  on_rollout, on_update = devices[:args.rollout_devices], devices[:args.update_devices]
+  to_rollout, to_update = placer(on_rollout), placer(on_update)
   opt = make_grouped_optimizer(ParamGroups(((".*", LR),)))
   bucketed = args.lengths == "mixed" and args.bucket_width > 0
   update = make_update(ctx, LossSpec(loss="ppo_clip", aggregation="token_mean", beta=0.0), opt,
+                       mesh=make_mesh(devices=on_update) if len(on_update) > 1 else None,
                        **(dict(microbatch=args.microbatch, bucket_width=args.bucket_width)
                           if bucketed else {}))
   adv_spec = AdvantageSpec(group_size=args.group)
   adv_fn = jax.jit(lambda r: compute_advantages(adv_spec, r))
-  params = {"model": jax.tree.map(jnp.copy, model_params), "rule": {}, "heads": {}}
-  opt_state = opt.init(params)
+  params = to_update({"model": jax.tree.map(jnp.copy, model_params), "rule": {}, "heads": {}})
+  opt_state = to_update(opt.init(params))  # all committed: one compile
   steps = []
   for step in range(args.warmup + args.steps):
     enc = tok(prompts_text(args, step), add_special_tokens=False)["input_ids"]
     ids = np.repeat(np.asarray(enc, np.int32), args.group, axis=0)  # B P, groups consecutive
     mask = np.ones_like(ids)
     t0 = time.perf_counter()
-    traj = jax.block_until_ready(rollout(ctx, params, ids, mask, jax.random.key(step)))
+    ids, mask = to_rollout((ids, mask), rows=True)
+    traj = rollout(ctx, params if on_rollout == on_update else
+                   to_rollout(params), ids, mask, jax.random.key(step))
+    if on_rollout != on_update:
+      traj = to_update(traj, rows=True)
+    traj = jax.block_until_ready(traj)
     t1 = time.perf_counter()
     if traj.ids.shape != (b, args.new) or int(np.min(traj.lengths)) != args.new:
       raise RuntimeError("lrjax: expected every row to run to --new tokens")
@@ -181,7 +214,7 @@ def bench_lrjax(args, cfg, model_params, tok) -> dict:
       t1 = time.perf_counter()
     rewards = even_share(traj.ids, lengths)  # host
     t2 = time.perf_counter()
-    adv = jax.block_until_ready(adv_fn(jnp.asarray(rewards)))
+    adv = jax.block_until_ready(adv_fn(to_update(rewards, rows=True)))
     t3 = time.perf_counter()
     params, opt_state, m = update(params, opt_state, None, traj, adv, None)
     jax.block_until_ready((params, m))
@@ -348,6 +381,8 @@ def peak_matmul_flops(n: int = 2048, runs: int = 10) -> float:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  # before any jax computation: a CPU host splits into that many XLA devices
+  devices = RB.ensure_devices(max(args.rollout_devices, args.update_devices))
   torch.set_num_threads(args.threads)
   tok = build_char_tokenizer(DEFAULT_ALPHABET)
   with tempfile.TemporaryDirectory() as tmp:
@@ -359,8 +394,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"load {env.get('loadavg')}", flush=True)
     b = args.prompts * args.group
     print(f"step: {args.prompts} prompts × {args.group} = {b} completions × {args.new} tokens "
-          f"(prompt {args.prompt_len}); median of {args.steps} after {args.warmup}", flush=True)
-    res = {"lrjax": bench_lrjax(args, cfg, model_params, tok)}
+          f"(prompt {args.prompt_len}); median of {args.steps} after {args.warmup}; lrjax "
+          f"rollout on {args.rollout_devices}, update on {args.update_devices} XLA device(s)",
+          flush=True)
+    res = {"lrjax": bench_lrjax(args, cfg, model_params, tok, devices)}
     if not args.no_trl:
       import trl  # noqa: PLC0415
       res["trl"], res["trl_mean_length"] = bench_trl(args, tmp, tok)
@@ -404,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"update {trl_update / res['lrjax']['update']:.2f}x)")
   else:
     print(mfu)
+  if args.json:
+    import json  # noqa: PLC0415
+    with open(args.json, "w") as f:
+      json.dump({**res, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                 "args": {k: v for k, v in vars(args).items() if k != "shape"}}, f, indent=1)
   return res
 
 

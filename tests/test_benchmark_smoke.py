@@ -48,3 +48,23 @@ def test_quick_benchmark(tmp_path, capsys):
     assert f"| {impl} | 2 |" in printed
   saved = json.loads(out.read_text())
   assert saved["env"]["jax"] and [r["impl"] for r in saved["results"]] == impls
+
+
+def test_quick_grpo_step_on_split_device_layouts(tmp_path):
+  """benchmarks/grpo_step.py --no-trl (the lrjax side: torch only builds the model) with
+  the rollout and the update each data-parallel over their own devices: the trajectory
+  moves from one layout to the other; the results are also written to --json."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_grpo_step", os.path.join(ROOT, "benchmarks", "grpo_step.py"))
+  bench = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = bench
+  spec.loader.exec_module(bench)
+  for layout in (["--rollout-devices=2"], ["--rollout-devices=2", "--update-devices=4"]):
+    out = tmp_path / "res.json"
+    res = bench.main(["--quick", "--no-trl", f"--json={out}", *layout])
+    saved = json.loads(out.read_text())
+    assert saved["lrjax"] == res["lrjax"] and saved["args"]["rollout_devices"] == 2
+    assert set(res["lrjax"]) == {"rollout", "rewards", "advantages", "update", "step"}
+    assert all(math.isfinite(v) and v > 0 for v in res["lrjax"].values())
+  with pytest.raises(SystemExit):  # 4 rows do not split over 3 devices
+    bench.parse_args(["--quick", "--rollout-devices=3"])
