@@ -95,6 +95,12 @@ def _flag_value(v) -> str:
 # tests/test_buckets.py + tests/test_latent_rl.py without the compilation cache).
 FAST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                   "--xla_cpu_use_fusion_emitters=false")
+# The same options for one program (`jax.jit(..., compiler_options=FAST_COMPILER_OPTIONS)`,
+# which tests written before the suite-wide flags pass); none under LRJAX_TEST_XLA=default.
+FAST_COMPILER_OPTIONS = ({} if os.environ.get("LRJAX_TEST_XLA", "fast") == "default" else
+                         {"xla_backend_optimization_level": 0,
+                          "xla_llvm_disable_expensive_passes": True,
+                          "xla_cpu_use_fusion_emitters": False})
 # Per-program compiler options for a test that asserts two different programs
 # bit-identical: XLA:CPU's fusion emitters, as users run them (the classic emitters
 # may order a reduction's float32 sums differently in two programs that differ elsewhere).

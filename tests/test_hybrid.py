@@ -12,9 +12,9 @@ from lrjax.latent import ANSWER, LATENT, RuleContext
 from lrjax.methods import hrpo as hybrid
 from lrjax.model import preset
 from lrjax.rollout import Sampling
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 
 H, C = 16, 8.0
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def sigmoid(x):

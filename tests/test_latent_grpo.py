@@ -24,6 +24,7 @@ from lrjax.rl import learner
 from lrjax.rollout import Sampling, pad_prompts
 from lrjax.rollout.trajectory import Trajectory
 from lrjax.validate import validate_config
+from tests.e2e_runs import FAST_COMPILER_OPTIONS
 from tests.test_replay import (BUCKET, CFG, EOS, N, PROMPTS, fast_jit, full_params, replay_fast,
                                rollout_fast)
 
@@ -249,7 +250,7 @@ def test_objective_through_the_learner(setup):
   new_params = jax.tree.map(lambda x: x * 1.02, params)
   adv = jnp.asarray([1.0, -0.5, 2.0, -1.5])
   spec = learner.LossSpec(loss="ppo_clip", aggregation="token_mean", dual_clip=3.0)
-  loss_fn = jax.jit(learner.policy_loss, static_argnums=(0, 1), compiler_options=FAST_OPTS)
+  loss_fn = jax.jit(learner.policy_loss, static_argnums=(0, 1), compiler_options=FAST_COMPILER_OPTIONS)
   loss, _ = loss_fn(SAMPLED, spec, new_params, None, traj, adv, aux, old)
 
   def np_terms(p):
@@ -270,9 +271,6 @@ def test_objective_through_the_learner(setup):
   pg = np.where(a < 0, np.minimum(pg, -a * 3.0), pg)
   want = pg[live].mean()
   np.testing.assert_allclose(float(loss), want, rtol=1e-4, atol=1e-6)
-
-
-FAST_OPTS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def test_embeddings_and_head_are_frozen_by_the_config(setup):

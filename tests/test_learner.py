@@ -29,6 +29,7 @@ from lrjax.rl import learner as L
 from lrjax.rl.advantages import AdvantageSpec, compute_advantages
 from lrjax.rl.losses import POLICY_LOSSES, PolicyLoss, ppo_clip
 from lrjax.rollout import Sampling, Trajectory, replay, token_logp
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 from tests.test_advantages import np_first_token_advantages, np_first_token_selection, np_group_adv
 
 CFG = preset("tiny").replace(num_layers=1)
@@ -37,7 +38,6 @@ B, G, N, P = 8, 2, 7, 6  # rows, group size, response positions, prompt width
 NUM_LATENT = 2
 
 pytestmark = pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def fast_jit(fn, **kw):

@@ -22,12 +22,12 @@ from lrjax.optim import ParamGroups
 from lrjax.rl import learner as L
 from lrjax.rollout import Sampling, replay
 from lrjax.rollout.engine import sample_trajectory
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 from tests import test_replay as replay_tests
 
 RANK, ALPHA = 4, 8.0
 CFG = preset("tiny").replace(num_layers=2, lora_rank=RANK, lora_alpha=ALPHA,
                              lora_targets=lora.TARGETS)
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CTX = RuleContext(CFG, "token", sampling=Sampling(1.0), eos_id=-1, pad_id=0, max_new=5,
                   return_logits=True)
 rollout = jax.jit(sample_trajectory, static_argnums=0, compiler_options=FAST)  # one compile

@@ -17,12 +17,12 @@ from lrjax.latent import (ANSWER, DONE, LATENT, RULES, RuleContext, StepOut, Tho
 from lrjax.methods import hrpo as hybrid
 from lrjax.model import abstract_params, preset
 from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory, token_logp
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 
 TOL = 1e-4
 # Test-only: XLA CPU compiles ~2x faster without backend optimisation. Semantics are
 # unchanged; every jit of `sample_trajectory` with these options shares one cache, so
 # tests/test_rollout.py reuses these compiles. (`rollout` itself is tested there too.)
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CFG = preset("tiny")
 B, N, BUCKET = 4, 12, 8
 EOS, BOT, LAT, EOT = 1, 60, 61, 62

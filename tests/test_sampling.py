@@ -7,8 +7,7 @@ import pytest
 
 from lrjax.sampling import (Sampling, first_argmax, gumbel, kth_largest, process_logits,
                                    sample, token_logp)
-
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 
 
 def np_process(logits, temperature, top_k, top_p):

@@ -23,10 +23,10 @@ from lrjax.rl import learner as L
 from lrjax.rollout import Sampling
 from lrjax.sft import build_batch
 from lrjax.sft.step import sft_loss
+from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 from tests import test_learner as TL
 from tests.test_sft_step import PROBLEMS, TOK
 
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 SMALL = preset("tiny", hidden_size=32, intermediate_size=64, num_layers=1)  # V = 64
 
 
