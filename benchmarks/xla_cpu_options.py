@@ -77,8 +77,9 @@ def run_variant(name: str, rest: Sequence[str]) -> dict:
       return json.load(f)
 
 
-def summarise(runs: dict[str, list[dict]]) -> list[dict]:
-  """Per variant: the median over rounds of each part and of the update's MFU."""
+def summarise(runs: dict[str, list[dict]], base: str) -> list[dict]:
+  """Per variant: the median over rounds of each part and of the update's MFU, and its
+  update's and step's speed-up over variant `base`."""
   rows = []
   for name, rs in runs.items():
     med = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
@@ -86,10 +87,9 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
                  "update": med(lambda r: r["lrjax"]["update"]),
                  "step": med(lambda r: r["lrjax"]["step"]),
                  "mfu": med(lambda r: r["mfu_lrjax"]), "peak": med(lambda r: r["peak_flops"])})
-  base = next((r for r in rows if r["variant"] == "default"), rows[0])
+  ref = next(r for r in rows if r["variant"] == base)
   for r in rows:
-    r["update_vs_base"], r["step_vs_base"] = (base["update"] / r["update"],
-                                              base["step"] / r["step"])
+    r["update_vs_base"], r["step_vs_base"] = ref["update"] / r["update"], ref["step"] / r["step"]
   return rows
 
 
@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       lj = runs[n][-1]["lrjax"]
       print(f"round {r + 1}/{args.rounds} {n:22s} rollout {lj['rollout']:.3f} s, update "
             f"{lj['update']:.3f} s", flush=True)
-  rows = summarise(runs)
-  base = rows[0]["variant"] if not any(r["variant"] == "default" for r in rows) else "default"
+  base = "default" if "default" in runs else names[0]
+  rows = summarise(runs, base)
   print(f"\n| variant | XLA_FLAGS / layout | rollout | update | step | update MFU (peak) "
         f"| update vs {base} | step vs {base} |\n|---|---|---:|---:|---:|---:|---:|---:|")
   for r in rows:

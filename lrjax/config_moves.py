@@ -40,6 +40,12 @@ def new_rule_field(rule: str, field: str) -> str | None:
   return f"{section}.{field}" if section and field in rule_defaults(rule) else None
 
 
+def is_moved_setting(field: str) -> bool:
+  """Whether `field` (the part after 'rule.') names a rule setting of the flat layout,
+  which now lives in its method's section (not `name` or `num_latent`)."""
+  return "." not in field and field not in GENERIC_RULE_FIELDS
+
+
 def split_moved_flags(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
   """(argv without its `--config.rule.<field>` flags of a rule setting, those flags as
   (field, value text)); `name` and `num_latent` stay in argv. Both `--flag=v` and
@@ -50,7 +56,7 @@ def split_moved_flags(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, s
   while i < len(args):
     arg = args[i]
     field, eq, text = arg[len(_FLAG):].partition("=")
-    if arg.startswith(_FLAG) and "." not in field and field not in GENERIC_RULE_FIELDS:
+    if arg.startswith(_FLAG) and is_moved_setting(field):
       if not eq:
         if i + 1 >= len(args):
           raise ConfigError(f"{arg} has no value")

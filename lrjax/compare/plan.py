@@ -39,12 +39,12 @@ def apply_overrides(config, overrides) -> None:
   """Sets each 'a.b=value' on the config; an unknown field is an error naming it. A rule
   setting in its old place ('rule.top_k=5', `lrjax.config_moves`) is set where the
   selected rule keeps it now, after the other overrides, with a one-line note."""
-  from lrjax.config_moves import GENERIC_RULE_FIELDS, apply_moved_flags  # noqa: PLC0415
+  from lrjax.config_moves import apply_moved_flags, is_moved_setting  # noqa: PLC0415
   moved = []
   for text in overrides:
     field, value = parse_override(text)
     setting = field.removeprefix("rule.")
-    if (field.startswith("rule.") and "." not in setting and setting not in GENERIC_RULE_FIELDS
+    if (field.startswith("rule.") and is_moved_setting(setting)
         and setting not in config.get("rule", {})):
       moved.append((setting, text.split("=", 1)[1].strip()))
       continue
