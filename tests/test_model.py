@@ -26,6 +26,39 @@ def test_preset_parameter_counts(name):
   assert n == PUBLISHED[name]
 
 
+_INIT_PAIR = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from lrjax.model.api import init, module
+from lrjax.model.presets import preset
+for tied in (True, False):
+  cfg = preset("tiny").replace(tie_word_embeddings=tied)
+  key = jax.random.key(7)
+  eager = module(cfg).init(key, jnp.zeros((1, 1, cfg.hidden_size), cfg.jnp_dtype),
+                           jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))["params"]
+  compiled = init(cfg, key)
+  assert jax.tree.structure(eager) == jax.tree.structure(compiled)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(eager), jax.tree.leaves(compiled)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                  err_msg=f"tied={tied} {jax.tree_util.keystr(path)}")
+  print("equal", tied, len(jax.tree.leaves(compiled)))
+"""
+
+
+def test_compiled_init_equals_flax_eager_init_bit_for_bit(tmp_path):
+  """`init` is one jitted program; its parameters are those of flax's op-by-op init (the
+  values every earlier run started from), embedding and untied head included. Run with
+  XLA's default options, as users run (the suite's fast-compile options fuse the scanned
+  blocks' init differently in the two programs)."""
+  import subprocess
+  import sys
+  from tests import e2e_runs as e2e
+  proc = subprocess.run([sys.executable, "-c", _INIT_PAIR], cwd=tmp_path, env=e2e.env(fast=False),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split("\n")[:2] == ["equal True 14", "equal False 15"], proc.stdout
+
+
 def test_tiny_preset_is_small():
   n = sum(x.size for x in jax.tree.leaves(init(preset("tiny"), jax.random.key(0))))
   assert 2e5 < n < 1e6
