@@ -13,6 +13,11 @@ passes, the classic elemental emitters in place of the MLIR fusion emitters): th
 suite's programs are tiny and run for milliseconds, so compile time is most of
 their cost. The numerical comparisons hold under both settings; set
 `LRJAX_TEST_XLA=default` to run the suite with XLA's default options.
+
+The `python -m lrjax...` runs of the README, config and entrypoint tests fork from a
+warm interpreter that has imported jax, flax, optax, orbax and transformers
+(`tests/forkserver.py`), which saves each run ~1.5 s of imports; `LRJAX_TEST_FORK=0`
+starts each as a fresh process.
 """
 import os
 

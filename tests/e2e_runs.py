@@ -126,14 +126,20 @@ def crashed_in_xla(returncode: int) -> bool:
 
 
 def run(args: list[str], cwd: str, timeout: int = 600) -> tuple[int, str, str]:
-  """`python <args>` in `cwd`; (returncode, stdout, stderr)."""
+  """`python <args>` in `cwd`; (returncode, stdout, stderr). `python -m <module> ...`
+  commands are forked from a warm interpreter (`tests.forkserver`)."""
+  from tests import forkserver
   for fast in (True, False):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env(fast=fast),
-                          capture_output=True, text=True, timeout=timeout)
-    if not (fast and crashed_in_xla(proc.returncode)):
+    if args[0] == "-m":
+      rc, out, err = forkserver.run(args[1], args[2:], cwd, env(fast=fast), timeout=timeout)
+    else:
+      proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env(fast=fast),
+                            capture_output=True, text=True, timeout=timeout)
+      rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    if not (fast and crashed_in_xla(rc)):
       break
     print(f"segfault with the fast XLA options, run again with the defaults: {args}")
-  return proc.returncode, proc.stdout, proc.stderr
+  return rc, out, err
 
 
 def metrics(workdir) -> list[dict]:

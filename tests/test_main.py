@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import forkserver
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A run small enough for a test: 1-layer tiny model, short SFT, greedy eval on 32 problems.
 FAST = ["--config.sft.steps=24", "--config.sft.batch_size=16", "--config.sft.log_every=4",
@@ -24,10 +26,9 @@ def _main(workdir, *args, wait=True, cwd=ROOT, devices=1):
   if devices > 1:  # after the suite's own XLA_FLAGS (tests/conftest.py)
     env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""),
                                             f"--xla_force_host_platform_device_count={devices}") if f)
-  cmd = [sys.executable, "-m", "lrjax.main", "--config=configs/sft.py",
-         *([f"--workdir={workdir}"] if workdir is not None else []), *FAST, *args]
-  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = forkserver.spawn("lrjax.main", [
+      "--config=configs/sft.py", *([f"--workdir={workdir}"] if workdir is not None else []),
+      *FAST, *args], cwd=str(cwd), env=env)
   if not wait:
     return proc
   out, err = proc.communicate(timeout=600)

@@ -187,12 +187,10 @@ class ReadmeRuns:
       del running[i]
 
   def _start(self, cmd: Command, fast: bool):
-    import subprocess
-    import sys
+    from tests import forkserver
     env = dict(e2e.env(cmd.env.get("XLA_FLAGS", ""), fast=fast),
                **{k: v for k, v in cmd.env.items() if k != "XLA_FLAGS"})
-    return subprocess.Popen([sys.executable, "-m", cmd.module, *runnable(cmd)], cwd=self.root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return forkserver.spawn(cmd.module, runnable(cmd), self.root, env)
 
   def workdir_of(self, config_arg: str) -> str | None:
     """The workdir of the README's plain run of `config_arg` (no mode or init flags)."""
