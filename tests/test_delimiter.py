@@ -124,3 +124,26 @@ def test_char_tokenizer_cases_and_padded_vocab():
   run_state, completed = delimiter_step(tables, jnp.array([3, 2, 0]),
                                         jnp.array([tok.convert_tokens_to_ids("#")] * 3))
   assert run_state.tolist() == [3, 3, 1] and completed.tolist() == [True, False, False]
+
+
+def test_tables_are_built_once_per_tokenizer_and_rebuilt_when_it_grows(monkeypatch):
+  """Every evaluation asks for the tables: the second ask decodes nothing; a tokenizer
+  that gained tokens, another delimiter or another vocab_size gets tables of its own."""
+  from lrjax.data import delimiter as delim_lib
+  builds = []
+  build = delim_lib._build_tables
+  monkeypatch.setattr(delim_lib, "_build_tables", lambda *a: builds.append(a[1:]) or build(*a))
+  tok = build_char_tokenizer(DEFAULT_ALPHABET)
+  first = delimiter_tables(tok)
+  again = delimiter_tables(tok, "####")
+  assert len(builds) == 1
+  for k in ("next", "completed"):
+    np.testing.assert_array_equal(again[k], build(tok, "####", None)[k])
+    assert not again[k].flags.writeable  # shared: read-only
+  assert again["next"] is first["next"]
+  delimiter_tables(tok, "####", 64)
+  delimiter_tables(tok, "##")
+  assert builds == [("####", None), ("####", 64), ("##", None)]
+  tok.add_tokens(["<extra>"])
+  grown = delimiter_tables(tok)
+  assert len(builds) == 4 and grown["next"].shape[0] == first["next"].shape[0] + 1

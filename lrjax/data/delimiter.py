@@ -22,8 +22,14 @@ callers keep a sticky flag (`done |= completed`).
 """
 from __future__ import annotations
 
+import weakref
+
 import jax.numpy as jnp
 import numpy as np
+
+# tokenizer -> {(len(tokenizer), delimiter, vocab_size): tables}: every evaluation and the
+# RL phase ask for the same tables, and decoding a 150k vocabulary takes seconds
+_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _failure(delim: str) -> list[int]:
@@ -84,10 +90,19 @@ def delimiter_tables(tokenizer, delimiter: str = "####",
       vocab_size when it has padded rows, so every sampleable id is covered.
   Returns:
     {'next': int32 [V, m], 'completed': bool [V, m]}: the state after token v
-    from state s, and whether a delimiter occurrence ends inside token v.
+    from state s, and whether a delimiter occurrence ends inside token v. Read-only
+    arrays, built once per tokenizer (and its length), delimiter and vocab_size.
   """
   if not delimiter:
     raise ValueError("the delimiter must be a non-empty string")
+  key = (len(tokenizer), delimiter, vocab_size)
+  cached = _TABLES.setdefault(tokenizer, {})
+  if key not in cached:
+    cached[key] = _build_tables(tokenizer, delimiter, vocab_size)
+  return dict(cached[key])
+
+
+def _build_tables(tokenizer, delimiter: str, vocab_size: int | None) -> dict[str, np.ndarray]:
   texts = token_strings(tokenizer, vocab_size)
   m, chars, fail = len(delimiter), set(delimiter), _failure(delimiter)
   nxt = np.zeros((len(texts), m), np.int32)  # a token without delimiter characters resets
@@ -98,6 +113,8 @@ def delimiter_tables(tokenizer, delimiter: str = "####",
     elif not chars.isdisjoint(text):
       for s in range(m):
         nxt[v, s], done[v, s] = _advance(delimiter, fail, s, text)
+  nxt.setflags(write=False)
+  done.setflags(write=False)
   return {"next": nxt, "completed": done}
 
 
