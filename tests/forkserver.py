@@ -200,6 +200,8 @@ def serve(path: str) -> int:
   while True:
     ready = select.select([listener, sys.stdin], [], [])[0]
     if sys.stdin in ready and not sys.stdin.readline():  # the test process has ended
+      import shutil
+      shutil.rmtree(os.path.dirname(path), ignore_errors=True)
       return 0
     if listener not in ready:
       continue
