@@ -26,14 +26,15 @@ import numpy as np
 from lrjax.model.config import ModelConfig, mask_suppressed
 from lrjax.parallel import constrain_rows
 
-_INIT = nn.initializers.normal(stddev=0.02)
+INIT_STD = 0.02
+_INIT = nn.initializers.normal(stddev=INIT_STD)
 
 
 def _init_outside_scan(key, shape, dtype=jnp.float32):
-  """N(0, 0.02) for the tables outside the scanned blocks, with the same bits whether `init`
-  runs eagerly or under `jax.jit` (the barrier keeps XLA from folding the 0.02 into the
-  normal's own scale, which changes the last bit of a quarter of the values)."""
-  return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * 0.02
+  """N(0, INIT_STD) for the tables outside the scanned blocks, with the same bits whether
+  `init` runs eagerly or under `jax.jit` (the barrier keeps XLA from folding the std into
+  the normal's own scale, which changes the last bit of a quarter of the values)."""
+  return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * INIT_STD
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -176,7 +177,8 @@ class LMHead(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    kernel = self.param("kernel", _init_outside_scan, (h.shape[-1], self.vocab_size), self.param_dtype)
+    kernel = self.param("kernel", _init_outside_scan, (h.shape[-1], self.vocab_size),
+                        self.param_dtype)
     return h.astype(jnp.float32) @ kernel.astype(jnp.float32)
 
 
