@@ -46,7 +46,9 @@ def _import_env(env: dict) -> tuple:
 
 class _Server:
   def __init__(self, env: dict):
-    self.dir = tempfile.mkdtemp(prefix="lrjax-fork-")
+    # a Unix socket's path is limited to ~100 bytes: a long $TMPDIR falls back to /tmp
+    base = tempfile.gettempdir() if len(tempfile.gettempdir()) < 60 else "/tmp"
+    self.dir = tempfile.mkdtemp(prefix="lrjax-fork-", dir=base)
     self.path = os.path.join(self.dir, "socket")
     self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.path],
                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
