@@ -58,8 +58,8 @@ import torch  # noqa: E402
 from lrjax.data import DEFAULT_ALPHABET, build_char_tokenizer  # noqa: E402
 from lrjax.latent import RuleContext  # noqa: E402
 from lrjax.model import load_hf  # noqa: E402
-from lrjax.parallel import make_mesh, replicated, shard_batch  # noqa: E402
 from lrjax.optim import ParamGroups, make_grouped_optimizer  # noqa: E402
+from lrjax.parallel import make_mesh, replicated, shard_batch  # noqa: E402
 from lrjax.rl.advantages import AdvantageSpec, compute_advantages  # noqa: E402
 from lrjax.rl.learner import LossSpec, make_update  # noqa: E402
 from lrjax.rollout import Sampling, rollout  # noqa: E402
@@ -106,15 +106,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="lrjax's update data-parallel over this many XLA CPU devices")
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   args = p.parse_args(argv)
-  b = args.prompts * args.group
-  for name in ("rollout_devices", "update_devices"):
-    n = getattr(args, name)
-    if n < 1 or b % n:
-      p.error(f"--{name.replace('_', '-')} {n} must be >= 1 and divide the batch ({b} rows)")
   args.shape = RB.FULL
   if args.quick:
     args.shape, args.prompts, args.group, args.new, args.prompt_len = RB.QUICK, 2, 2, 8, 4
     args.warmup, args.steps = 1, 1
+  args.rows = args.prompts * args.group  # completions per step
+  for name in ("rollout_devices", "update_devices"):
+    n = getattr(args, name)
+    if n < 1 or args.rows % n:
+      p.error(f"--{name.replace('_', '-')} {n} must be >= 1 and divide the batch "
+              f"({args.rows} rows)")
   return args
 
 
@@ -141,7 +142,7 @@ def row_lengths(args, step: int) -> np.ndarray | None:
     return None
   lo = min(16, max(1, args.new // 2))
   return np.random.default_rng([args.seed, step, 7]).integers(
-      lo, args.new + 1, args.prompts * args.group)
+      lo, args.new + 1, args.rows)
 
 
 def end_rows(traj, lengths: np.ndarray):
@@ -178,7 +179,7 @@ def bench_lrjax(args, cfg, model_params, tok, devices: list) -> dict:
   over that many XLA CPU devices (rows split, parameters replicated); the rollout's
   time includes copying the parameters to its devices and its trajectory to the
   update's (the two layouts need not match)."""
-  b = args.prompts * args.group
+  b = args.rows
   ctx = RuleContext(cfg, "token", sampling=Sampling(temperature=1.0), eos_id=-1, pad_id=0,
                     max_new=args.new)
   on_rollout, on_update = devices[:args.rollout_devices], devices[:args.update_devices]
@@ -284,7 +285,7 @@ def bench_trl(args, path: str, tok) -> tuple[dict, float | None]:
   import transformers  # noqa: PLC0415
   from trl import GRPOConfig, GRPOTrainer  # noqa: PLC0415
 
-  b, total = args.prompts * args.group, args.warmup + args.steps
+  b, total = args.rows, args.warmup + args.steps
   rows = [p for s in range(total) for p in prompts_text(args, s)]
   seen: list[list[int]] = []  # with --lengths=mixed: the completion lengths TRL trained on
   data = datasets.Dataset.from_dict({"prompt": rows})
@@ -392,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"jax {env['jax']} ({env['jax_platform']}), torch {env['torch']}, transformers "
           f"{env['transformers']}, {env['torch_threads']} torch threads, {env['cpu_count']} cpus, "
           f"load {env.get('loadavg')}", flush=True)
-    b = args.prompts * args.group
+    b = args.rows
     print(f"step: {args.prompts} prompts × {args.group} = {b} completions × {args.new} tokens "
           f"(prompt {args.prompt_len}); median of {args.steps} after {args.warmup}; lrjax "
           f"rollout on {args.rollout_devices}, update on {args.update_devices} XLA device(s)",

@@ -68,3 +68,5 @@ def test_quick_grpo_step_on_split_device_layouts(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in res["lrjax"].values())
   with pytest.raises(SystemExit):  # 4 rows do not split over 3 devices
     bench.parse_args(["--quick", "--rollout-devices=3"])
+  with pytest.raises(SystemExit):  # --quick's 4 rows, not the full step's, decide
+    bench.parse_args(["--quick", "--update-devices=8"])

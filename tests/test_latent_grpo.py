@@ -250,7 +250,8 @@ def test_objective_through_the_learner(setup):
   new_params = jax.tree.map(lambda x: x * 1.02, params)
   adv = jnp.asarray([1.0, -0.5, 2.0, -1.5])
   spec = learner.LossSpec(loss="ppo_clip", aggregation="token_mean", dual_clip=3.0)
-  loss_fn = jax.jit(learner.policy_loss, static_argnums=(0, 1), compiler_options=FAST_COMPILER_OPTIONS)
+  loss_fn = jax.jit(learner.policy_loss, static_argnums=(0, 1),
+                    compiler_options=FAST_COMPILER_OPTIONS)
   loss, _ = loss_fn(SAMPLED, spec, new_params, None, traj, adv, aux, old)
 
   def np_terms(p):

@@ -20,9 +20,6 @@ from lrjax.rollout import Sampling, pad_prompts, replay, sample_trajectory, toke
 from tests.e2e_runs import FAST_COMPILER_OPTIONS as FAST
 
 TOL = 1e-4
-# Test-only: XLA CPU compiles ~2x faster without backend optimisation. Semantics are
-# unchanged; every jit of `sample_trajectory` with these options shares one cache, so
-# tests/test_rollout.py reuses these compiles. (`rollout` itself is tested there too.)
 CFG = preset("tiny")
 B, N, BUCKET = 4, 12, 8
 EOS, BOT, LAT, EOT = 1, 60, 61, 62
@@ -133,6 +130,9 @@ def setup():
 
 
 def fast_jit(fn, **kw):
+  """`fn` jitted with the suite's fast-compile options (semantics unchanged); every jit of
+  `sample_trajectory` made here shares one cache, so tests/test_rollout.py reuses these
+  compiles (`rollout` itself is tested there)."""
   return jax.jit(fn, static_argnums=0, compiler_options=FAST, **kw)
 
 
