@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 # Read after the fork (by XLA at backend creation, by lrjax at run time; pytest's name of the
 # current test): may differ per command.
