@@ -27,7 +27,7 @@ setuptools.setup(
         # pulls a multi-GB CUDA build. pytest-xdist spreads the test files over
         # the cores (-n 2). nbclient/nbformat/ipykernel execute the Colab
         # notebook (launch/colab_tpu.ipynb) on the CPU.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0",
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "hypothesis>=6", "torch==2.13.0",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
         # benchmarks/grpo_step.py's peer: TRL's GRPOTrainer (torch pinned as above)
         "benchmarks": ["torch==2.13.0", "trl==1.16.0", "accelerate>=1.0"],
