@@ -74,21 +74,22 @@ def _default_mesh_on_two_devices():
 
 
 # Files that take longest go first, so that with `-n 2` (whole files per worker) the
-# last file to start is a short one (seconds measured on 2 cores, longest first; the
-# `--no-loadscope-reorder` of pytest.ini keeps this order, where xdist would otherwise
-# send the files with the most tests first).
-SLOW_FIRST = ("test_user_paths.py",         # 237 s
-              "test_real_checkpoints.py",   # 118
-              "test_faults.py",             # 90
-              "test_buckets.py",            # 70
-              "test_main.py",               # 49
-              "test_colab_notebook.py",     # 34
-              "test_model.py",              # 33
-              "test_multiprocess.py",       # 29
-              "test_latent_rl.py",          # 29
-              "test_dlr.py",                # 27
-              "test_compare.py",            # 26
-              "test_vocab.py")              # 19
+# last file to start is a short one (seconds measured with both cores busy, longest
+# first). pytest.ini's `--no-loadscope-reorder` keeps this order; xdist would otherwise
+# send the files with the most tests first.
+SLOW_FIRST = ("test_user_paths.py",         # 215 s
+              "test_real_checkpoints.py",   # 148
+              "test_faults.py",             # 68
+              "test_main.py",               # 55
+              "test_buckets.py",            # 45
+              "test_multiprocess.py",       # 33
+              "test_colab_notebook.py",     # 29
+              "test_compare.py",            # 28
+              "test_param_groups.py",       # 27
+              "test_model.py",              # 24
+              "test_dlr.py",                # 22
+              "test_vocab.py",              # 19
+              "test_latent_rl.py")          # 16
 
 
 def pytest_collection_modifyitems(session, config, items):
