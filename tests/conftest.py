@@ -18,6 +18,9 @@ The `python -m lrjax...` runs of the README, config and entrypoint tests fork fr
 warm interpreter that has imported jax, flax, optax, orbax and transformers
 (`tests/forkserver.py`), which saves each run ~1.5 s of imports; `LRJAX_TEST_FORK=0`
 starts each as a fresh process.
+
+An in-process run (`Run.create`) whose config leaves the device count open lays its
+mesh over 2 of the 8 fake devices (`DEFAULT_MESH_DEVICES`, below).
 """
 import math
 import os
@@ -51,9 +54,10 @@ import lrjax.methods  # noqa: E402,F401  (registers the shipped methods, as the 
 from lrjax import parallel  # noqa: E402
 
 # The mesh of an in-process run whose config leaves the device count open (`mesh.data=-1`):
-# 2 of the 8 fake devices, one per core. Laid over all 8, the same runs took 1.3-1.8x the
-# CPU (tests/test_dlr.py 32 -> 19 s, tests/test_latent_rl.py 24 -> 15 s) and still sharded
-# nothing the 2-device mesh does not; a config that names more devices (2x2x2) gets them.
+# 2 of the 8 fake devices, one per core, still a sharded batch. Laid over all 8, the same
+# runs took 1.3-1.8x the CPU (tests/test_dlr.py 32 -> 19 s, tests/test_latent_rl.py
+# 24 -> 15 s). A mesh that names more devices (the sharding tests' 2x2x2) gets them, and a
+# test that passes its own devices keeps them.
 DEFAULT_MESH_DEVICES = 2
 
 
