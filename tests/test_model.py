@@ -27,7 +27,6 @@ def test_preset_parameter_counts(name):
 
 
 _INIT_PAIR = """
-import sys
 import jax, jax.numpy as jnp, numpy as np
 from lrjax.model.api import init, module
 from lrjax.model.presets import preset
@@ -57,8 +56,9 @@ def test_compiled_init_equals_flax_eager_init_bit_for_bit(tmp_path):
   import subprocess
   import sys
   from tests import e2e_runs as e2e
-  proc = subprocess.run([sys.executable, "-c", _INIT_PAIR], cwd=tmp_path, env=e2e.env(INIT_XLA_FLAGS, fast=False),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "-c", _INIT_PAIR], cwd=tmp_path,
+                        env=e2e.env(INIT_XLA_FLAGS, fast=False), capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split("\n")[:2] == ["equal True 14", "equal False 15"], proc.stdout
 

@@ -197,7 +197,6 @@ class ReadmeRuns:
     for i, cmd in enumerate(self.commands):
       if (cmd.module == "lrjax.main" and cmd.flag("config") == config_arg and i in self.results
           and not any(o.startswith(("--config.mode=", "--config.init=")) for o in cmd.overrides)):
-        from lrjax.main import default_workdir
         name = e2e.load_config(config_arg).get("name") or "run"
         return os.path.join(self.root, cmd.flag("workdir") or os.path.join("runs", name))
     return None
