@@ -148,6 +148,11 @@ def on_mesh(jitted: Any, mesh: Mesh | None) -> Any:
   return call
 
 
+def shardings_of(tree: Any) -> Any:
+  """The pytree of each array's sharding (a layout to place or return another tree in)."""
+  return jax.tree.map(lambda a: a.sharding, tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -192,6 +192,27 @@ def test_stage1_gradient_reaches_encoder_only_through_latents():
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-7)
 
 
+def test_a_stage_state_is_laid_out_as_its_step_returns_it():
+  """Each stage's fresh state (optimizer included) is placed on the mesh as the step
+  returns it: otherwise every stage step compiles twice."""
+  import types
+  from lrjax import optim, parallel
+  from lrjax.methods.latent_grpo.sft_phase import (FROZEN, initial_encoder, initial_state,
+                                                   make_stage1_step)
+  mesh = parallel.make_mesh(None, jax.devices()[:2])
+  run = types.SimpleNamespace(
+      place=lambda tree: jax.device_put(tree, parallel.param_shardings(tree, mesh)))
+  cfg, dec = _tiny()
+  opt = optim.make_optimizer(lr=1e-3)
+  state = initial_state(run, initial_encoder(dec), dec, opt, ("enc", "dec"), FROZEN)
+  b = layout.stage1_batch([EX, EX], 2, PAD, max_len=64, multiple=8)
+  step = make_stage1_step(cfg, opt, ("enc", "dec"), FROZEN, 3, state_layout=parallel.shardings_of(state))
+  with jax.set_mesh(mesh):
+    for _ in range(2):
+      state, _ = step(state, b)
+  assert step._cache_size() == 1  # the returned state is the layout it was given
+
+
 class _Stop(Exception):
   pass
 

@@ -130,6 +130,25 @@ def test_curriculum_stage_and_reset():
   assert count(reset_on_stage_switch(opt, params, state, 200, 100, 4)) == 0
 
 
+def test_a_stage_switch_keeps_the_state_on_the_mesh_and_the_step_compiled():
+  """Coconut's fresh optimizer at a switch lands where the state it replaces was: an
+  unplaced state would compile the step again at every stage."""
+  from lrjax import parallel
+  mesh = parallel.make_mesh(None, jax.devices()[:2])
+  params = init(CFG, jax.random.PRNGKey(0))
+  tree = {"params": params, "opt_state": OPT.init(params)}
+  state = jax.device_put(tree, parallel.param_shardings(tree, mesh))  # as the SFT phase does
+  step = make_train_step(CFG, OPT, "cot", max_traces=1, mesh=mesh)
+  batch = parallel.feed(build_batch(PROBLEMS, TOK, "cot", max_len=64, pad_to_multiple=8), mesh)
+  params, opt_state, _ = step(state["params"], state["opt_state"], batch)
+  fresh = reset_on_stage_switch(OPT, params, opt_state, 100, 100, 4)
+  assert jax.tree.map(lambda a: a.sharding, fresh) == jax.tree.map(lambda a: a.sharding,
+                                                                   opt_state)
+  count = lambda s: max(int(c) for _, c in optax.tree_utils.tree_get_all_with_path(s, "count"))
+  assert count(opt_state) == 1 and count(fresh) == 0
+  step(params, fresh, batch)  # max_traces=1: a second trace raises
+
+
 def test_bfloat16_gradient_matches_float32():
   """The same SFT loss and gradient in bfloat16 (parameters and activations) as in
   float32, from the float32 parameters rounded to bfloat16. Tolerance: bfloat16 keeps

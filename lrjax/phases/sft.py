@@ -234,7 +234,8 @@ class _SFTLoop(TrainLoop):
     run, s, state, cur = self.run, self.run.config.sft, self.state, self.cur
     self.stage = cur.stage(step)
     if cur.switched(step):  # Coconut: a fresh optimizer per stage
-      state["opt_state"] = self.optimizer.init(state["params"])
+      state["opt_state"] = step_lib.fresh_optimizer_state(self.optimizer, state["params"],
+                                                          state["opt_state"])
     idx = data_indices(run.config.seed, len(run.sft_train), step, s.batch_size)
     batch = sequences.build_batch([run.sft_train[i] for i in idx], run.tokenizer, s.method,
                                   stage=self.stage, max_len=s.max_len, pad_to_multiple=16,

@@ -30,7 +30,7 @@ from lrjax.faults import guarded_update
 
 from lrjax.model import ModelConfig, embed, forward, positions_from_mask
 from lrjax.model.vocab import chunked, vocab_stats
-from lrjax.parallel import on_mesh
+from lrjax.parallel import on_mesh, shardings_of
 from lrjax.sft.sequences import SFTBatch, sft_method
 from lrjax.sft.span import span_forward
 
@@ -185,5 +185,12 @@ def reset_on_stage_switch(optimizer: optax.GradientTransformation, params: dict,
   optimizer does; with a warmup, the warmup is repeated every stage.
   """
   if stage_switched(step, stage_steps, num_stages):
-    return optimizer.init(params)
+    return fresh_optimizer_state(optimizer, params, opt_state)
   return opt_state
+
+
+def fresh_optimizer_state(optimizer: optax.GradientTransformation, params: dict,
+                          opt_state: optax.OptState) -> optax.OptState:
+  """`optimizer.init(params)` laid out as the `opt_state` it replaces (each leaf on its
+  sharding): a fresh, unplaced state would make the jitted step compile again."""
+  return jax.device_put(optimizer.init(params), shardings_of(opt_state))

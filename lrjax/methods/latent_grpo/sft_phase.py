@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax import optim
+from lrjax import optim, parallel
 from lrjax.checkpoint import abstract_state
 from lrjax.config_utils import ConfigError
 from lrjax.data.order import data_indices
@@ -105,9 +105,25 @@ def _merge(state: dict, train: dict) -> dict:
   return out
 
 
-def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, ...], top_k: int):
+def initial_state(run, enc: dict, dec: dict, optimizer, parts: tuple[str, ...],
+                  frozen: tuple[str, ...]) -> dict:
+  """{"enc", "dec", "opt_state"} placed on the run's mesh as a whole (a fresh optimizer
+  state left unplaced would compile each step twice)."""
+  train = _trainable({"enc": enc, "dec": dec}, parts, frozen)
+  return run.place({"enc": enc, "dec": dec, "opt_state": optimizer.init(train)})
+
+
+def _jit(step, state_layout):
+  """The step jitted with its state donated and, given the state's layout (a pytree of
+  shardings), returned in that layout: the next call then reuses the compiled step."""
+  return jax.jit(step, donate_argnums=0,
+                 out_shardings=None if state_layout is None else (state_layout, None))
+
+
+def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, ...], top_k: int,
+                     state_layout=None):
   """jit(state, batch, poison=False) -> (state, metrics): one AdamW update of `parts` on
-  stage 1's CE (skipped when not finite, see `_update`)."""
+  stage 1's CE (skipped when not finite, see `_update`); `state_layout`: see `_jit`."""
   def step(state, batch, poison=False):
     train = _trainable(state, parts, frozen)
 
@@ -116,12 +132,13 @@ def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, 
       return losses.stage1_loss(cfg, merged["enc"], merged["dec"], batch, top_k)
 
     return _update(state, train, loss_fn, optimizer, poison)
-  return jax.jit(step, donate_argnums=0)
+  return _jit(step, state_layout)
 
 
-def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
+def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int,
+                     state_layout=None):
   """jit(state, batch, key, poison=False) -> (state, metrics): one update of the decoder
-  on stage 2's loss (skipped when not finite, see `_update`)."""
+  on stage 2's loss (skipped when not finite, see `_update`); `state_layout`: see `_jit`."""
   gumbel = bool(s.gumbel)
 
   def step(state, batch, key, poison=False):
@@ -136,7 +153,7 @@ def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int):
                                 float(s.ce_weight), float(s.kl_weight))
 
     return _update(state, train, loss_fn, optimizer, poison)
-  return jax.jit(step, donate_argnums=0)
+  return _jit(step, state_layout)
 
 
 def _update(state: dict, train: dict, loss_fn, optimizer, poison) -> tuple[dict, dict]:
@@ -214,9 +231,9 @@ def _stage1(run, exs, enc: dict, dec: dict) -> tuple[dict, dict]:
       continue
     optimizer = _optimizer(s, float(s.lr), steps)
     os.makedirs(_dir(run, name), exist_ok=True)
-    train = _trainable({"enc": enc, "dec": dec}, parts, frozen)
-    state = {"enc": enc, "dec": dec, "opt_state": optimizer.init(train)}
-    fn = make_stage1_step(run.model_cfg, optimizer, parts, frozen, int(s.top_k))
+    state = initial_state(run, enc, dec, optimizer, parts, frozen)
+    fn = make_stage1_step(run.model_cfg, optimizer, parts, frozen, int(s.top_k),
+                          state_layout=parallel.shardings_of(state))
     pad = run.tokenizer.pad_token_id
 
     def batch_fn(step, i=i):
@@ -281,9 +298,9 @@ def _stage2(run, exs, dec: dict, labels: dict) -> dict:
   frozen = () if s.train_embeddings else FROZEN
   optimizer = _optimizer(s, float(s.stage2_lr), steps)
   os.makedirs(_dir(run, "stage2"), exist_ok=True)
-  state = {"enc": {}, "dec": dec, "opt_state": optimizer.init(_trainable({"dec": dec}, ("dec",),
-                                                                           frozen))}
-  fn = make_stage2_step(run.model_cfg, optimizer, frozen, s, layout.end_marker(run.tokenizer))
+  state = initial_state(run, {}, dec, optimizer, ("dec",), frozen)
+  fn = make_stage2_step(run.model_cfg, optimizer, frozen, s, layout.end_marker(run.tokenizer),
+                        state_layout=parallel.shardings_of(state))
   base_key = jax.random.key(run.config.seed + 7331)
 
   def batch_fn(step):
