@@ -148,6 +148,17 @@ def on_mesh(jitted: Any, mesh: Mesh | None) -> Any:
   return call
 
 
+def place_state(tree: dict, mesh: Mesh, optimizer: Any, trainable: Any) -> dict:
+  """`tree` and "opt_state" = `optimizer.init(trainable)`, all laid out with lrjax's
+  partition rules (`param_shardings` of the whole tree). The optimizer state is made by
+  one program straight into its layout (op by op, each leaf shape would compile its own
+  zeros)."""
+  target = param_shardings({**tree, "opt_state": jax.eval_shape(optimizer.init, trainable)},
+                           mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=target["opt_state"])(trainable)
+  return {**jax.device_put(tree, {k: target[k] for k in tree}), "opt_state": opt_state}
+
+
 def shardings_of(tree: Any) -> Any:
   """The pytree of each array's sharding (a layout to place or return another tree in)."""
   return jax.tree.map(lambda a: a.sharding, tree)

@@ -200,8 +200,7 @@ def test_a_stage_state_is_laid_out_as_its_step_returns_it():
   from lrjax.methods.latent_grpo.sft_phase import (FROZEN, initial_encoder, initial_state,
                                                    make_stage1_step)
   mesh = parallel.make_mesh(None, jax.devices()[:2])
-  run = types.SimpleNamespace(
-      place=lambda tree: jax.device_put(tree, parallel.param_shardings(tree, mesh)))
+  run = types.SimpleNamespace(mesh=mesh)
   cfg, dec = _tiny()
   opt = optim.make_optimizer(lr=1e-3)
   state = initial_state(run, initial_encoder(dec), dec, opt, ("enc", "dec"), FROZEN)

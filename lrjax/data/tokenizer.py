@@ -12,10 +12,12 @@ rows start as a copy of the row of `copy_from` (Coconut copies '<<').
 """
 from __future__ import annotations
 
+import functools
 import os
 import string
 from typing import Iterable
 
+import jax
 import jax.numpy as jnp
 import tokenizers
 import transformers
@@ -73,7 +75,12 @@ def load_tokenizer(directory: str) -> transformers.PreTrainedTokenizerBase:
 
 def _grow(table: jnp.ndarray, axis: int, new_size: int, rows: list[int], src: int) -> jnp.ndarray:
   """`table` with `axis` grown to `new_size` and `rows` (plus the new ones) set to row `src`."""
-  table = jnp.asarray(table)  # numpy (e.g. freshly loaded) or jax arrays alike
+  return _grow_jit(jnp.asarray(table), axis, new_size, tuple(rows), src)  # numpy or jax
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _grow_jit(table: jnp.ndarray, axis: int, new_size: int, rows: tuple[int, ...],
+              src: int) -> jnp.ndarray:
   row = jnp.take(table, src, axis=axis)
   extra = new_size - table.shape[axis]
   if extra > 0:

@@ -28,6 +28,7 @@ spends before the answer (`extra_positions`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -235,8 +236,9 @@ def rule_options(rule: str, rule_cfg: Mapping | tuple = ()) -> dict:
   return {**rule_defaults(rule), **dict(rule_cfg)}
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
-  """params["rule"] for ctx's rule."""
+  """params["rule"] for ctx's rule (one program)."""
   return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
 
 

@@ -144,7 +144,7 @@ def to_hf_tensors(cfg: ModelConfig, params: dict, dtype: Any = None) -> dict[str
   dtype = resolve_dtype(dtype or cfg.dtype)
   tensors = {}
   for p, leaf in traverse_util.flatten_dict(lora.merged(cfg, params)).items():
-    arr = np.asarray(jax.device_get(jnp.asarray(leaf).astype(dtype)))
+    arr = np.asarray(jax.device_get(leaf)).astype(dtype, copy=False)  # on the host
     if p[0] == "layers":
       for i in range(arr.shape[0]):
         a = arr[i].T if _transposed(p) else arr[i]

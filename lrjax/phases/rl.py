@@ -130,7 +130,7 @@ def run_rl(run) -> None:
                        bucket_width=rl.get("bucket_width", 0), bucket_rows=rl.get("bucket_rows", 0),
                        bucket_unit=rl.group_size if spec.aux_losses else 1)
   # placed as a whole: a restored optimizer state then lands on the mesh too
-  state = run.place({"params": params, "opt_state": optimizer.init(params)})
+  state = parallel.place_state({"params": params}, run.mesh, optimizer, params)
   ckpt = workdir.checkpointer(run, "rl")
   try:  # closed on every exit: an error leaves no save in flight nor Orbax thread behind
     state, start, meta = workdir.try_resume(run, "rl", ckpt, state)

@@ -191,7 +191,7 @@ def run_sft(run) -> None:
                                    end_lr_frac=s.end_lr_frac)
   params = run.place(run.params)
   # placed as a whole: a restored optimizer state then lands on the mesh too
-  state = run.place({"params": params, "opt_state": optimizer.init(params)})
+  state = parallel.place_state({"params": params}, run.mesh, optimizer, params)
   ckpt = workdir.checkpointer(run, "sft")
   try:  # closed on every exit: an error leaves no save in flight nor Orbax thread behind
     state = _resume_and_train(run, s, cur, optimizer, state, ckpt)

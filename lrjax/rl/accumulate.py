@@ -28,17 +28,21 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def chunk_weights(aggregation: str, mask: jax.Array, microbatch: int) -> jax.Array:
-  """w [n]: mask [B, N] bool, the positions the loss covers (ratio | direct)."""
+def chunk_weights(aggregation: str, mask: jax.Array | np.ndarray, microbatch: int) -> jax.Array:
+  """w [n]: mask [B, N] bool, the positions the loss covers (ratio | direct). A NumPy
+  mask (the host's plan of an update) gets NumPy weights, computed without a device."""
+  xp = np if isinstance(mask, np.ndarray) else jnp
   b = mask.shape[0]
   n = b // microbatch
   if aggregation != "token_mean":
-    return jnp.full((n,), 1.0 / n, jnp.float32)
-  tokens = jnp.sum(mask.reshape(n, microbatch, -1), axis=(1, 2)).astype(jnp.float32)  # n
-  total = jnp.sum(tokens)
-  return jnp.where(total > 0, tokens / jnp.maximum(total, 1.0), 1.0 / n)
+    return xp.full((n,), 1.0 / n, xp.float32)
+  tokens = xp.sum(mask.reshape(n, microbatch, -1), axis=(1, 2)).astype(xp.float32)  # n
+  total = xp.sum(tokens)
+  w = xp.where(total > 0, tokens / xp.maximum(total, xp.float32(1.0)), xp.float32(1.0 / n))
+  return w.astype(xp.float32)
 
 
 def metric_weights(per_sequence: bool, ratio: jax.Array, microbatch: int) -> jax.Array:

@@ -94,10 +94,12 @@ def frozen_in_compute_dtype(cfg: ModelConfig, groups: ParamGroups, params: dict)
   return ParamGroups.merge(trainable, {**frozen, "model": compute_params(cfg, frozen["model"])})
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def frozen_reference(cfg: ModelConfig, params: dict) -> dict:
   """The KL reference copied from the starting tree (`lora.reference_copy`), its backbone
   in the compute dtype `cfg.dtype`: it is only read (each replay casts to that dtype
-  anyway), so it needs no float32 master copy."""
+  anyway), so it needs no float32 master copy. One program: new buffers, never the
+  caller's (which the update donates)."""
   ref = lora.reference_copy(params)
   if "model" in ref:
     ref = {**ref, "model": compute_params(cfg, ref["model"])}
@@ -173,11 +175,18 @@ def old_terms(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax
 _old_terms = jax.jit(old_terms, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def batch_masks(ctx: RuleContext, traj: Any) -> tuple[Masks, jax.Array]:
+  """(`loss_masks`, whether any ratio position's old term must be recomputed) as one
+  program (op by op, each small op would compile on its own)."""
+  masks = loss_masks(ctx, traj)
+  return masks, jnp.any(masks.ratio & ~masks.stored_old)
+
+
 def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array | None:
   """The old ratio terms of a batch, fixed before its first update; None when the
   sampler stored all of them (then the update reads traj.logp)."""
-  masks = loss_masks(ctx, traj)
-  if not bool(jnp.any(masks.ratio & ~masks.stored_old)):
+  if not bool(batch_masks(ctx, traj)[1]):
     return None
   return _old_terms(ctx, params, traj, aux)
 
@@ -392,10 +401,18 @@ def minibatch_rows(num_rows: int, group_size: int, updates: int, seed: int,
           for part in np.split(perm, updates)]
 
 
+@jax.jit
 def take_rows(tree: Any, rows: np.ndarray) -> Any:
   """Rows of every [B, ...] leaf of a pytree (None stays None)."""
-  idx = jnp.asarray(rows)
-  return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), tree)
+  return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
+
+
+@jax.jit
+def _mean_of(metrics: list[dict]) -> dict:
+  """The mean over mini-batches of each metric, and `ok`: all of them applied."""
+  oks = jnp.stack([m["ok"] for m in metrics])
+  rest = [{k: v for k, v in m.items() if k != "ok"} for m in metrics]
+  return dict(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *rest), ok=jnp.all(oks))
 
 
 def learn_batch(update: Callable, params: dict, opt_state: Any, ref_params: dict | None,
@@ -413,6 +430,4 @@ def learn_batch(update: Callable, params: dict, opt_state: Any, ref_params: dict
     params, opt_state, m = update(params, opt_state, ref_params, *take_rows(
         (traj, advantages), r), aux, *take_rows((old_logp, rewards), r), poison)
     ms.append(m)
-  oks = jnp.stack([m.pop("ok") for m in ms])
-  return params, opt_state, dict(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *ms),
-                                 ok=jnp.all(oks))
+  return params, opt_state, _mean_of(ms)

@@ -193,4 +193,4 @@ def fresh_optimizer_state(optimizer: optax.GradientTransformation, params: dict,
                           opt_state: optax.OptState) -> optax.OptState:
   """`optimizer.init(params)` laid out as the `opt_state` it replaces (each leaf on its
   sharding): a fresh, unplaced state would make the jitted step compile again."""
-  return jax.device_put(optimizer.init(params), shardings_of(opt_state))
+  return jax.jit(optimizer.init, out_shardings=shardings_of(opt_state))(params)

@@ -164,8 +164,10 @@ def _metrics(ctx: RuleContext, params: dict, traj) -> dict:
       ctx, params, traj), "sigma_mean": jnp.mean(jnp.exp(ls)) / s}
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_heads(ctx: RuleContext, key: jax.Array) -> dict:
-  """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference)."""
+  """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference); one
+  program."""
   name = _opts(ctx)[0]
   head = asst.init_assistant(name, ctx.model_cfg, ctx.num_latent, key,
                              float(dlr_options(ctx).sigma_init))

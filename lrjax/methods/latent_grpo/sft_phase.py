@@ -110,7 +110,7 @@ def initial_state(run, enc: dict, dec: dict, optimizer, parts: tuple[str, ...],
   """{"enc", "dec", "opt_state"} placed on the run's mesh as a whole (a fresh optimizer
   state left unplaced would compile each step twice)."""
   train = _trainable({"enc": enc, "dec": dec}, parts, frozen)
-  return run.place({"enc": enc, "dec": dec, "opt_state": optimizer.init(train)})
+  return parallel.place_state({"enc": enc, "dec": dec}, run.mesh, optimizer, train)
 
 
 def _jit(step, state_layout):
@@ -318,6 +318,7 @@ def _stage2(run, exs, dec: dict, labels: dict) -> dict:
   return state["dec"]
 
 
+@jax.jit
 def initial_encoder(params: dict) -> dict:
   """A copy of the backbone and a compress embedding at the mean input embedding
   (HF's `resize_token_embeddings` initialises new rows at the mean)."""

@@ -153,7 +153,7 @@ def train_head(run, data: dict, key: jax.Array) -> tuple[dict, dict]:
   pos_weight = float(v.pos_weight) or auto_pos_weight(y_tr)
   optimizer = optax.adam(v.lr)
   head = fit_input_norm(init_head(run, jax.random.fold_in(key, 0)), x_tr)
-  opt_state = optimizer.init(trainable(head))
+  opt_state = jax.jit(optimizer.init)(trainable(head))
   step = make_head_step(optimizer, pos_weight, float(v.dropout))
   score = jax.jit(lambda hd, x: value_logits(hd, x))
   heldout_loss = jax.jit(lambda hd, x, y: weighted_bce(value_logits(hd, x), y, pos_weight))
@@ -216,10 +216,10 @@ def run_value(run) -> None:
                     {f"value/{k}": float(x) for k, x in summary.items()})
   if jax.process_index() == 0:
     workdir.save_tree(os.path.join(pdir, HEAD_FILE), head)
-  run.heads["value"] = jax.tree.map(jnp.asarray, head)
-  # a copy: the online head's buffers are donated by the RL update (on one device
-  # `run.place` keeps them as they are, so a shared buffer would be deleted with them)
-  run.heads["value_start"] = jax.tree.map(lambda x: jnp.array(x, copy=True), head)
+  run.heads["value"] = jax.device_put(head)  # `head` is a host copy
+  # a copy of its own: the online head's buffers are donated by the RL update (on one
+  # device `run.place` keeps them as they are, so a shared buffer would be deleted with them)
+  run.heads["value_start"] = jax.device_put(head)
   run.heads_cfg["pos_weight"] = summary["pos_weight"]
   workdir.mark_done(run, "value", summary)
   say(f"[lrjax] value head: held-out ROC-AUC {summary['best_roc_auc']:.3f} "
