@@ -34,11 +34,15 @@ import numpy as np
 WIDTHS = (128, 32, 8)  # the paper's hidden widths; the output is one logit
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_value_head(hidden_size: int, key: jax.Array,
                     widths: Sequence[int] = WIDTHS) -> dict:
   """PyTorch `nn.Linear`'s default init: W, b ~ U(−1/√fan_in, 1/√fan_in); μ = 0, s = 1."""
-  dims = (int(hidden_size), *map(int, widths), 1)
+  return _init_value_head(int(hidden_size), key, tuple(map(int, widths)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_value_head(hidden_size: int, key: jax.Array, widths: tuple[int, ...]) -> dict:
+  dims = (hidden_size, *widths, 1)
   head = {"input_norm": {"mean": jnp.zeros((dims[0],), jnp.float32),
                          "scale": jnp.ones((dims[0],), jnp.float32)}}
   for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
