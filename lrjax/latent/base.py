@@ -236,10 +236,15 @@ def rule_options(rule: str, rule_cfg: Mapping | tuple = ()) -> dict:
   return {**rule_defaults(rule), **dict(rule_cfg)}
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def init_rule_params(ctx: RuleContext, key: jax.Array) -> Any:
-  """params["rule"] for ctx's rule (one program)."""
-  return rule_of(ctx).init_params(ctx.model_cfg, ctx.rule_cfg, key)
+  """params["rule"] for ctx's rule: one program per (rule, model config, rule settings)."""
+  return _init_rule_params(ctx.rule, ctx.model_cfg, ctx.rule_cfg, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_rule_params(rule: str, model_cfg: ModelConfig, rule_cfg: Mapping | tuple,
+                      key: jax.Array) -> Any:
+  return RULES.get(rule).init_params(model_cfg, rule_cfg, key)
 
 
 def rule_aux(rule: str, tokenizer: Any, rule_cfg: Mapping | tuple = ()) -> Any:

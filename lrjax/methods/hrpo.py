@@ -27,6 +27,7 @@ position (think span and answer) inside the ratio, as `token` does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -170,10 +171,16 @@ def replay_inputs(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
 
 def hybrid_ratio(ctx: RuleContext, params: dict, traj, aux=None) -> jax.Array:
   """HRPO's hidden-state ratio: mean of sqrt(1 − a²) over think positions (0 if none)."""
-  emb = embedding_table(params)  # V H
-  a, _ = gate(params["rule"], emb[traj.ids], rule_options(NAME, ctx.rule_cfg)["gate_c"])  # B N H
+  return _hybrid_ratio(rule_options(NAME, ctx.rule_cfg)["gate_c"], params["rule"],
+                       embedding_table(params), traj.ids, traj.records["think"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hybrid_ratio(c: float, params_rule: dict, emb: jax.Array, ids: jax.Array,
+                  think: jax.Array) -> jax.Array:
+  """One program per shape (op by op, each small op would compile on its own)."""
+  a, _ = gate(params_rule, emb[ids], c)  # B N H
   ratio = jnp.sqrt(1.0 - a * a + EPS).mean(-1)  # B N
-  think = traj.records["think"]  # B N
   return jnp.sum(jnp.where(think, ratio, 0.0)) / jnp.maximum(jnp.sum(think), 1)
 
 

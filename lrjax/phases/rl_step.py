@@ -9,7 +9,6 @@ update is one SPMD program over all of them.
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -47,18 +46,12 @@ def rule_metrics(ctx: RuleContext, params, traj, aux) -> dict:
   for fn in (getattr(RULES.get(ctx.rule), "metrics", None),
              objective_of(ctx).metrics if ctx.objective else None):
     if fn is not None:
-      values = jax.device_get(_jitted_metrics(fn, ctx, params, traj, aux))
-      out.update({f"train/{k}": float(v) for k, v in values.items()})
+      out.update({f"train/{k}": float(v) for k, v in fn(ctx, params, traj, aux).items()})
   return out
 
 
-# The step's bookkeeping on device arrays as one program per batch shape each (run op by
-# op, every small op would compile on its own, in every run).
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jitted_metrics(fn, ctx: RuleContext, params, traj, aux) -> dict:
-  return fn(ctx, params, traj, aux)
-
-
+# The advantages as one program per batch shape and spec (op by op, every small op would
+# compile on its own in every run).
 _advantages = jax.jit(adv_lib.compute_advantages, static_argnums=0)
 
 
@@ -85,7 +78,7 @@ def learn(setup: Learner, state: dict, batch: dynamic.Filled, step: int, t0: flo
   traj, r = batch.traj, batch.rewards
   rewards = parallel.feed(np.asarray(r, np.float32), run.mesh)
   old = learner.behaviour_logp(ctx, state["params"], traj, aux)
-  masks, _ = learner.batch_masks(ctx, traj)
+  masks = learner.loss_masks(ctx, traj)
   adv = _advantages(setup.adv_spec, rewards, traj, traj.logp if old is None else old,
                     masks.ratio, learner.loss_mask(masks))
   if rl.dynamic_sampling_tries:

@@ -175,18 +175,11 @@ def old_terms(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax
 _old_terms = jax.jit(old_terms, static_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def batch_masks(ctx: RuleContext, traj: Any) -> tuple[Masks, jax.Array]:
-  """(`loss_masks`, whether any ratio position's old term must be recomputed) as one
-  program (op by op, each small op would compile on its own)."""
-  masks = loss_masks(ctx, traj)
-  return masks, jnp.any(masks.ratio & ~masks.stored_old)
-
-
 def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array | None:
   """The old ratio terms of a batch, fixed before its first update; None when the
   sampler stored all of them (then the update reads traj.logp)."""
-  if not bool(batch_masks(ctx, traj)[1]):
+  masks = loss_masks(ctx, traj)
+  if not bool(jnp.any(masks.ratio & ~masks.stored_old)):
     return None
   return _old_terms(ctx, params, traj, aux)
 

@@ -164,13 +164,16 @@ def _metrics(ctx: RuleContext, params: dict, traj) -> dict:
       ctx, params, traj), "sigma_mean": jnp.mean(jnp.exp(ls)) / s}
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def init_heads(ctx: RuleContext, key: jax.Array) -> dict:
-  """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference); one
-  program."""
-  name = _opts(ctx)[0]
-  head = asst.init_assistant(name, ctx.model_cfg, ctx.num_latent, key,
-                             float(dlr_options(ctx).sigma_init))
+  """A fresh assistant, and its frozen copy `assistant_start` (the KL's reference)."""
+  return _init_heads(_opts(ctx)[0], ctx.model_cfg, ctx.num_latent,
+                     float(dlr_options(ctx).sigma_init), key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_heads(name: str, model_cfg, num_latent: int, sigma_init: float, key: jax.Array) -> dict:
+  """One program per assistant shape."""
+  head = asst.init_assistant(name, model_cfg, num_latent, key, sigma_init)
   return {"assistant": head, "assistant_start": jax.tree.map(jnp.copy, head)}
 
 
