@@ -205,7 +205,7 @@ def test_a_stage_state_is_laid_out_as_its_step_returns_it():
   opt = optim.make_optimizer(lr=1e-3)
   state = initial_state(run, initial_encoder(dec), dec, opt, ("enc", "dec"), FROZEN)
   b = layout.stage1_batch([EX, EX], 2, PAD, max_len=64, multiple=8)
-  step = make_stage1_step(cfg, opt, ("enc", "dec"), FROZEN, 3, state_layout=parallel.shardings_of(state))
+  step = make_stage1_step(cfg, opt, ("enc", "dec"), FROZEN, 3, parallel.shardings_of(state))
   with jax.set_mesh(mesh):
     for _ in range(2):
       state, _ = step(state, b)

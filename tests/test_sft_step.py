@@ -142,8 +142,7 @@ def test_a_stage_switch_keeps_the_state_on_the_mesh_and_the_step_compiled():
   batch = parallel.feed(build_batch(PROBLEMS, TOK, "cot", max_len=64, pad_to_multiple=8), mesh)
   params, opt_state, _ = step(state["params"], state["opt_state"], batch)
   fresh = reset_on_stage_switch(OPT, params, opt_state, 100, 100, 4)
-  assert jax.tree.map(lambda a: a.sharding, fresh) == jax.tree.map(lambda a: a.sharding,
-                                                                   opt_state)
+  assert parallel.shardings_of(fresh) == parallel.shardings_of(opt_state)
   count = lambda s: max(int(c) for _, c in optax.tree_utils.tree_get_all_with_path(s, "count"))
   assert count(opt_state) == 1 and count(fresh) == 0
   step(params, fresh, batch)  # max_traces=1: a second trace raises

@@ -75,7 +75,7 @@ def load_tokenizer(directory: str) -> transformers.PreTrainedTokenizerBase:
 
 def _grow(table: jnp.ndarray, axis: int, new_size: int, rows: list[int], src: int) -> jnp.ndarray:
   """`table` with `axis` grown to `new_size` and `rows` (plus the new ones) set to row `src`."""
-  return _grow_jit(jnp.asarray(table), axis, new_size, tuple(rows), src)  # numpy or jax
+  return _grow_jit(table, axis, new_size, tuple(rows), src)  # numpy or jax arrays alike
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))

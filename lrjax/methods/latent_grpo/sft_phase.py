@@ -114,14 +114,13 @@ def initial_state(run, enc: dict, dec: dict, optimizer, parts: tuple[str, ...],
 
 
 def _jit(step, state_layout):
-  """The step jitted with its state donated and, given the state's layout (a pytree of
-  shardings), returned in that layout: the next call then reuses the compiled step."""
-  return jax.jit(step, donate_argnums=0,
-                 out_shardings=None if state_layout is None else (state_layout, None))
+  """The step jitted with its state donated and returned in `state_layout` (the state's
+  pytree of shardings, `parallel.shardings_of`): the next call reuses the compiled step."""
+  return jax.jit(step, donate_argnums=0, out_shardings=(state_layout, None))
 
 
 def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, ...], top_k: int,
-                     state_layout=None):
+                     state_layout):
   """jit(state, batch, poison=False) -> (state, metrics): one AdamW update of `parts` on
   stage 1's CE (skipped when not finite, see `_update`); `state_layout`: see `_jit`."""
   def step(state, batch, poison=False):
@@ -135,8 +134,7 @@ def make_stage1_step(cfg, optimizer, parts: tuple[str, ...], frozen: tuple[str, 
   return _jit(step, state_layout)
 
 
-def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int,
-                     state_layout=None):
+def make_stage2_step(cfg, optimizer, frozen: tuple[str, ...], s, end_id: int, state_layout):
   """jit(state, batch, key, poison=False) -> (state, metrics): one update of the decoder
   on stage 2's loss (skipped when not finite, see `_update`); `state_layout`: see `_jit`."""
   gumbel = bool(s.gumbel)
