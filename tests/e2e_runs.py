@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,16 +125,13 @@ def crashed_in_xla(returncode: int) -> bool:
 
 
 def run(args: list[str], cwd: str, timeout: int = 600) -> tuple[int, str, str]:
-  """`python <args>` in `cwd`; (returncode, stdout, stderr). `python -m <module> ...`
-  commands are forked from a warm interpreter (`tests.forkserver`)."""
+  """`python <args>` in `cwd`, for `args` = ["-m", module, ...] or ["-c", code, ...];
+  (returncode, stdout, stderr). Forked from a warm interpreter (`tests.forkserver`)."""
   from tests import forkserver
+  assert args[0] in ("-m", "-c"), args
+  launch = forkserver.run if args[0] == "-m" else forkserver.run_code
   for fast in (True, False):
-    if args[0] == "-m":
-      rc, out, err = forkserver.run(args[1], args[2:], cwd, env(fast=fast), timeout=timeout)
-    else:
-      proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env(fast=fast),
-                            capture_output=True, text=True, timeout=timeout)
-      rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    rc, out, err = launch(args[1], args[2:], cwd, env(fast=fast), timeout=timeout)
     if not (fast and crashed_in_xla(rc)):
       break
     print(f"segfault with the fast XLA options, run again with the defaults: {args}")

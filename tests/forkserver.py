@@ -1,4 +1,5 @@
-"""`python -m lrjax...` commands forked from a warm interpreter, for the end-to-end tests.
+"""`python -m lrjax...` and `python -c ...` commands forked from a warm interpreter, for the
+end-to-end tests.
 
 A short run of a tiny config spends about 1.5 s of CPU importing jax, flax, optax, orbax
 and transformers before it does anything; the suite starts dozens of them. A server
@@ -6,12 +7,14 @@ process imports those libraries once (no JAX backend initialised, no lrjax modul
 imported) and forks one child per command. The child takes the command's environment,
 working directory, argv and output files and runs the module as `python -m` does
 (`runpy.run_module(..., run_name="__main__", alter_sys=True)`, the working directory
-first on `sys.path`), then ends through the interpreter's normal exit (atexit hooks,
+first on `sys.path`; a `-c` script runs in a fresh `__main__` module with `''` first on
+`sys.path` and `sys.argv[0] == "-c"`), then ends through the interpreter's normal exit (atexit hooks,
 non-daemon threads joined). Its exit code, signal (a segfault is -11) and output are
 its own. XLA reads `XLA_FLAGS` when the child first builds a backend, so a command's
 own XLA flags and device count apply.
 
-`spawn` returns a `subprocess.Popen`-like handle. A command whose environment differs
+`spawn` (`python -m`) and `spawn_code` (`python -c`) return a `subprocess.Popen`-like
+handle. A command whose environment differs
 from the server's in anything read at import (every variable but `XLA_FLAGS`, `LRJAX_*`
 and `PYTEST_*`) gets a server of its own environment. `LRJAX_TEST_FORK=0` makes `spawn` a
 plain `subprocess.Popen`.
@@ -63,16 +66,16 @@ _SERVERS: dict[tuple, _Server] = {}
 class ForkedRun:
   """A forked command, with the part of `subprocess.Popen`'s interface the tests use."""
 
-  def __init__(self, server: _Server, module: str, args: list[str], cwd: str, env: dict,
+  def __init__(self, server: _Server, target: dict, args: list[str], cwd: str, env: dict,
                text: bool):
     fd, self._out = tempfile.mkstemp(prefix="out-", dir=server.dir)
     os.close(fd)
     fd, self._err = tempfile.mkstemp(prefix="err-", dir=server.dir)
     os.close(fd)
-    self.args, self.text, self.returncode = [sys.executable, "-m", module, *args], text, None
+    self.args, self.text, self.returncode = [sys.executable, *_flag(target), *args], text, None
     self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     self._conn.connect(server.path)
-    request = {"module": module, "args": list(args), "cwd": os.path.abspath(cwd), "env": env,
+    request = {**target, "args": list(args), "cwd": os.path.abspath(cwd), "env": env,
                "out": self._out, "err": self._err}
     self._conn.sendall((json.dumps(request) + "\n").encode())
     self._reader = self._conn.makefile("r")
@@ -113,22 +116,43 @@ class ForkedRun:
     self._conn.close()
 
 
-def spawn(module: str, args: list[str], cwd: str, env: dict, text: bool = True):
-  """`python -m module *args` in `cwd` with environment `env` (stdout and stderr captured)."""
+def _flag(target: dict) -> list[str]:
+  return ["-m", target["module"]] if "module" in target else ["-c", target["code"]]
+
+
+def _spawn(target: dict, args: list[str], cwd: str, env: dict, text: bool):
   if not ENABLED:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, *_flag(target), *args], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=text)
   key = _import_env(env)
   server = _SERVERS.get(key)
   if server is None or server.proc.poll() is not None:
     server = _SERVERS[key] = _Server(dict(env))
-  return ForkedRun(server, module, args, cwd, env, text)
+  return ForkedRun(server, target, args, cwd, env, text)
+
+
+def spawn(module: str, args: list[str], cwd: str, env: dict, text: bool = True):
+  """`python -m module *args` in `cwd` with environment `env` (stdout and stderr captured)."""
+  return _spawn({"module": module}, args, cwd, env, text)
+
+
+def spawn_code(code: str, args: list[str], cwd: str, env: dict, text: bool = True):
+  """`python -c code *args` in `cwd` with environment `env` (stdout and stderr captured)."""
+  return _spawn({"code": code}, args, cwd, env, text)
 
 
 def run(module: str, args: list[str], cwd: str, env: dict, timeout: float = 600):
   """(returncode, stdout, stderr) of `spawn(...)`; the command is killed past `timeout`."""
-  proc = spawn(module, args, cwd, env)
+  return _communicate(spawn(module, args, cwd, env), timeout)
+
+
+def run_code(code: str, args: list[str], cwd: str, env: dict, timeout: float = 600):
+  """(returncode, stdout, stderr) of `spawn_code(...)`; killed past `timeout`."""
+  return _communicate(spawn_code(code, args, cwd, env), timeout)
+
+
+def _communicate(proc, timeout: float):
   try:
     out, err = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -157,10 +181,17 @@ def _run_command(req: dict) -> int:
     f = os.open(path, os.O_WRONLY | os.O_TRUNC)
     os.dup2(f, fd)
     os.close(f)
-  sys.path[0] = os.getcwd()  # as `python -m` puts it
-  sys.argv = [req["module"], *req["args"]]
   try:
-    runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+    if "code" in req:  # as `python -c` runs it
+      import types
+      sys.path[0] = ""
+      sys.argv = ["-c", *req["args"]]
+      main = sys.modules["__main__"] = types.ModuleType("__main__")
+      exec(compile(req["code"], "<string>", "exec"), main.__dict__)  # noqa: S102
+    else:
+      sys.path[0] = os.getcwd()  # as `python -m` puts it
+      sys.argv = [req["module"], *req["args"]]
+      runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
     return 0
   except SystemExit as e:
     if e.code is None or isinstance(e.code, int):

@@ -2,8 +2,6 @@
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -140,11 +138,10 @@ _KILLED_SCRIPT = textwrap.dedent("""
 
 def test_sigkill_leaves_a_restorable_checkpoint(tmp_path):
   directory = str(tmp_path / "ck")
-  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _KILLED_SCRIPT, directory], env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  from tests import e2e_runs as e2e
+  from tests import forkserver
+  rc, _, err = forkserver.run_code(_KILLED_SCRIPT, [directory], REPO, e2e.env(), timeout=120)
+  assert rc == -signal.SIGKILL, err[-2000:]
   ck = Checkpointer(directory)
   latest = ck.latest_step()
   assert latest in (2, 3), os.listdir(directory)

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import types
 
@@ -26,6 +24,8 @@ from lrjax import faults
 from lrjax.checkpoint import Checkpointer
 from lrjax.config_utils import ConfigError
 from lrjax.phases.workdir import try_resume
+from tests import e2e_runs as e2e
+from tests import forkserver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,19 +198,18 @@ def test_error_with_a_save_in_flight_stays_one_line(tmp_path):
   (no Orbax background-thread traceback), and the checkpoint that line names is there."""
   from tests.test_main import FAST
   w = tmp_path / "w"
-  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, "-c", _SAVE_IN_FLIGHT, "--config=configs/sft.py", f"--workdir={w}", *FAST,
-       "--config.eval.num_problems=8", "--config.eval.batch_size=8", "--config.eval.max_new=8",
-       "--config.train.inject_nan_step=5", "--config.train.max_nonfinite=1"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1, proc.stderr[-3000:]
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert lines[-1].startswith("lrjax: sft stopped at step 5"), proc.stderr[-3000:]
+  rc, _, stderr = forkserver.run_code(
+      _SAVE_IN_FLIGHT, ["--config=configs/sft.py", f"--workdir={w}", *FAST,
+                        "--config.eval.num_problems=8", "--config.eval.batch_size=8",
+                        "--config.eval.max_new=8", "--config.train.inject_nan_step=5",
+                        "--config.train.max_nonfinite=1"], ROOT, e2e.env(), timeout=300)
+  assert rc == 1, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith("lrjax: sft stopped at step 5"), stderr[-3000:]
   assert "the last checkpoint is step 4" in lines[-1]
   # before it only the progress line (no Orbax traceback, no RuntimeError)
   assert all(re.fullmatch(r"sft \d+/24 loss=\S+ stage=0", x) for x in lines[:-1]), \
-      proc.stderr[-3000:]
+      stderr[-3000:]
   ckpt = Checkpointer(str(w / "sft" / "ckpt"), async_save=False)
   assert ckpt.latest_step() == 4  # finalised before the process exited
   ckpt.close()
@@ -230,12 +229,9 @@ HRPO_SHORT = ["--config=configs/hrpo.py", "--config.sft.steps=16", "--config.sft
 
 
 def _hrpo(workdir, *args, wait=True):
-  # unbuffered: a killed run's lines up to the kill are still read
-  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             PYTHONUNBUFFERED="1")
-  proc = subprocess.Popen([sys.executable, "-m", "lrjax.main", f"--workdir={workdir}",
-                           *HRPO_SHORT, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  # unbuffered (e2e.env): a killed run's lines up to the kill are still read
+  proc = forkserver.spawn("lrjax.main", [f"--workdir={workdir}", *HRPO_SHORT, *args], ROOT,
+                          e2e.env())
   if not wait:
     return proc
   out, err = proc.communicate(timeout=600)

@@ -3,13 +3,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 
+from tests import e2e_runs as e2e
 from tests import forkserver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,10 +22,7 @@ FAST = ["--config.sft.steps=24", "--config.sft.batch_size=16", "--config.sft.log
 
 def _main(workdir, *args, wait=True, cwd=ROOT, devices=1):
   """lrjax.main on configs/sft.py with FAST; workdir None = lrjax.main's default."""
-  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  if devices > 1:  # after the suite's own XLA_FLAGS (tests/conftest.py)
-    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""),
-                                            f"--xla_force_host_platform_device_count={devices}") if f)
+  env = e2e.env(f"--xla_force_host_platform_device_count={devices}" if devices > 1 else "")
   proc = forkserver.spawn("lrjax.main", [
       "--config=configs/sft.py", *([f"--workdir={workdir}"] if workdir is not None else []),
       *FAST, *args], cwd=str(cwd), env=env)
@@ -52,15 +49,13 @@ def test_config_errors_name_the_field(tmp_path, flag, field):
 def test_an_old_rule_flag_sets_the_new_field_with_a_note(tmp_path):
   """`--config.rule.top_k` (the flat layout) sets `lepo.top_k` under configs/lepo.py and
   says so in one line; the run then stops at the next config error, before any phase."""
-  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "lrjax.main", "--config=configs/lepo.py",
-                         f"--workdir={tmp_path / 'w'}", "--config.rule.top_k=5",
-                         "--config.sft.steps=-1"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode != 0
+  rc, out, err = forkserver.run("lrjax.main", [
+      "--config=configs/lepo.py", f"--workdir={tmp_path / 'w'}", "--config.rule.top_k=5",
+      "--config.sft.steps=-1"], ROOT, e2e.env())
+  assert rc != 0
   assert ("[lrjax] --config.rule.top_k is deprecated: use --config.lepo.top_k (set to 5)"
-          in proc.stdout.splitlines()), proc.stdout + proc.stderr[-2000:]
-  assert proc.stderr.strip().splitlines()[-1].startswith("lrjax: config error: config.sft.steps")
+          in out.splitlines()), out + err[-2000:]
+  assert err.strip().splitlines()[-1].startswith("lrjax: config error: config.sft.steps")
 
 
 def test_misspelled_rl_loss_fails_before_any_phase(tmp_path):

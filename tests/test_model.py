@@ -53,14 +53,12 @@ def test_compiled_init_equals_flax_eager_init_bit_for_bit(tmp_path):
   values every earlier run started from), embedding and untied head included. Run with
   XLA's fusion emitters, as users run (the suite's classic emitters fuse the scanned
   blocks' init differently in the two programs)."""
-  import subprocess
-  import sys
   from tests import e2e_runs as e2e
-  proc = subprocess.run([sys.executable, "-c", _INIT_PAIR], cwd=tmp_path,
-                        env=e2e.env(INIT_XLA_FLAGS, fast=False), capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.split("\n")[:2] == ["equal True 14", "equal False 15"], proc.stdout
+  from tests import forkserver
+  rc, out, err = forkserver.run_code(_INIT_PAIR, [], str(tmp_path),
+                                     e2e.env(INIT_XLA_FLAGS, fast=False), timeout=300)
+  assert rc == 0, err[-3000:]
+  assert out.split("\n")[:2] == ["equal True 14", "equal False 15"], out
 
 
 def test_tiny_preset_is_small():
