@@ -63,15 +63,14 @@ def test_a_forked_script_sees_what_python_dash_c_sees(probe_dir):
   sys.path, a fresh `__main__`, the exit code and the uncaught error its own."""
   env = dict(e2e.env("--xla_force_host_platform_device_count=3"), LRJAX_PROBE="c")
   code = PROBE.replace("what = ", "print(sorted(k for k in globals() if k[0] != '_'))\nwhat = ")
-  for args in (["5"], ["0", "x"]):
-    plain = subprocess.run([sys.executable, "-c", code, *args], cwd=probe_dir, env=env,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    rc, out, err = forkserver.run_code(code, args, probe_dir, env, timeout=120)
-    assert rc == plain.returncode == int(args[0]), (err, plain.stderr)
-    assert out.splitlines() == plain.stdout.splitlines()
-    assert out.splitlines()[1] == "['jax', 'json', 'os', 'sys']"  # a fresh module's globals
+  plain = subprocess.run([sys.executable, "-c", code, "5", "x"], cwd=probe_dir, env=env,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+  rc, out, err = forkserver.run_code(code, ["5", "x"], probe_dir, env, timeout=120)
+  assert rc == plain.returncode == 5, (err, plain.stderr)
+  assert out.splitlines() == plain.stdout.splitlines()
+  assert out.splitlines()[1] == "['jax', 'json', 'os', 'sys']"  # a fresh module's globals
   forked = json.loads(out.splitlines()[0])
-  assert forked["argv"] == ["-c", "0", "x"] and forked["path0"] == "" and forked["devices"] == 3
+  assert forked["argv"] == ["-c", "5", "x"] and forked["path0"] == "" and forked["devices"] == 3
   assert forked["name"] == "__main__" and forked["marker"] == "c"
   rc, out, err = forkserver.run_code(code, ["raise"], probe_dir, env)
   assert rc == 1 and err.strip().splitlines()[-1] == "ValueError: probe raised", err
