@@ -7,17 +7,16 @@ process imports those libraries once (no JAX backend initialised, no lrjax modul
 imported) and forks one child per command. The child takes the command's environment,
 working directory, argv and output files and runs the module as `python -m` does
 (`runpy.run_module(..., run_name="__main__", alter_sys=True)`, the working directory
-first on `sys.path`; a `-c` script runs in a fresh `__main__` module with `''` first on
-`sys.path` and `sys.argv[0] == "-c"`), then ends through the interpreter's normal exit (atexit hooks,
-non-daemon threads joined). Its exit code, signal (a segfault is -11) and output are
-its own. XLA reads `XLA_FLAGS` when the child first builds a backend, so a command's
-own XLA flags and device count apply.
+first on `sys.path`), or a script as `python -c` does (a fresh `__main__` module, `''`
+first on `sys.path`, `sys.argv[0] == "-c"`), then ends through the interpreter's normal
+exit (atexit hooks, non-daemon threads joined). Its exit code, signal (a segfault is
+-11) and output are its own. XLA reads `XLA_FLAGS` when the child first builds a
+backend, so a command's own XLA flags and device count apply.
 
 `spawn` (`python -m`) and `spawn_code` (`python -c`) return a `subprocess.Popen`-like
-handle. A command whose environment differs
-from the server's in anything read at import (every variable but `XLA_FLAGS`, `LRJAX_*`
-and `PYTEST_*`) gets a server of its own environment. `LRJAX_TEST_FORK=0` makes `spawn` a
-plain `subprocess.Popen`.
+handle. A command whose environment differs from the server's in anything read at
+import (every variable but `XLA_FLAGS`, `LRJAX_*` and `PYTEST_*`) gets a server of its
+own environment. `LRJAX_TEST_FORK=0` makes both a plain `subprocess.Popen`.
 
 Run as a script, this file is the server: `python tests/forkserver.py SOCKET`.
 """

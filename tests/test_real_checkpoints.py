@@ -79,7 +79,7 @@ def _config(method, world):
 # programs at its fast options (level 0, tests/conftest.py): unvectorised, the sampling
 # passes over a 128k vocabulary (top-k / top-p bisection, Gumbel noise) cost ~60 ms per
 # token for 4 rows, ~12 ms at level 1; measured over this file, ~12 s less CPU in all.
-# (None under LRJAX_TEST_XLA=default.)
+# (No options under LRJAX_TEST_XLA=default.)
 ROLLOUT_OPTIONS = ({} if os.environ.get("LRJAX_TEST_XLA", "fast") == "default" else
                    {"xla_backend_optimization_level": 1})
 
