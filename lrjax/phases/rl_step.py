@@ -77,8 +77,8 @@ def learn(setup: Learner, state: dict, batch: dynamic.Filled, step: int, t0: flo
   rl, g = run.config.rl, run.config.rl.group_size
   traj, r = batch.traj, batch.rewards
   rewards = parallel.feed(np.asarray(r, np.float32), run.mesh)
-  old = learner.behaviour_logp(ctx, state["params"], traj, aux)
   masks = learner.loss_masks(ctx, traj)
+  old = learner.behaviour_logp(ctx, state["params"], traj, aux, masks)
   adv = _advantages(setup.adv_spec, rewards, traj, traj.logp if old is None else old,
                     masks.ratio, learner.loss_mask(masks))
   if rl.dynamic_sampling_tries:

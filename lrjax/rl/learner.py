@@ -175,10 +175,12 @@ def old_terms(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax
 _old_terms = jax.jit(old_terms, static_argnums=0)
 
 
-def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None) -> jax.Array | None:
+def behaviour_logp(ctx: RuleContext, params: dict, traj: Any, aux: Any = None,
+                   masks: Masks | None = None) -> jax.Array | None:
   """The old ratio terms of a batch, fixed before its first update; None when the
-  sampler stored all of them (then the update reads traj.logp)."""
-  masks = loss_masks(ctx, traj)
+  sampler stored all of them (then the update reads traj.logp). `masks`: the batch's
+  `loss_masks`, when the caller has them."""
+  masks = loss_masks(ctx, traj) if masks is None else masks
   if not bool(jnp.any(masks.ratio & ~masks.stored_old)):
     return None
   return _old_terms(ctx, params, traj, aux)
